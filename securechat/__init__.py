@@ -1,0 +1,12 @@
+"""securechat: a small, self-hosted, TLS-secured, token-authenticated chat relay.
+
+Modules: ``protocol`` (the wire contract, pure), ``tokens``, ``limits``, ``room``,
+``tlsconfig``, ``server`` / ``session`` / ``ioloop`` (the threaded TLS server),
+``client`` (the reconnecting client API) and one ``*_cli`` module per command.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,108 @@
+"""Server settings: one frozen dataclass, every default documented here once.
+
+``securechat-server --help`` and README's limits table are generated from / checked
+against these fields, so the numbers cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+from .protocol import DEFAULT_MAX_FRAME, DEFAULT_PORT, PRE_AUTH_MAX_FRAME
+
+__all__ = ["ServerConfig"]
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything the server can be told. Times are in seconds, sizes in bytes."""
+
+    host: str = field(default="127.0.0.1", metadata=_doc(
+        "address to listen on (0.0.0.0 or :: for every interface)"))
+    port: int = field(default=DEFAULT_PORT, metadata=_doc("TCP port (0 picks a free one)"))
+    cert: Path = field(default=Path("certs/server.pem"), metadata=_doc(
+        "server certificate chain, PEM"))
+    key: Path = field(default=Path("certs/server.key"), metadata=_doc(
+        "server private key, PEM, unencrypted, mode 0600"))
+    tokens: Path = field(default=Path("tokens.json"), metadata=_doc(
+        "tokens file made by securechat-token; re-read when it changes"))
+    room: str = field(default="lobby", metadata=_doc("name of the broadcast room"))
+    tls_min: str = field(default="1.3", metadata=_doc(
+        "lowest TLS version accepted: 1.3, or 1.2 (AEAD suites only)"))
+    io_threads: int = field(default=2, metadata=_doc(
+        "I/O threads; each owns many connections through selectors"))
+    max_connections: int = field(default=10000, metadata=_doc(
+        "connections held at once; beyond it: error server_full"))
+    max_unauth_per_ip: int = field(default=64, metadata=_doc(
+        "not-yet-authenticated connections per client IP; beyond it the TCP "
+        "connection is closed before the TLS handshake"))
+    auth_failures: float = field(default=10.0, metadata=_doc(
+        "failed logins allowed per client IP per minute (burst the same); "
+        "beyond it: error auth_throttled. 0 = no limit"))
+    msg_rate: float = field(default=50.0, metadata=_doc(
+        "messages per second per session, on average; beyond it: error rate_limited "
+        "and the message is dropped. 0 = no limit"))
+    msg_burst: int = field(default=100, metadata=_doc("messages a session may send in a burst"))
+    max_frame: int = field(default=DEFAULT_MAX_FRAME, metadata=_doc(
+        "longest frame (one JSON line) accepted; beyond it: error frame_too_large"))
+    max_pending: int = field(default=1024 * 1024, metadata=_doc(
+        "bytes queued for one client; beyond it: error slow_consumer"))
+    write_timeout: float = field(default=10.0, metadata=_doc(
+        "seconds a client may go without accepting queued bytes; then: slow_consumer"))
+    heartbeat: float = field(default=20.0, metadata=_doc(
+        "ping a client silent this long; close it (idle_timeout) after 3 intervals"))
+    handshake_timeout: float = field(default=10.0, metadata=_doc(
+        "deadline for the TLS handshake"))
+    auth_timeout: float = field(default=15.0, metadata=_doc(
+        "deadline from TCP accept to a valid auth frame (includes the handshake)"))
+    history: int = field(default=1000, metadata=_doc(
+        "recent room messages kept in memory (for a later resume feature)"))
+    backlog: int = field(default=4096, metadata=_doc(
+        "listen queue length (the kernel caps it at net.core.somaxconn)"))
+    shutdown_timeout: float = field(default=5.0, metadata=_doc(
+        "on SIGINT/SIGTERM, time allowed to say bye, flush and close everything"))
+    retry_spread: float = field(default=10.0, metadata=_doc(
+        "on shutdown, clients are told to come back spread over this many seconds"))
+    tokens_poll: float = field(default=0.5, metadata=_doc(
+        "how often the tokens file is checked for changes"))
+    log_level: str = field(default="info", metadata=_doc("debug, info, warning or error"))
+    log_format: str = field(default="text", metadata=_doc("text, or json (one object a line)"))
+
+    def __post_init__(self) -> None:
+        positive = ("heartbeat", "handshake_timeout", "auth_timeout", "write_timeout",
+                    "shutdown_timeout", "tokens_poll")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be greater than 0")
+        at_least_one = ("io_threads", "max_connections", "max_unauth_per_ip", "backlog",
+                        "max_pending", "msg_burst")
+        for name in at_least_one:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("msg_rate", "auth_failures", "history", "retry_spread"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
+        if self.max_frame < PRE_AUTH_MAX_FRAME:
+            raise ConfigError(f"--max-frame must be at least {PRE_AUTH_MAX_FRAME}")
+        if self.auth_timeout < self.handshake_timeout:
+            raise ConfigError("--auth-timeout must be at least --handshake-timeout")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("--port must be between 0 and 65535")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("--log-format must be text or json")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError("--log-level must be debug, info, warning or error")
+
+    def replace(self, **changes: object) -> ServerConfig:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @staticmethod
+    def option_docs() -> dict[str, str]:
+        return {f.name: f.metadata["doc"] for f in dataclasses.fields(ServerConfig)}

@@ -1,0 +1,143 @@
+"""The broadcast room: who is in it, message numbering, presence and recent history.
+
+The server talks to a room only through :class:`Room` (subscribe, unsubscribe,
+publish, members, history), so a shared backend can later replace the
+in-process one. Frames are encoded once per room event and handed to every
+member's :meth:`Member.deliver`, which must only enqueue, never block.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from . import protocol
+
+__all__ = ["HistoryEntry", "InProcessRoom", "Member", "Room", "RoomSnapshot"]
+
+
+class Member(Protocol):
+    """A session in the room, as the room sees it."""
+
+    @property
+    def user(self) -> str: ...
+
+    @property
+    def user_json(self) -> str:
+        """``user`` as a JSON string literal, encoded once per session."""
+
+    def deliver(self, frame: bytes) -> None:
+        """Queue ``frame`` for sending. Called with the room lock held: must not block."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSnapshot:
+    """The room as a new member finds it; every later message has ``seq`` > this one."""
+
+    room: str
+    members: tuple[str, ...]
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    seq: int
+    frame: bytes
+
+
+class Room(Protocol):
+    name: str
+
+    def subscribe(self, member: Member, greet: Callable[[RoomSnapshot], bytes]) -> RoomSnapshot:
+        """Add ``member``; ``greet(snapshot)`` is delivered to it before any later frame."""
+
+    def unsubscribe(self, member: Member, reason: str) -> None:
+        """Remove ``member``; nothing is delivered to it afterwards."""
+
+    def publish(self, sender: Member, body: str) -> int:
+        """Number a message, deliver it to every other session, return its ``seq``."""
+
+    def members(self) -> tuple[str, ...]:
+        """Names of the users with at least one session, sorted."""
+
+    def history(self, after_seq: int = 0) -> list[HistoryEntry]:
+        """Recent messages with ``seq`` > ``after_seq`` still held in memory."""
+
+
+class InProcessRoom:
+    """A room held in this process, shared by all I/O threads under one lock.
+
+    Presence is per user: ``join`` when a user's first session arrives, ``leave``
+    when the last one goes, so a second device is not announced as a new person.
+    """
+
+    def __init__(self, name: str = "lobby", *, history: int = 1000) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._sessions: dict[Member, None] = {}
+        self._users: dict[str, int] = {}
+        self._seq = 0
+        self._history: deque[HistoryEntry] = deque(maxlen=max(history, 1))
+        self._keep_history = history > 0
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def _broadcast(self, frame: bytes, skip: Member) -> None:
+        for member in self._sessions:
+            if member is not skip:
+                member.deliver(frame)
+
+    def subscribe(self, member: Member, greet: Callable[[RoomSnapshot], bytes]) -> RoomSnapshot:
+        with self._lock:
+            user = member.user
+            count = self._users.get(user, 0)
+            self._users[user] = count + 1
+            if count == 0:
+                self._broadcast(protocol.encode(protocol.Join(user)), member)
+            self._sessions[member] = None
+            snapshot = RoomSnapshot(self.name, tuple(sorted(self._users)), self._seq)
+            member.deliver(greet(snapshot))
+            return snapshot
+
+    def unsubscribe(self, member: Member, reason: str) -> None:
+        with self._lock:
+            if member not in self._sessions:
+                return  # never subscribed, or already left
+            del self._sessions[member]
+            user = member.user
+            count = self._users.get(user, 1) - 1
+            if count > 0:
+                self._users[user] = count
+                return
+            self._users.pop(user, None)
+            self._broadcast(protocol.encode(protocol.Leave(user, reason)), member)
+
+    def publish(self, sender: Member, body: str) -> int:
+        with self._lock:
+            seq = self._seq + 1
+            self._seq = seq
+            frame = protocol.encode_room_message(
+                sender.user_json, body, seq, protocol.rfc3339_utc()
+            )
+            if self._keep_history:
+                self._history.append(HistoryEntry(seq, frame))
+            for member in self._sessions:
+                if member is not sender:
+                    member.deliver(frame)
+            return seq
+
+    def members(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(sorted(self._users))
+
+    def history(self, after_seq: int = 0) -> list[HistoryEntry]:
+        with self._lock:
+            return [entry for entry in self._history if entry.seq > after_seq]

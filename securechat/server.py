@@ -1,0 +1,403 @@
+"""The securechat server: a listener, an accept thread and a pool of I/O threads.
+
+The accept thread never does TLS: it accepts plain sockets, applies admission
+limits (per-IP cap on unauthenticated connections, max connections) and hands
+each socket to the I/O loop with the fewest connections. The loop is then the
+only thread that ever touches that socket (see session.py).
+
+Usage::
+
+    with Server(config, ssl_context=ctx, tokens=store) as server:
+        server.serve_forever()      # until shutdown() from another thread or a signal
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import itertools
+import logging
+import os
+import random
+import secrets
+import selectors
+import socket
+import ssl
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from .config import ServerConfig
+from .ioloop import IOLoop
+from .limits import KeyedBuckets
+from .logs import log_event
+from .room import InProcessRoom, Room
+from .session import Session, State
+from .tlsconfig import server_context
+from .tokens import TokenFileWatcher, TokenStore, load_store
+
+__all__ = ["Server", "client_key"]
+
+logger = logging.getLogger("securechat.server")
+
+ACCEPTS_PER_EVENT = 256
+
+
+def client_key(ip: str) -> str:
+    """The per-address limit key: the IPv4 address, or the /64 of an IPv6 address
+    (one IPv6 host usually owns a whole /64)."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
+
+
+def _format_peer(addr: Any) -> tuple[str, str]:
+    host, port = str(addr[0]), addr[1]
+    if host.startswith("::ffff:"):
+        host = host[7:]
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return shown, client_key(host)
+
+
+class Server:
+    """A TLS chat relay. Thread-safe ``start``/``shutdown``; shutdown is idempotent."""
+
+    def __init__(self, config: ServerConfig, *, ssl_context: ssl.SSLContext | None = None,
+                 tokens: TokenStore | None = None, room: Room | None = None) -> None:
+        self.config = config
+        self.ssl_context = ssl_context or server_context(
+            config.cert, config.key, tls_min=config.tls_min)
+        self._watcher: TokenFileWatcher | None = None
+        if tokens is None:
+            tokens = load_store(config.tokens)
+            self._watcher = TokenFileWatcher(config.tokens)
+        self._tokens = tokens
+        self.room: Room = room or InProcessRoom(config.room, history=config.history)
+        self.session_prefix = secrets.token_hex(3)
+        self._lock = threading.Lock()
+        self._unauth: Counter[str] = Counter()
+        self._auth_failures = KeyedBuckets(config.auth_failures / 60.0, config.auth_failures)
+        self._connections = 0
+        self._conn_ids = itertools.count(1)
+        self._stats: Counter[str] = Counter()
+        tick = min(0.25, config.heartbeat / 4, config.handshake_timeout / 4)
+        self._loops = [IOLoop(f"securechat-io-{i}", tick_interval=tick)
+                       for i in range(config.io_threads)]
+        self._listener: socket.socket | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._started = False
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._shutdown_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def tokens(self) -> TokenStore:
+        """The tokens in force now (replaced as a whole when the file changes)."""
+        return self._tokens
+
+    @tokens.setter
+    def tokens(self, store: TokenStore) -> None:
+        # Sessions whose token is gone notice on their next tick (< 0.25 s) and close
+        # with "revoked": no list of sessions to walk here, no race with a login.
+        self._tokens = store
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._listener is None:
+            raise RuntimeError("server not started")
+        host, port = self._listener.getsockname()[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        """Bind, listen and start every thread; returns once connections are accepted."""
+        if self._started:
+            return
+        cfg = self.config
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        dualstack = cfg.host == "::" and socket.has_dualstack_ipv6()
+        listener = socket.create_server((cfg.host, cfg.port), family=family, backlog=cfg.backlog,
+                                        dualstack_ipv6=dualstack)
+        listener.setblocking(False)
+        self._listener = listener
+        self._started = True
+        for loop in self._loops:
+            loop.start()
+        self._accept_thread = threading.Thread(target=self._accept_loop,
+                                               name="securechat-accept", daemon=True)
+        self._accept_thread.start()
+        host, port = self.address
+        log_event(logger, logging.INFO, "listen", host=host, port=port, tls_min=cfg.tls_min,
+                  io_threads=cfg.io_threads, room=self.room.name)
+        somaxconn = _read_int("/proc/sys/net/core/somaxconn")
+        if somaxconn is not None and somaxconn < cfg.backlog:
+            log_event(logger, logging.WARNING, "config",
+                      f"listen backlog capped by net.core.somaxconn={somaxconn}")
+
+    def serve_forever(self) -> None:
+        """Start if needed and block until :meth:`shutdown` has finished."""
+        self.start()
+        self._stopped.wait()
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Stop accepting, send ``bye`` with a spread ``retry_after`` to everyone, flush,
+        close every connection and join every thread. Returns True if all threads ended
+        within the deadline. Safe to call twice and from any thread but an I/O loop."""
+        with self._shutdown_lock:
+            if self._stopped.is_set() or not self._started:
+                self._stopped.set()
+                return True
+            deadline = time.monotonic() + (timeout or self.config.shutdown_timeout)
+            self._stopping.set()
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"\0")
+            if self._accept_thread is not None:
+                self._accept_thread.join(max(0.0, deadline - time.monotonic()))
+            linger = max(0.1, (deadline - time.monotonic()) * 0.6)
+            for loop in self._loops:
+                loop.drain(lambda loop=loop: self._say_bye(loop, linger))  # type: ignore[misc]
+            for loop in self._loops:
+                loop.drained.wait(max(0.0, deadline - time.monotonic()))
+            ok = True
+            for loop in self._loops:
+                loop.stop()
+            for loop in self._loops:
+                ok = loop.join(max(0.0, deadline - time.monotonic()) + 0.5) and ok
+            if self._listener is not None:
+                self._listener.close()
+            self._wake_r.close()
+            self._wake_w.close()
+            log_event(logger, logging.INFO, "stopped", clean=ok)
+            self._stopped.set()
+            return ok
+
+    def __enter__(self) -> Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def threads(self) -> list[threading.Thread]:
+        """Every thread this server started (for tests that check they were joined)."""
+        found = [loop.thread for loop in self._loops]
+        if self._accept_thread is not None:
+            found.append(self._accept_thread)
+        return found
+
+    def stats(self) -> dict[str, int]:
+        """Counters for tests, benchmarks and logs."""
+        with self._lock:
+            out = dict(self._stats)
+            out["connections"] = self._connections
+            out["unauthenticated"] = sum(self._unauth.values())
+        out["sessions"] = sum(len(loop.endpoints) for loop in self._loops)
+        return out
+
+    # ------------------------------------------------------------------ accept thread
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        listener = self._listener
+        sel = selectors.DefaultSelector()
+        sel.register(listener, selectors.EVENT_READ, "accept")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        poll_every = self.config.tokens_poll
+        next_poll = time.monotonic() + poll_every
+        paused_until = 0.0
+        try:
+            while not self._stopping.is_set():
+                now = time.monotonic()
+                timeout = max(0.0, next_poll - now)
+                if paused_until > now:
+                    timeout = min(timeout, paused_until - now)
+                for key, _ in sel.select(timeout):
+                    if key.data == "accept" and time.monotonic() >= paused_until:
+                        paused_until = self._accept_batch(listener)
+                now = time.monotonic()
+                if now >= next_poll:
+                    next_poll = now + poll_every
+                    self._poll_tokens()
+        except Exception:  # pragma: no cover - a bug in the accept loop
+            logger.exception("accept loop crashed")
+        finally:
+            sel.close()
+
+    def _accept_batch(self, listener: socket.socket) -> float:
+        """Accept what is waiting; returns a time until which accepting pauses (EMFILE)."""
+        for _ in range(ACCEPTS_PER_EVENT):
+            try:
+                raw, addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return 0.0
+            except OSError as exc:
+                # Out of file descriptors: the listener stays readable, so without a
+                # pause this thread would spin. Pending clients wait in the backlog.
+                log_event(logger, logging.ERROR, "accept_failed", exc.strerror or str(exc))
+                return time.monotonic() + 0.1
+            self._admit(raw, addr)
+        return 0.0
+
+    def _admit(self, raw: socket.socket, addr: Any) -> None:
+        now = time.monotonic()
+        peer, ip_key = _format_peer(addr)
+        cfg = self.config
+        with self._lock:
+            if self._unauth[ip_key] >= cfg.max_unauth_per_ip:
+                self._stats["refused_unauth_per_ip"] += 1
+                refused = True
+            else:
+                refused = False
+                self._unauth[ip_key] += 1
+                reject = "server_full" if self._connections >= cfg.max_connections else None
+                if reject is None:
+                    self._connections += 1
+                else:
+                    self._stats["refused_server_full"] += 1
+        if refused:
+            # Cheapest possible answer to a flood: no TLS handshake, just close.
+            log_event(logger, logging.DEBUG, "refused", "too many unauthenticated connections",
+                      peer=peer)
+            with contextlib.suppress(OSError):
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            raw.close()
+            return
+        conn_id = next(self._conn_ids)
+        try:
+            raw.setblocking(False)
+            _tune_socket(raw, cfg)
+        except OSError:
+            pass  # the peer may already be gone; the session will find out
+        loop = min(self._loops, key=lambda lp: len(lp.endpoints))
+        loop.call_soon(lambda: self._adopt(loop, raw, peer, ip_key, conn_id, now, reject))
+
+    def _adopt(self, loop: IOLoop, raw: socket.socket, peer: str, ip_key: str, conn_id: int,
+               accepted_at: float, reject: str | None) -> None:
+        """In the loop thread: wrap the socket in TLS and start the handshake."""
+        try:
+            session = Session(self, loop, raw, peer, ip_key, conn_id, accepted_at,
+                              reject=reject)
+        except (OSError, ValueError) as exc:
+            log_event(logger, logging.DEBUG, "close", "gone before TLS", conn=conn_id,
+                      peer=peer, detail=str(exc))
+            raw.close()
+            self._release(ip_key, unauth=True, counted=reject is None)
+            return
+        if self._stopping.is_set():
+            session.abort("shutdown")
+            return
+        session.start()
+
+    def _poll_tokens(self) -> None:
+        if self._watcher is None:
+            return
+        store = self._watcher.poll()
+        if store is not None:
+            removed = self._tokens.ids() - store.ids()
+            self.tokens = store
+            log_event(logger, logging.INFO, "tokens_reloaded", tokens=len(store),
+                      revoked=len(removed))
+        elif self._watcher.last_error:
+            log_event(logger, logging.ERROR, "tokens_reload_failed",
+                      f"{self._watcher.last_error}; keeping the previous tokens")
+            self._watcher.last_error = None
+
+    # ------------------------------------------------------------------ called by sessions
+    def auth_retry_after(self, ip_key: str, now: float) -> float:
+        """0 if ``ip_key`` may try a token now, else seconds to wait."""
+        if self.config.auth_failures <= 0:
+            return 0.0
+        with self._lock:
+            if self._auth_failures.allowed(ip_key, now):
+                return 0.0
+            return max(0.1, self._auth_failures.retry_after(ip_key, now))
+
+    def note_auth_failure(self, ip_key: str, now: float) -> None:
+        with self._lock:
+            self._stats["auth_failed"] += 1
+            if self.config.auth_failures > 0:
+                self._auth_failures.take(ip_key, now)
+
+    def on_authenticated(self, session: Session) -> None:
+        with self._lock:
+            self._stats["authenticated"] += 1
+            self._release_unauth(session.ip_key)
+
+    def on_auth_ended(self, session: Session) -> None:
+        """A session left the unauthenticated state without authenticating."""
+        with self._lock:
+            self._release_unauth(session.ip_key)
+
+    def on_closed(self, session: Session) -> None:
+        with self._lock:
+            if session.reject is None:
+                self._connections -= 1
+
+    def _release(self, ip_key: str, *, unauth: bool, counted: bool) -> None:
+        with self._lock:
+            if unauth:
+                self._release_unauth(ip_key)
+            if counted:
+                self._connections -= 1
+
+    def _release_unauth(self, ip_key: str) -> None:
+        # caller holds self._lock
+        left = self._unauth[ip_key] - 1
+        if left > 0:
+            self._unauth[ip_key] = left
+        else:
+            del self._unauth[ip_key]
+
+    # ------------------------------------------------------------------ shutdown
+    def _say_bye(self, loop: IOLoop, linger: float) -> None:
+        spread = self.config.retry_spread
+        for endpoint in list(loop.endpoints):
+            if isinstance(endpoint, Session):
+                if endpoint.state is State.CLOSED:
+                    continue
+                # Spread the comebacks so N clients do not all reconnect at once.
+                retry_after = round(random.uniform(0, spread), 1) if spread else 0.0
+                endpoint.say_bye(retry_after, linger)
+
+
+def _tune_socket(sock: socket.socket, cfg: ServerConfig) -> None:
+    """Low latency, plus kernel backstops for dead peers (design-notes.md s3):
+    keepalive finds a vanished idle peer, TCP_USER_TIMEOUT one with unacked data."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    idle = max(1, int(cfg.heartbeat))
+    if hasattr(socket, "TCP_KEEPIDLE"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle // 3))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        # Longer than our own deadlines, so the application-level error comes first.
+        user_timeout = 3 * cfg.heartbeat + cfg.write_timeout + 5
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(user_timeout * 1000))
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def pid_rss_kib(pid: int | None = None) -> int | None:
+    """Resident set size of a process in KiB (Linux), for benchmarks and logs."""
+    try:
+        text = Path(f"/proc/{pid or os.getpid()}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return None

@@ -1,0 +1,137 @@
+"""``securechat-server``: run the relay from a terminal, a service manager or a container."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from . import __version__
+from .config import ServerConfig
+from .errors import ConfigError, TokenError
+from .logs import setup_logging
+from .server import Server
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+ENV_PREFIX = "SECURECHAT_"
+EXIT_OK, EXIT_USAGE, EXIT_CONFIG = 0, 2, 1
+
+DESCRIPTION = """\
+A TLS-secured, token-authenticated broadcast chat server.
+
+Every option can also be set with an environment variable: SECURECHAT_ plus the
+option name in capitals with '_' for '-' (e.g. SECURECHAT_PORT=7443). A command
+line option wins over the environment.
+"""
+
+EPILOG = """\
+examples:
+  securechat-certs                                  # dev CA + server cert into certs/
+  securechat-token add alice --tokens tokens.json   # prints alice's token once
+  securechat-server --tokens tokens.json            # listen on 127.0.0.1:7443
+
+exit codes: 0 after a clean shutdown (SIGINT/SIGTERM), 1 on a configuration error
+(missing or bad certificate, key or tokens file), 2 on a usage error.
+"""
+
+
+def _env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="securechat-server", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = ServerConfig()
+    docs = ServerConfig.option_docs()
+    for f in dataclasses.fields(ServerConfig):
+        default = getattr(defaults, f.name)
+        kind: Any = type(default)
+        if kind is bool:  # pragma: no cover - no boolean options yet
+            continue
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
+            metavar=f.name.upper() if kind is not Path else "FILE",
+            help=f"{docs[f.name]} (default: {default}; env {_env_name(f.name)})")
+    parser.add_argument("--check-config", action="store_true",
+                        help="load certificate, key and tokens, report problems, and exit")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None) -> ServerConfig:
+    """Command line over environment over defaults."""
+    env = dict(os.environ) if env is None else env
+    defaults = ServerConfig()
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(ServerConfig):
+        cli = getattr(args, f.name, None)
+        if cli is not None:
+            values[f.name] = cli
+            continue
+        raw = env.get(_env_name(f.name))
+        if raw is not None and raw != "":
+            kind: Any = type(getattr(defaults, f.name))
+            try:
+                values[f.name] = kind(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{_env_name(f.name)}={raw!r}: not a valid {kind.__name__}"
+                                  ) from exc
+    return ServerConfig(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"securechat-server: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(config.log_level, config.log_format)
+    log = logging.getLogger("securechat.server")
+    try:
+        server = Server(config)
+    except (ConfigError, TokenError) as exc:
+        print(f"securechat-server: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check_config:
+        print(f"securechat-server: configuration OK ({len(server.tokens)} tokens)")
+        return EXIT_OK
+    if not server.tokens:
+        log.warning("the tokens file holds no tokens: nobody can log in "
+                    "(add one with: securechat-token add NAME --tokens %s)", config.tokens)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"securechat-server: error: cannot listen on {config.host}:{config.port}: "
+              f"{exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    host, port = server.address
+    print(f"securechat-server: listening on {host}:{port} (TLS {config.tls_min}+)",
+          file=sys.stderr, flush=True)
+    stop.wait()
+    clean = server.shutdown()
+    return EXIT_OK if clean else EXIT_CONFIG
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

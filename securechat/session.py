@@ -1,0 +1,546 @@
+"""One client connection on the server, owned by exactly one I/O loop thread.
+
+Only the owning loop calls into the SSL object (handshake, recv, send, close):
+CPython releases the GIL inside SSL_read/SSL_write and has no per-socket lock,
+and concurrent use corrupts TLS 1.3 connections (shared/design-notes.md s1).
+Other threads only call :meth:`Session.deliver`, which appends to a deque and
+schedules a flush on the owner.
+
+States: HANDSHAKE -> AUTH -> ACTIVE -> CLOSING -> CLOSED. Any state may jump to
+CLOSED (hard close: peer gone, TLS error, loop shutdown).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import selectors
+import socket
+import ssl
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from . import protocol
+from .errors import RemoteProtocolError
+from .limits import TokenBucket
+from .logs import log_event
+from .room import RoomSnapshot
+
+if TYPE_CHECKING:
+    from .ioloop import IOLoop
+    from .server import Server
+
+__all__ = ["Session", "State"]
+
+logger = logging.getLogger("securechat.server")
+
+RECV_SIZE = 65536
+#: Reads per readiness event before other connections get a turn.
+MAX_READS_PER_EVENT = 16
+#: Largest single TLS write when coalescing queued frames.
+WRITE_CHUNK = 256 * 1024
+#: After an error frame, how long we try to deliver it before closing anyway.
+CLOSE_LINGER = 1.0
+
+_PONG = protocol.encode(protocol.Pong())
+_PING = protocol.encode(protocol.Ping())
+_BYE = protocol.encode(protocol.Bye())
+
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+
+
+class State(enum.Enum):
+    HANDSHAKE = "handshake"
+    AUTH = "auth"
+    ACTIVE = "active"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Session:
+    """A client connection: TLS handshake, authentication, room membership, heartbeats."""
+
+    def __init__(self, server: Server, loop: IOLoop, raw: socket.socket, peer: str, ip_key: str,
+                 conn_id: int, accepted_at: float, *, reject: str | None = None) -> None:
+        cfg = server.config
+        self.server = server
+        self.loop = loop
+        self.peer = peer
+        self.ip_key = ip_key
+        self.conn_id = conn_id
+        self.reject = reject
+        self.state = State.HANDSHAKE
+        self.user = ""
+        self.user_json = '""'
+        self.token_id = ""
+        self.joined = False
+        self.close_reason = ""
+        self.sock: ssl.SSLSocket = server.ssl_context.wrap_socket(
+            raw, server_side=True, do_handshake_on_connect=False)
+        self.decoder = protocol.FrameDecoder(protocol.PRE_AUTH_MAX_FRAME)
+        # Outbound: inbox is appended to by any thread; the rest belongs to the loop.
+        self.inbox: deque[bytes] = deque()
+        self.flush_scheduled = False
+        self.outq: deque[bytes] = deque()
+        self.out_bytes = 0
+        self.pending: bytes | None = None  # the exact buffer to retry after a WANT_WRITE
+        self.write_blocked = False
+        self.read_wants_write = False
+        self.events = 0
+        now = time.monotonic()
+        self.handshake_deadline = accepted_at + cfg.handshake_timeout
+        self.auth_deadline = accepted_at + cfg.auth_timeout
+        self.close_deadline = 0.0
+        self.last_rx = now
+        self.last_ping = 0.0
+        self.last_progress = now
+        self.bucket: TokenBucket | None = None
+        self.max_pending = cfg.max_pending
+        self.log_fields = {"conn": conn_id, "peer": peer}
+
+    def __repr__(self) -> str:
+        return f"<Session {self.conn_id} {self.peer} {self.user or '-'} {self.state.value}>"
+
+    # ------------------------------------------------------------------ any thread
+    def deliver(self, frame: bytes) -> None:
+        """Queue a frame; never blocks. Called by the room from any I/O thread."""
+        if self.state is State.ACTIVE or self.state is State.AUTH:
+            self.inbox.append(frame)
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                self.loop.schedule(self)
+
+    # ------------------------------------------------------------------ loop thread
+    def start(self) -> None:
+        self.loop.endpoints.add(self)
+        self._set_events(_READ)
+        log_event(logger, logging.INFO, "connect", **self.log_fields)
+        self._handshake()
+
+    def _set_events(self, events: int) -> None:
+        if events == self.events:
+            return
+        selector = self.loop.selector
+        if self.events == 0:
+            selector.register(self.sock, events, self)
+        elif events == 0:
+            selector.unregister(self.sock)
+        else:
+            selector.modify(self.sock, events, self)
+        self.events = events
+
+    def _update_events(self) -> None:
+        if self.state is State.CLOSED:
+            return
+        events = _READ
+        if self.write_blocked or self.read_wants_write:
+            events |= _WRITE
+        self._set_events(events)
+
+    def on_readable(self) -> None:
+        state = self.state
+        if state is State.HANDSHAKE:
+            self._handshake()
+            return
+        if self.write_blocked:
+            self._write()  # a write that wanted to read (TLS key update) can go on
+        state = self.state
+        if state is State.AUTH or state is State.ACTIVE:
+            self._read()
+        elif state is State.CLOSING:
+            self._discard_input()
+
+    def _discard_input(self) -> None:
+        """While closing, read and drop what the peer still sends: closing a socket with
+        unread input makes the kernel send RST, which can destroy our last frame."""
+        for _ in range(4):
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return
+            except (ssl.SSLError, OSError):
+                self._finish_close(graceful=False)
+                return
+            if not data:
+                self._finish_close(graceful=False)
+                return
+
+    def on_writable(self) -> None:
+        if self.state is State.HANDSHAKE:
+            self._handshake()
+            return
+        if self.read_wants_write:
+            self.read_wants_write = False
+            self._update_events()
+            self._read()
+        if self.write_blocked:
+            self._write()
+
+    def _handshake(self) -> None:
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._set_events(_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._set_events(_READ | _WRITE)
+            return
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            # Plain TCP, HTTP, an old TLS version, garbage, an early close: this
+            # connection ends, nobody else notices.
+            self._hard_close("handshake failed", detail=_describe(exc), level=logging.DEBUG)
+            return
+        self.state = State.AUTH
+        self._set_events(_READ)
+        log_event(logger, logging.DEBUG, "tls", version=self.sock.version(),
+                  cipher=(self.sock.cipher() or ("",))[0], **self.log_fields)
+        if self.reject is not None:
+            self._fail(self.reject, "the server is full; try again later",
+                       retry_after=self.server.config.retry_spread or None)
+            return
+        # The client's auth frame may already sit decrypted inside OpenSSL, where
+        # the selector cannot see it.
+        self._read()
+
+    def _read(self) -> None:
+        sock = self.sock
+        for _ in range(MAX_READS_PER_EVENT):
+            try:
+                data = sock.recv(RECV_SIZE)
+            except ssl.SSLWantReadError:
+                return
+            except ssl.SSLWantWriteError:
+                self.read_wants_write = True
+                self._update_events()
+                return
+            except (ssl.SSLError, OSError) as exc:
+                self._hard_close("read failed", detail=_describe(exc))
+                return
+            if not data:
+                self._on_eof()
+                return
+            self.last_rx = time.monotonic()
+            try:
+                lines = self.decoder.feed(data)
+            except RemoteProtocolError as exc:
+                self._fail(exc.code, exc.message)
+                return
+            for line in lines:
+                self._on_line(line)
+                if self.state is not State.ACTIVE and self.state is not State.AUTH:
+                    return
+            if not sock.pending():
+                return  # the rest, if any, is in the kernel and the selector sees it
+        # Fairness cap hit with bytes still decrypted inside OpenSSL: come back soon.
+        self.loop.call_soon(self._read_again)
+
+    def _read_again(self) -> None:
+        if self.state is State.ACTIVE or self.state is State.AUTH:
+            self._read()
+
+    def _on_eof(self) -> None:
+        if self.state is State.AUTH:
+            self._hard_close("closed before auth", level=logging.DEBUG)
+        else:
+            self._hard_close("disconnected")
+
+    def _on_line(self, line: bytes) -> None:
+        if not line or line.isspace():
+            return  # blank lines are allowed as keepalive filler
+        try:
+            frame = protocol.decode_client_frame(line)
+        except RemoteProtocolError as exc:
+            if self.state is State.AUTH:
+                self._fail(exc.code, exc.message)  # before auth every error closes
+            else:
+                self._error(exc.code, exc.message, exc.message_id)
+            return
+        if self.state is State.ACTIVE:
+            if type(frame) is protocol.SendMessage:
+                self._on_message(frame)
+            elif type(frame) is protocol.Ping:
+                self._send(_PONG)
+            elif type(frame) is protocol.Pong:
+                pass  # last_rx already moved
+            elif type(frame) is protocol.Bye:
+                self._send(_BYE)
+                self._begin_close("bye")
+            else:
+                self._error("already_authenticated", "this session is already authenticated")
+        elif type(frame) is protocol.Auth:
+            self._authenticate(frame.token)
+        else:
+            self._fail("not_authenticated", "the first frame must be auth")
+
+    def _authenticate(self, token: str) -> None:
+        server = self.server
+        now = time.monotonic()
+        wait = server.auth_retry_after(self.ip_key, now)
+        if wait > 0:
+            self._fail("auth_throttled", "too many failed logins from your address",
+                       retry_after=round(wait, 1))
+            return
+        record = server.tokens.verify(token)
+        if record is None:
+            server.note_auth_failure(self.ip_key, now)
+            log_event(logger, logging.WARNING, "auth_failed", **self.log_fields)
+            self._fail("auth_failed", "unknown or revoked token")
+            return
+        cfg = server.config
+        self.user = record.name
+        self.user_json = protocol.json_string(record.name)
+        self.token_id = record.id
+        self.log_fields = {"conn": self.conn_id, "peer": self.peer, "user": record.name,
+                           "token": record.id}
+        self.state = State.ACTIVE
+        self.decoder.max_frame = cfg.max_frame
+        self.bucket = TokenBucket(cfg.msg_rate, cfg.msg_burst, now)
+        server.on_authenticated(self)
+        log_event(logger, logging.INFO, "auth", **self.log_fields)
+        server.room.subscribe(self, self._welcome)
+        self.joined = True
+        log_event(logger, logging.INFO, "join", room=server.room.name, **self.log_fields)
+
+    def _welcome(self, snapshot: RoomSnapshot) -> bytes:
+        cfg = self.server.config
+        return protocol.encode(protocol.Welcome(
+            user=self.user, room=snapshot.room, members=snapshot.members,
+            heartbeat=cfg.heartbeat, seq=snapshot.seq, max_frame=cfg.max_frame,
+            session=f"{self.server.session_prefix}-{self.conn_id}",
+        ))
+
+    def _on_message(self, frame: protocol.SendMessage) -> None:
+        bucket = self.bucket
+        if bucket is not None and bucket.rate > 0:
+            now = time.monotonic()
+            if not bucket.take(now):
+                self._error("rate_limited", "message dropped: too many messages",
+                            frame.id, retry_after=round(bucket.retry_after(now), 3))
+                return
+        seq = self.server.room.publish(self, frame.body)
+        mid = frame.id
+        if mid is None:
+            self._send(b'{"type":"ack","id":null,"seq":%d}\n' % seq)
+        else:
+            self._send(protocol.encode(protocol.Ack(mid, seq)))
+
+    # ------------------------------------------------------------------ sending
+    def _send(self, frame: bytes) -> None:
+        """Queue a frame from the loop thread itself."""
+        self.inbox.append(frame)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.schedule(self)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        state = self.state
+        if state is State.CLOSED:
+            return
+        inbox = self.inbox
+        if inbox:
+            if len(inbox) == 1:
+                chunk = inbox.popleft()
+            else:
+                parts = []
+                pop = inbox.popleft
+                try:
+                    while True:
+                        parts.append(pop())
+                except IndexError:
+                    pass
+                chunk = b"".join(parts)
+            if not self.out_bytes:
+                self.last_progress = time.monotonic()
+            self.outq.append(chunk)
+            self.out_bytes += len(chunk)
+            if self.out_bytes > self.max_pending and state is State.ACTIVE:
+                self._slow_consumer(f"more than {self.max_pending} bytes queued")
+                return
+        if not self.write_blocked:
+            self._write()
+
+    def _write(self) -> None:
+        sock = self.sock
+        outq = self.outq
+        was_blocked = self.write_blocked
+        while True:
+            data = self.pending
+            if data is None:
+                if not outq:
+                    break
+                if len(outq) == 1 or len(outq[0]) >= WRITE_CHUNK:
+                    data = outq.popleft()
+                else:
+                    parts = [outq.popleft()]
+                    size = len(parts[0])
+                    while outq and size + len(outq[0]) <= WRITE_CHUNK:
+                        part = outq.popleft()
+                        parts.append(part)
+                        size += len(part)
+                    data = b"".join(parts)
+                self.pending = data
+            try:
+                sent = sock.send(data)
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                if not self.write_blocked:
+                    self.write_blocked = True
+                    self._update_events()
+                return
+            except (ssl.SSLError, OSError) as exc:
+                self._hard_close("write failed", detail=_describe(exc))
+                return
+            self.out_bytes -= sent
+            self.last_progress = time.monotonic()
+            self.pending = None if sent >= len(data) else data[sent:]
+        if was_blocked:
+            self.write_blocked = False
+            self._update_events()
+        if self.state is State.CLOSING:
+            self._finish_close(graceful=True)
+
+    # ------------------------------------------------------------------ errors and closing
+    def _error(self, code: str, message: str, mid: protocol.MessageId = None,
+               retry_after: float | None = None) -> None:
+        """Send an error frame; close afterwards if the code says so."""
+        if protocol.closes_connection(code):
+            self._fail(code, message, mid, retry_after)
+            return
+        log_event(logger, logging.INFO, "error", code=code, **self.log_fields)
+        self._send(protocol.encode_error(code, message, mid, retry_after))
+
+    def _fail(self, code: str, message: str, mid: protocol.MessageId = None,
+              retry_after: float | None = None) -> None:
+        """Send a closing error frame, then close once it is written (or after a linger)."""
+        level = logging.DEBUG if code in ("auth_timeout",) and not self.user else logging.INFO
+        log_event(logger, level, "error", code=code, detail=message, **self.log_fields)
+        if self.state is State.CLOSING or self.state is State.CLOSED:
+            return
+        if self.state is State.HANDSHAKE:
+            self._hard_close(code)
+            return
+        self._send(protocol.encode_error(code, message, mid, retry_after))
+        self._begin_close(code)
+
+    def _slow_consumer(self, detail: str) -> None:
+        log_event(logger, logging.WARNING, "slow_consumer", detail=detail, **self.log_fields)
+        # What is queued will never get through in time: drop it, say why, close.
+        self.outq.clear()
+        self.out_bytes = len(self.pending) if self.pending else 0
+        self.inbox.clear()
+        self._send(protocol.encode_error("slow_consumer", f"client too slow: {detail}"))
+        self._begin_close("slow_consumer", linger=CLOSE_LINGER)
+
+    def _begin_close(self, reason: str, *, linger: float = CLOSE_LINGER) -> None:
+        """Stop reading, leave the room, flush what is queued, then close."""
+        if self.state is State.CLOSING or self.state is State.CLOSED:
+            return
+        previous = self.state
+        self.close_reason = reason
+        self.state = State.CLOSING
+        self.close_deadline = time.monotonic() + linger
+        self._leave_room(reason)
+        if previous is State.AUTH:
+            self.server.on_auth_ended(self)
+        self._update_events()
+        # Everything queued for this session goes out in the flush that follows.
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.schedule(self)
+
+    def close_with(self, code: str, message: str) -> None:
+        """Close from the loop thread with an error frame (revocation, shutdown)."""
+        if self.state is State.HANDSHAKE:
+            self._hard_close(code, level=logging.DEBUG)
+        else:
+            self._fail(code, message)
+
+    def say_bye(self, retry_after: float, linger: float) -> None:
+        """Shutdown: tell the client when to come back, flush, close."""
+        if self.state is State.HANDSHAKE:
+            self._hard_close("shutdown", level=logging.DEBUG)
+            return
+        if self.state is State.AUTH or self.state is State.ACTIVE:
+            self._send(protocol.encode(protocol.Bye("shutdown", retry_after)))
+            self._begin_close("shutdown", linger=linger)
+
+    def _leave_room(self, reason: str) -> None:
+        if self.joined:
+            self.joined = False
+            self.server.room.unsubscribe(self, reason)
+            log_event(logger, logging.INFO, "leave", reason=reason, **self.log_fields)
+
+    def _finish_close(self, *, graceful: bool) -> None:
+        if graceful and (self.pending is not None or self.outq or self.inbox):
+            return  # still flushing; tick() enforces close_deadline
+        if graceful and self.pending is None:
+            with contextlib.suppress(ssl.SSLError, OSError, ValueError):
+                self.sock.unwrap()  # close_notify, so the peer sees a clean end of stream
+        self._hard_close(self.close_reason or "closed", quiet=True)
+
+    def _hard_close(self, reason: str, *, detail: str | None = None, level: int = logging.INFO,
+                    quiet: bool = False) -> None:
+        state = self.state
+        if state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        if not self.close_reason:
+            self.close_reason = reason
+        if self.events:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.loop.selector.unregister(self.sock)
+            self.events = 0
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.loop.endpoints.discard(self)
+        self.inbox.clear()
+        self.outq.clear()
+        self.pending = None
+        self._leave_room(reason)
+        if state is State.AUTH or state is State.HANDSHAKE:
+            self.server.on_auth_ended(self)
+        self.server.on_closed(self)
+        if not quiet:
+            log_event(logger, level, "close", reason=reason, detail=detail, **self.log_fields)
+        else:
+            log_event(logger, logging.DEBUG, "close", reason=self.close_reason,
+                      **self.log_fields)
+
+    def abort(self, reason: str) -> None:
+        self._hard_close(reason, level=logging.DEBUG)
+
+    # ------------------------------------------------------------------ timers
+    def tick(self, now: float) -> None:
+        state = self.state
+        if state is State.ACTIVE:
+            cfg = self.server.config
+            silent = now - self.last_rx
+            if silent >= 3 * cfg.heartbeat:
+                self._fail("idle_timeout", f"nothing received for {silent:.1f} s")
+                return
+            if silent >= cfg.heartbeat and now - self.last_ping >= cfg.heartbeat:
+                self.last_ping = now
+                self._send(_PING)
+            if self.out_bytes and now - self.last_progress >= cfg.write_timeout:
+                self._slow_consumer(f"no write progress for {cfg.write_timeout:g} s")
+            elif self.token_id not in self.server.tokens:
+                self._fail("revoked", "your token was revoked")
+        elif state is State.AUTH:
+            if now >= self.auth_deadline:
+                self._fail("auth_timeout", "no valid auth frame in time")
+        elif state is State.HANDSHAKE:
+            if now >= self.handshake_deadline:
+                self._hard_close("handshake timeout", level=logging.DEBUG)
+        elif state is State.CLOSING and now >= self.close_deadline:
+            self._finish_close(graceful=False)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or exc.__class__.__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return exc.__class__.__name__

@@ -1,0 +1,279 @@
+"""Access tokens: creation, the tokens file, constant-time verification, change detection.
+
+A token looks like ``sct1.<id>.<secret>``: ``id`` is 48 random bits that name the
+token (shown by ``securechat-token list``, used in logs and to find the record),
+``secret`` is 256 random bits. The file keeps only a salted SHA-256 of the secret:
+a fast hash is enough because the secret is random, not a password, so it cannot
+be guessed from its hash; a slow KDF would only make every login cost CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from .errors import ConfigError, TokenError
+
+__all__ = [
+    "TokenFileWatcher",
+    "TokenRecord",
+    "TokenStore",
+    "add_token",
+    "check_permissions",
+    "load_store",
+    "revoke_tokens",
+    "validate_name",
+]
+
+TOKEN_PREFIX: Final = "sct1"
+FILE_VERSION: Final = 1
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
+_ID_RE: Final = re.compile(r"[0-9a-f]{12}")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """One token as stored: never the secret itself."""
+
+    id: str
+    name: str
+    salt: bytes
+    digest: bytes
+    created: str
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "id": self.id, "name": self.name, "salt": self.salt.hex(),
+            "hash": "sha256:" + self.digest.hex(), "created": self.created,
+        }
+
+
+def validate_name(name: str) -> str:
+    """A user name: 1-32 of letters, digits, ``_.-``, starting with a letter or digit."""
+    if not _NAME_RE.fullmatch(name):
+        raise TokenError(
+            f"invalid name {name!r}: use 1-32 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def _digest(salt: bytes, secret: str) -> bytes:
+    return hashlib.sha256(salt + secret.encode("utf-8")).digest()
+
+
+def split_token(token: str) -> tuple[str, str] | None:
+    """``(id, secret)`` of a well-formed token, else None."""
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] != TOKEN_PREFIX or not _ID_RE.fullmatch(parts[1]):
+        return None
+    return parts[1], parts[2]
+
+
+def new_token(name: str) -> tuple[str, TokenRecord]:
+    """A fresh random token and the record that stores its hash."""
+    validate_name(name)
+    token_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)  # 256 bits
+    salt = secrets.token_bytes(16)
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    record = TokenRecord(token_id, name, salt, _digest(salt, secret), created)
+    return f"{TOKEN_PREFIX}.{token_id}.{secret}", record
+
+
+class TokenStore:
+    """An immutable set of token records; safe to share between threads."""
+
+    _DUMMY_SALT = bytes(16)
+    _DUMMY_DIGEST = hashlib.sha256(b"securechat: no such token").digest()
+
+    def __init__(self, records: list[TokenRecord] | tuple[TokenRecord, ...] = ()) -> None:
+        self._by_id = {r.id: r for r in records}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, token_id: object) -> bool:
+        """Whether a token with this id is still valid (sessions check this to notice
+        revocation)."""
+        return token_id in self._by_id
+
+    def __iter__(self) -> Iterator[TokenRecord]:
+        return iter(sorted(self._by_id.values(), key=lambda r: (r.name, r.created, r.id)))
+
+    def ids(self) -> frozenset[str]:
+        return frozenset(self._by_id)
+
+    def verify(self, token: str) -> TokenRecord | None:
+        """The record matching ``token``, or None.
+
+        The id picks the record (ids are not secret); the secret is compared with
+        :func:`hmac.compare_digest`, and an unknown id is compared against a dummy
+        digest, so the time taken does not depend on how much of a secret matched.
+        """
+        parts = split_token(token)
+        if parts is None:
+            return None
+        token_id, secret = parts
+        record = self._by_id.get(token_id)
+        if record is None:
+            hmac.compare_digest(_digest(self._DUMMY_SALT, secret), self._DUMMY_DIGEST)
+            return None
+        if hmac.compare_digest(_digest(record.salt, secret), record.digest):
+            return record
+        return None
+
+    # ------------------------------------------------------------------ file format
+    @classmethod
+    def from_json(cls, data: Any) -> TokenStore:
+        if not isinstance(data, dict) or data.get("version") != FILE_VERSION:
+            raise TokenError(f"not a securechat tokens file (version {FILE_VERSION})")
+        items = data.get("tokens")
+        if not isinstance(items, list):
+            raise TokenError("tokens file: 'tokens' must be a list")
+        records = []
+        for item in items:
+            try:
+                digest = item["hash"]
+                if not digest.startswith("sha256:"):
+                    raise TokenError(f"tokens file: unknown hash scheme for id {item['id']}")
+                records.append(TokenRecord(
+                    id=item["id"], name=validate_name(item["name"]),
+                    salt=bytes.fromhex(item["salt"]), digest=bytes.fromhex(digest[7:]),
+                    created=str(item.get("created", "")),
+                ))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise TokenError(f"tokens file: malformed entry {item!r:.80}") from exc
+        return cls(records)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": FILE_VERSION, "tokens": [r.to_json() for r in self]}
+
+
+def check_permissions(path: Path) -> None:
+    """Refuse a tokens file that other users can read or write."""
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXO):
+        raise ConfigError(
+            f"{path} is accessible by other users (mode {stat.S_IMODE(mode):o}); "
+            f"run: chmod 600 {path}"
+        )
+
+
+def load_store(path: Path) -> TokenStore:
+    """Read and check a tokens file; a missing file is an error with a hint."""
+    try:
+        check_permissions(path)
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"tokens file {path} does not exist; create one with: "
+            f"securechat-token add NAME --tokens {path}"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read tokens file {path}: {exc.strerror}") from exc
+    try:
+        return TokenStore.from_json(json.loads(text))
+    except ValueError as exc:
+        raise TokenError(f"tokens file {path} is not valid JSON: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialize writers (two ``securechat-token add`` at once) with a sidecar lock file."""
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _write_store(path: Path, store: TokenStore) -> None:
+    """Write atomically (temp file + rename) with mode 0600, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(store.to_json(), f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _load_or_empty(path: Path) -> TokenStore:
+    return load_store(path) if path.exists() else TokenStore()
+
+
+def add_token(path: Path, name: str) -> tuple[str, TokenRecord]:
+    """Create a token for ``name`` in the file at ``path`` (created if missing).
+
+    A name may hold several tokens (one per device); each is revoked on its own
+    or all at once. Returns the token, which is never stored, and its record.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        store = _load_or_empty(path)
+        token, record = new_token(name)
+        _write_store(path, TokenStore([*store, record]))
+    return token, record
+
+
+def revoke_tokens(path: Path, name_or_id: str) -> list[TokenRecord]:
+    """Remove every token of a user, or the one token with that id; return what was removed."""
+    with _locked(path):
+        store = load_store(path)
+        removed = [r for r in store if name_or_id in (r.name, r.id)]
+        if removed:
+            _write_store(path, TokenStore([r for r in store if r not in removed]))
+    return removed
+
+
+class TokenFileWatcher:
+    """Notices when the tokens file changes, by polling ``stat`` (works in Docker volumes
+    and needs no signal). ``poll()`` returns a new store after a change, else None.
+    A change that does not parse keeps the old store and reports the error."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._signature = self._stat()
+        self.last_error: str | None = None
+
+    def _stat(self) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_ino, st.st_size, st.st_ctime_ns)
+
+    def poll(self) -> TokenStore | None:
+        signature = self._stat()
+        if signature == self._signature:
+            return None
+        self._signature = signature
+        try:
+            store = load_store(self.path)
+        except (ConfigError, TokenError) as exc:
+            self.last_error = str(exc)
+            return None
+        self.last_error = None
+        return store

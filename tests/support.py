@@ -4,6 +4,7 @@ server sends). Every server started here is shut down and its threads joined."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -125,10 +126,8 @@ class WireClient:
             frames.append(json.loads(line))
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
 
 @dataclass

@@ -118,7 +118,7 @@ class WireClient:
 
     def expect_closed(self, timeout: float = 5.0) -> list[dict[str, Any]]:
         """Read until end of stream; return the frames seen on the way."""
-        frames = []
+        frames: list[dict[str, Any]] = []
         while True:
             line = self.recv_line(timeout)
             if line is None:

@@ -57,8 +57,12 @@ class Room(Protocol):
     def unsubscribe(self, member: Member, reason: str) -> None:
         """Remove ``member``; nothing is delivered to it afterwards."""
 
-    def publish(self, sender: Member, body: str) -> int:
-        """Number a message, deliver it to every other session, return its ``seq``."""
+    def publish(self, sender: Member, body: str, msg_id: str | int | None = None) -> int:
+        """Number a message, deliver it to every other session, return its ``seq``.
+
+        A message whose ``(sender.user, msg_id)`` was published recently is a client
+        resending after a lost ack: its original ``seq`` is returned and nothing is
+        delivered again."""
 
     def members(self) -> tuple[str, ...]:
         """Names of the users with at least one session, sorted."""
@@ -82,6 +86,9 @@ class InProcessRoom:
         self._seq = 0
         self._history: deque[HistoryEntry] = deque(maxlen=max(history, 1))
         self._keep_history = history > 0
+        # (user, client message id) -> seq, oldest first, at most max(history, 1000) kept.
+        self._recent_ids: dict[tuple[str, str | int], int] = {}
+        self._max_ids = max(history, 1000)
 
     @property
     def seq(self) -> int:
@@ -120,10 +127,20 @@ class InProcessRoom:
             self._users.pop(user, None)
             self._broadcast(protocol.encode(protocol.Leave(user, reason)), member)
 
-    def publish(self, sender: Member, body: str) -> int:
+    def publish(self, sender: Member, body: str, msg_id: str | int | None = None) -> int:
         with self._lock:
+            if msg_id is not None:
+                key = (sender.user, msg_id)
+                seen = self._recent_ids.get(key)
+                if seen is not None:
+                    return seen
             seq = self._seq + 1
             self._seq = seq
+            if msg_id is not None:
+                recent = self._recent_ids
+                recent[key] = seq
+                if len(recent) > self._max_ids:
+                    del recent[next(iter(recent))]
             frame = protocol.encode_room_message(
                 sender.user_json, body, seq, protocol.rfc3339_utc()
             )

@@ -320,7 +320,7 @@ class Session:
                 self._error("rate_limited", "message dropped: too many messages",
                             frame.id, retry_after=round(bucket.retry_after(now), 3))
                 return
-        seq = self.server.room.publish(self, frame.body)
+        seq = self.server.room.publish(self, frame.body, frame.id)
         mid = frame.id
         if mid is None:
             self._send(b'{"type":"ack","id":null,"seq":%d}\n' % seq)

@@ -146,7 +146,9 @@ class RunningServer:
         return self.server.address[1]
 
     def add_user(self, name: str) -> str:
-        token, _ = add_token(self.tokens_path, name)
+        """Add a token to the tokens file and wait until the server has re-read it."""
+        token, record = add_token(self.tokens_path, name)
+        wait_for(lambda: record.id in self.server.tokens, what=f"server to load {name}'s token")
         return token
 
     def revoke(self, name: str) -> None:

@@ -1,0 +1,277 @@
+"""Bad input, hostile and slow peers, and limits: each gets its documented response and
+the server keeps serving everyone else."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.support import RunningServer, WireClient, seconds, wait_for
+
+MakeServer = Callable[..., RunningServer]
+
+
+def read_until_closed(raw: socket.socket) -> bytes:
+    """Everything the server sends before it closes (FIN or RST) a plain socket."""
+    raw.settimeout(seconds(5))
+    data = b""
+    while True:
+        try:
+            chunk = raw.recv(4096)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def assert_serving(server: RunningServer) -> None:
+    """A fresh client can still log in and chat."""
+    a, _ = server.user(f"probe{time.monotonic_ns()}")
+    a.send({"type": "ping"})
+    assert a.expect("pong", skip=("join", "leave", "msg")) == {"type": "pong"}
+
+
+# ------------------------------------------------------------------ malformed frames
+@pytest.mark.parametrize(("payload", "code"), [
+    (b"this is not json\n", "bad_frame"),
+    (b"\xff\xfe\xfd\n", "bad_frame"),
+    (b"[1,2,3]\n", "bad_frame"),
+    (b'{"type":"msg","body":42,"id":"m1"}\n', "bad_frame"),
+    (b'{"type":"teleport"}\n', "unknown_type"),
+])
+def test_bad_frames_get_an_error_and_keep_the_session(
+        server: RunningServer, payload: bytes, code: str) -> None:
+    alice, _ = server.user("alice")
+    alice.send(payload)
+    error = alice.expect("error")
+    assert error["code"] == code
+    assert error["message"]
+    if b'"id"' in payload:
+        assert error["id"] == "m1"
+    alice.send({"type": "ping"})
+    assert alice.recv() == {"type": "pong"}
+
+
+def test_oversize_frame_closes_only_that_connection(make_server: MakeServer) -> None:
+    """A frame of exactly max_frame is fine; one byte more gets frame_too_large and close."""
+    server = make_server(max_frame=8192)
+    alice, _ = server.user("alice")
+    bob, _ = server.user("bob")
+    alice.expect("join")
+    envelope = len(b'{"type":"msg","body":""}')
+    alice.send(b'{"type":"msg","body":"' + b"x" * (8192 - envelope) + b'"}\n')
+    assert alice.expect("ack")["seq"] == 1
+    alice.send(b'{"type":"msg","body":"' + b"x" * (8193 - envelope) + b'"}\n')
+    frames = alice.expect_closed()
+    assert [f["code"] for f in frames if f["type"] == "error"] == ["frame_too_large"]
+    assert bob.expect("msg")["seq"] == 1
+    assert bob.expect("leave") == {"type": "leave", "user": "alice", "reason": "frame_too_large"}
+    assert_serving(server)
+
+
+def test_pre_auth_frame_limit_is_small(server: RunningServer) -> None:
+    """Before auth only 4 KiB are buffered: an unauthenticated peer cannot make us hold more."""
+    client = server.tls_connect()
+    client.send(b"x" * 5000)
+    assert [f["code"] for f in client.expect_closed()] == ["frame_too_large"]
+
+
+# ------------------------------------------------------------------ non-TLS and TLS mistakes
+def test_plain_tcp_and_http_probes_are_closed(server: RunningServer) -> None:
+    """Plain text and HTTP on the TLS port: the connection is closed, nothing else changes."""
+    alice, _ = server.user("alice")
+    for probe in (b"hello\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x00" * 64):
+        with socket.create_connection((server.host, server.port), timeout=seconds(5)) as raw:
+            raw.sendall(probe)
+            data = read_until_closed(raw)
+            assert b"welcome" not in data and b"HTTP" not in data
+    alice.send({"type": "ping"})
+    assert alice.recv() == {"type": "pong"}
+    assert_serving(server)
+
+
+def test_silent_handshake_does_not_block_others(make_server: MakeServer) -> None:
+    """Connections that never send a byte do not delay a real client, and are closed at
+    the handshake deadline."""
+    server = make_server(handshake_timeout=0.5, auth_timeout=0.6)
+    silent = [socket.create_connection((server.host, server.port)) for _ in range(5)]
+    try:
+        started = time.monotonic()
+        alice, _ = server.user("alice")
+        alice.send({"type": "ping"})
+        assert alice.recv() == {"type": "pong"}
+        assert time.monotonic() - started < seconds(0.4)  # well before the deadline
+        for raw in silent:
+            assert read_until_closed(raw) == b""  # closed by the server at the deadline
+    finally:
+        for raw in silent:
+            raw.close()
+
+
+def test_tls12_refused_by_default(server: RunningServer) -> None:
+    ctx = server.certs.client_context()
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        server.tls_connect(context=ctx)
+    assert_serving(server)
+
+
+def test_tls12_allowed_with_tls_min_12(make_server: MakeServer) -> None:
+    server = make_server(tls_min="1.2")
+    ctx = server.certs.client_context()
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    client = server.tls_connect(context=ctx)
+    assert client.sock.version() == "TLSv1.2"
+    cipher = client.sock.cipher()
+    assert cipher is not None and ("GCM" in cipher[0] or "CHACHA20" in cipher[0])
+
+
+def test_untrusted_certificate_fails_on_the_client(server: RunningServer) -> None:
+    """A client that does not trust our CA refuses the server."""
+    ctx = ssl.create_default_context()  # system store only: trustme's CA is not in it
+    with pytest.raises(ssl.SSLCertVerificationError):
+        server.tls_connect(context=ctx)
+
+
+def test_wrong_host_name_fails_on_the_client(server: RunningServer) -> None:
+    with pytest.raises(ssl.SSLCertVerificationError, match=r"Hostname mismatch|match"):
+        server.tls_connect(server_hostname="chat.example.org")
+
+
+# ------------------------------------------------------------------ limits
+def test_rate_limit_drops_excess_messages_with_their_id(make_server: MakeServer) -> None:
+    """Past the burst, messages get rate_limited (with id and retry_after) and are not
+    delivered; the session stays open and may send again later."""
+    server = make_server(msg_rate=2.0, msg_burst=3)
+    alice, _ = server.user("alice")
+    bob, _ = server.user("bob")
+    alice.expect("join")
+    for i in range(6):
+        alice.send({"type": "msg", "body": f"m{i}", "id": i})
+    replies = [alice.recv() for _ in range(6)]
+    assert [r["type"] for r in replies] == ["ack"] * 3 + ["error"] * 3
+    assert [r["id"] for r in replies[3:]] == [3, 4, 5]
+    assert all(r["code"] == "rate_limited" and r["retry_after"] > 0 for r in replies[3:])
+    assert [bob.expect("msg")["body"] for _ in range(3)] == ["m0", "m1", "m2"]
+    bob.send({"type": "ping"})
+    assert bob.recv() == {"type": "pong"}  # nothing else was delivered to bob
+
+
+def test_max_connections_answers_server_full(make_server: MakeServer) -> None:
+    server = make_server(max_connections=2)
+    _a, _ = server.user("a")
+    b, _ = server.user("b")
+    third = server.tls_connect()
+    frames = third.expect_closed()
+    assert [f["code"] for f in frames] == ["server_full"]
+    assert frames[0]["retry_after"] > 0
+    b.send({"type": "bye"})
+    b.expect_closed()
+    wait_for(lambda: server.server.stats()["connections"] == 1, what="b to be gone")
+    _c, welcome = server.user("c")
+    assert welcome["user"] == "c"
+
+
+def test_unauthenticated_connections_per_ip_are_capped(make_server: MakeServer) -> None:
+    """Past the cap, new connections from that address are closed before any TLS work,
+    and authenticated sessions do not count against it."""
+    server = make_server(max_unauth_per_ip=3, handshake_timeout=5, auth_timeout=5)
+    alice, _ = server.user("alice")
+    pending = [socket.create_connection((server.host, server.port)) for _ in range(3)]
+    try:
+        wait_for(lambda: server.server.stats()["unauthenticated"] == 3, what="3 pending")
+        try:
+            extra = socket.create_connection((server.host, server.port), timeout=seconds(5))
+        except ConnectionResetError:
+            pass  # the reset can arrive before connect() returns
+        else:
+            with extra:
+                assert read_until_closed(extra) == b""
+        wait_for(lambda: server.server.stats().get("refused_unauth_per_ip", 0) == 1,
+                 what="refusal counted")
+    finally:
+        for raw in pending:
+            raw.close()
+    wait_for(lambda: server.server.stats()["unauthenticated"] == 0, what="slots released")
+    _bob, welcome = server.user("bob")
+    assert welcome["user"] == "bob"
+    alice.send({"type": "ping"})
+    assert alice.expect("pong", skip=("join",)) == {"type": "pong"}
+
+
+# ------------------------------------------------------------------ slow consumers
+def _small_rcvbuf_login(server: RunningServer, token: str) -> WireClient:
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(seconds(5))
+    raw.connect((server.host, server.port))
+    sock = server.certs.client_context().wrap_socket(raw, server_hostname="localhost")
+    client = WireClient(sock)
+    server.clients.append(client)
+    client.send({"type": "auth", "token": token})
+    client.expect("welcome")
+    return client
+
+
+def test_reader_that_stops_is_cut_and_others_get_everything(make_server: MakeServer) -> None:
+    """One member stops reading: it is disconnected as slow_consumer while the publisher
+    and a healthy member go on at full speed and lose nothing."""
+    server = make_server(max_pending=64 * 1024, write_timeout=1.0, msg_rate=0)
+    _small_rcvbuf_login(server, server.add_user("stalled"))
+    healthy, _ = server.user("healthy")
+    pub, _ = server.user("pub")
+    assert healthy.expect("join") == {"type": "join", "user": "pub"}
+    body = "x" * 4000
+    sent = received = 0
+    cut_at = None
+    started = time.monotonic()
+    # The stalled member's kernel buffers absorb a few MB first; then its queue passes
+    # max_pending and it is cut. Keep publishing 50 messages past that point.
+    while sent < 4000 and (cut_at is None or sent < cut_at + 50):
+        pub.send({"type": "msg", "body": body, "id": sent})
+        pub.expect("ack", skip=("ping", "join", "leave"))
+        sent += 1
+        while True:  # the healthy member keeps up message by message
+            frame = healthy.recv()
+            if frame["type"] == "msg":
+                assert frame["seq"] == sent
+                received += 1
+                break
+            assert frame == {"type": "leave", "user": "stalled", "reason": "slow_consumer"}
+            cut_at = sent
+    elapsed = time.monotonic() - started
+    assert cut_at is not None, "the stalled member was never cut"
+    assert received == sent
+    assert "stalled" not in server.server.room.members()
+    assert elapsed < seconds(20)
+
+
+# ------------------------------------------------------------------ the rest keeps working
+def test_garbage_flood_from_many_peers_leaves_chat_intact(make_server: MakeServer) -> None:
+    """A mix of hostile peers at once; two real users keep chatting throughout."""
+    server = make_server(handshake_timeout=0.5, auth_timeout=0.7)
+    alice, _ = server.user("alice")
+    bob, _ = server.user("bob")
+    alice.expect("join")
+    hostile: list[Any] = []
+    try:
+        for i in range(10):
+            raw = socket.create_connection((server.host, server.port))
+            raw.sendall([b"GET / HTTP/1.0\r\n\r\n", b"\x16\x03\x01\x00\x05hello", b""][i % 3])
+            hostile.append(raw)
+        for i in range(5):
+            bad = server.tls_connect()
+            bad.send([b"{]\n", b'{"type":"msg","body":"x"}\n', b"\xff\n", b"[]\n", b"{}\n"][i])
+        for n in range(20):
+            alice.send({"type": "msg", "body": f"n{n}"})
+            assert alice.expect("ack")["seq"] == n + 1
+            assert bob.expect("msg")["body"] == f"n{n}"
+    finally:
+        for raw in hostile:
+            raw.close()

@@ -1,0 +1,187 @@
+"""Heartbeats, revocation, shutdown, logs and the server command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from securechat.logs import JsonFormatter, TextFormatter
+from securechat.server_cli import build_parser, config_from_args
+from securechat.tokens import add_token
+from tests.support import Certs, RunningServer, WireClient, seconds
+
+MakeServer = Callable[..., RunningServer]
+
+
+# ------------------------------------------------------------------ heartbeats
+def test_server_pings_a_silent_client_and_closes_it_after_three_intervals(
+        make_server: MakeServer) -> None:
+    server = make_server(heartbeat=0.2)
+    alice, _ = server.user("alice")
+    started = time.monotonic()
+    frames = alice.expect_closed(timeout=5)
+    elapsed = time.monotonic() - started
+    assert [f["type"] for f in frames[:2]] == ["ping", "ping"]
+    assert frames[-1]["type"] == "error" and frames[-1]["code"] == "idle_timeout"
+    assert seconds(0.55) <= elapsed + 0.05 and elapsed < seconds(2.0)
+
+
+def test_a_client_that_answers_pings_stays(make_server: MakeServer) -> None:
+    """Answering pings (or sending anything) counts as life: 6 intervals, still connected."""
+    server = make_server(heartbeat=0.1)
+    alice, _ = server.user("alice")
+    deadline = time.monotonic() + 0.6
+    pings = 0
+    while time.monotonic() < deadline:
+        frame = alice.recv(timeout=1)
+        assert frame == {"type": "ping"}
+        pings += 1
+        alice.send({"type": "pong"})
+    assert pings >= 3
+    alice.send({"type": "ping"})
+    assert alice.expect("pong") == {"type": "pong"}
+
+
+# ------------------------------------------------------------------ revocation
+def test_revoking_a_token_kicks_its_live_sessions(server: RunningServer) -> None:
+    """securechat-token revoke (a file change, no signal) closes alice's sessions in < 2 s."""
+    alice, _ = server.user("alice")
+    bob, _ = server.user("bob")
+    alice.expect("join")
+    started = time.monotonic()
+    server.revoke("alice")
+    frames = alice.expect_closed(timeout=5)
+    assert frames[-1]["code"] == "revoked"
+    assert time.monotonic() - started < 2.0
+    assert bob.expect("leave") == {"type": "leave", "user": "alice", "reason": "revoked"}
+    bob.send({"type": "ping"})
+    assert bob.expect("pong") == {"type": "pong"}
+
+
+# ------------------------------------------------------------------ shutdown
+def test_shutdown_says_bye_with_spread_retry_after(make_server: MakeServer) -> None:
+    """Every client gets bye/shutdown with a retry_after inside the spread window, then EOF;
+    every server thread is joined (checked by the fixture)."""
+    server = make_server(retry_spread=5.0)
+    clients = [server.user(f"u{i}")[0] for i in range(12)]
+    assert server.server.shutdown()
+    hints = []
+    for client in clients:
+        frames = client.expect_closed()
+        byes = [f for f in frames if f["type"] == "bye"]
+        assert len(byes) == 1 and byes[0]["reason"] == "shutdown"
+        hints.append(byes[0]["retry_after"])
+    assert all(0 <= h <= 5.0 for h in hints)
+    assert len(set(hints)) > 1, "retry_after should differ between clients"
+    assert all(not t.is_alive() for t in server.server.threads())
+    assert server.server.shutdown()  # idempotent
+
+
+# ------------------------------------------------------------------ logs
+def test_logs_name_connection_peer_and_user_but_never_the_token(
+        server: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="securechat")
+    token = server.add_user("alice")
+    alice, _ = server.login(token)
+    bad = server.tls_connect()
+    bad.send({"type": "auth", "token": token + "x"})
+    bad.expect_closed()
+    alice.send({"type": "bye"})
+    alice.expect_closed()
+    server.server.shutdown()
+    text = "\n".join(TextFormatter().format(r) for r in caplog.records)
+    jsons = [json.loads(JsonFormatter().format(r)) for r in caplog.records]
+    secret = token.split(".")[2]
+    assert secret not in text and all(secret not in json.dumps(j) for j in jsons)
+    events = {j.get("event") for j in jsons}
+    assert {"connect", "auth", "join", "leave", "auth_failed", "error"} <= events
+    auth = next(j for j in jsons if j.get("event") == "auth")
+    assert auth["user"] == "alice" and auth["peer"].startswith("127.0.0.1:")
+    assert isinstance(auth["conn"], int)
+    assert "event=join" in text and "user=alice" in text
+
+
+# ------------------------------------------------------------------ command line
+def test_help_documents_every_option_default_and_env() -> None:
+    text = build_parser().format_help()
+    for option, default, env in [("--port", "7443", "SECURECHAT_PORT"),
+                                 ("--heartbeat", "20.0", "SECURECHAT_HEARTBEAT"),
+                                 ("--max-frame", "65536", "SECURECHAT_MAX_FRAME"),
+                                 ("--max-pending", "1048576", "SECURECHAT_MAX_PENDING"),
+                                 ("--tls-min", "1.3", "SECURECHAT_TLS_MIN")]:
+        assert option in text and env in text
+        assert f"default: {default}" in " ".join(text.split())
+
+
+def test_environment_and_flags_precedence() -> None:
+    args = build_parser().parse_args(["--port", "9000"])
+    cfg = config_from_args(args, {"SECURECHAT_PORT": "8000", "SECURECHAT_HEARTBEAT": "5",
+                                  "SECURECHAT_ROOM": "ops"})
+    assert (cfg.port, cfg.heartbeat, cfg.room) == (9000, 5.0, "ops")
+
+
+def _run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 20
+             ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "securechat.server_cli", *args],
+                          capture_output=True, text=True, timeout=seconds(timeout),
+                          env={**os.environ, **(env or {})}, check=False)
+
+
+def test_cli_reports_config_errors_clearly(tmp_path: Path, certs: Certs) -> None:
+    result = _run_cli("--cert", str(tmp_path / "missing.pem"), "--key", str(certs.key_path),
+                      "--tokens", str(tmp_path / "t.json"))
+    assert result.returncode == 1
+    assert "missing.pem does not exist" in result.stderr
+    add_token(tmp_path / "t.json", "alice")
+    result = _run_cli("--cert", str(certs.cert_path), "--key", str(certs.key_path),
+                      "--tokens", str(tmp_path / "t.json"), "--check-config")
+    assert result.returncode == 0, result.stderr
+    assert "configuration OK" in result.stdout
+    result = _run_cli("--heartbeat", "0")
+    assert result.returncode == 2 and "--heartbeat must be greater than 0" in result.stderr
+
+
+def test_cli_sigterm_is_a_clean_exit(tmp_path: Path, certs: Certs) -> None:
+    """The real command: starts, serves a client, exits 0 on SIGTERM after saying bye."""
+    tokens = tmp_path / "t.json"
+    token, _ = add_token(tokens, "alice")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "securechat.server_cli", "--port", "0", "--cert",
+         str(certs.cert_path), "--key", str(certs.key_path), "--tokens", str(tokens),
+         "--log-format", "json"],
+        stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        port = 0
+        deadline = time.monotonic() + seconds(15)
+        while not port and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if line.startswith("{") and '"event": "listen"' in line:
+                port = json.loads(line)["port"]
+        assert port
+        raw = socket.create_connection(("127.0.0.1", port), timeout=seconds(5))
+        sock = certs.client_context().wrap_socket(raw, server_hostname="localhost")
+        sock.sendall(json.dumps({"type": "auth", "token": token}).encode() + b"\n")
+        client = WireClient(sock)
+        assert client.expect("welcome")["user"] == "alice"
+        proc.send_signal(signal.SIGTERM)
+        frames = client.expect_closed()
+        assert frames[0]["type"] == "bye" and frames[0]["reason"] == "shutdown"
+        assert proc.wait(timeout=seconds(10)) == 0
+        client.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()

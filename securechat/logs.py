@@ -80,3 +80,6 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None 
     root.addHandler(handler)
     root.setLevel(LEVELS.get(level, logging.INFO))
     root.propagate = False
+    # Our lines carry their own context; finding the caller's file and line for every
+    # record (a stack walk) was ~4 % of the server's CPU in a connection storm.
+    logging._srcfile = None  # documented in the logging HOWTO (Optimization)

@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from tests.support import RunningServer, seconds
 
 MakeServer = Callable[..., RunningServer]
@@ -117,10 +119,13 @@ def test_resent_id_is_acked_once_and_delivered_once(server: RunningServer) -> No
     assert [bob.expect("msg")["body"] for _ in range(2)] == ["once", "next"]
 
 
-def test_broadcast_exact_counts_and_order(server: RunningServer) -> None:
+@pytest.mark.parametrize("io_threads", [1, 3])
+def test_broadcast_exact_counts_and_order(make_server: MakeServer, io_threads: int) -> None:
     """3 publishers x 40 messages into 12 members: every member gets every other
-    session's message exactly once, in seq order, with no gap. (One thread: the
-    kernel buffers hold what is not read yet, and no SSL object is shared.)"""
+    session's message exactly once, in seq order, with no gap; with 3 I/O threads the
+    members are spread over loops, so delivery crosses threads. (The test uses one
+    thread: kernel buffers hold what is not read yet, and no SSL object is shared.)"""
+    server = make_server(io_threads=io_threads, msg_rate=0)
     members = [server.user(f"u{i}")[0] for i in range(12)]
     for index, member in enumerate(members):  # everyone sees the later joins first
         for _ in range(len(members) - 1 - index):

@@ -415,8 +415,7 @@ class Session:
     def _fail(self, code: str, message: str, mid: protocol.MessageId = None,
               retry_after: float | None = None) -> None:
         """Send a closing error frame, then close once it is written (or after a linger)."""
-        level = logging.DEBUG if code in ("auth_timeout",) and not self.user else logging.INFO
-        log_event(logger, level, "error", code=code, detail=message, **self.log_fields)
+        log_event(logger, logging.INFO, "error", code=code, detail=message, **self.log_fields)
         if self.state is State.CLOSING or self.state is State.CLOSED:
             return
         if self.state is State.HANDSHAKE:

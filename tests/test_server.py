@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.support import RunningServer, seconds
+from tests.support import RunningServer, WireClient, seconds
 
 MakeServer = Callable[..., RunningServer]
 
@@ -182,3 +183,19 @@ def test_blank_lines_are_ignored(server: RunningServer) -> None:
     alice.send(b"\n\r\n   \n")
     alice.send({"type": "ping"})
     assert alice.recv() == {"type": "pong"}
+
+
+def test_ipv6_listener(make_server: MakeServer) -> None:
+    """The server listens on IPv6 too (skipped where the machine has no ::1)."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    server = make_server(host="::1")
+    token = server.add_user("alice")
+    raw = socket.create_connection(("::1", server.port), timeout=seconds(5))
+    client = WireClient(server.certs.client_context().wrap_socket(raw, server_hostname="::1"))
+    server.clients.append(client)
+    client.send({"type": "auth", "token": token})
+    assert client.expect("welcome")["user"] == "alice"

@@ -219,10 +219,15 @@ def _small_rcvbuf_login(server: RunningServer, token: str) -> WireClient:
     return client
 
 
-def test_reader_that_stops_is_cut_and_others_get_everything(make_server: MakeServer) -> None:
+@pytest.mark.parametrize(("max_pending", "write_timeout"), [
+    (64 * 1024, 10.0),  # cut because its queue passed max_pending
+    (256 * 1024 * 1024, 0.3),  # cut because nothing could be written for write_timeout
+])
+def test_reader_that_stops_is_cut_and_others_get_everything(
+        make_server: MakeServer, max_pending: int, write_timeout: float) -> None:
     """One member stops reading: it is disconnected as slow_consumer while the publisher
     and a healthy member go on at full speed and lose nothing."""
-    server = make_server(max_pending=64 * 1024, write_timeout=1.0, msg_rate=0)
+    server = make_server(max_pending=max_pending, write_timeout=write_timeout, msg_rate=0)
     _small_rcvbuf_login(server, server.add_user("stalled"))
     healthy, _ = server.user("healthy")
     pub, _ = server.user("pub")

@@ -1,0 +1,201 @@
+"""Helpers for the client tests: a pool of clients that is always closed and joined,
+event waits with deadlines, a port nobody listens on, and a TCP relay the test can
+freeze to play a server that stops answering without closing anything."""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from securechat.backoff import BackoffPolicy
+from securechat.client import Client, Event
+from tests.support import seconds
+
+E = TypeVar("E")
+
+#: Small waits so that reconnect tests take a fraction of a second.
+FAST = BackoffPolicy(base=0.05, cap=0.2, reset_after=30.0)
+
+
+class ClientPool:
+    """Clients made by a test; :meth:`close_all` closes them and checks their threads ended."""
+
+    def __init__(self, ca: Path) -> None:
+        self.ca = ca
+        self.clients: list[Client] = []
+
+    def make(self, port: int, token: str, *, host: str = "127.0.0.1", start: bool = True,
+             **kwargs: Any) -> Client:
+        kwargs.setdefault("cafile", self.ca)
+        kwargs.setdefault("backoff", FAST)
+        kwargs.setdefault("server_name", "localhost")
+        kwargs.setdefault("connect_timeout", seconds(5))
+        client = Client(host, port, token=token, **kwargs)
+        self.clients.append(client)
+        if start:
+            client.start()
+        return client
+
+    def close_all(self) -> None:
+        for client in self.clients:
+            client.close()
+        alive = [c.thread.name for c in self.clients if c.thread.is_alive()]
+        assert not alive, f"client threads still running: {alive}"
+
+
+def next_of(client: Client, kind: type[E], timeout: float = 5.0,
+            where: Callable[[E], bool] = lambda e: True,
+            seen: list[Event] | None = None) -> E:
+    """The next event of type ``kind`` (matching ``where``); others are skipped but
+    appended to ``seen``. AssertionError if none comes in time."""
+    deadline = time.monotonic() + seconds(timeout)
+    skipped: list[Event] = []
+    while (left := deadline - time.monotonic()) > 0:
+        event = client.next_event(left)
+        if event is None:
+            break
+        if isinstance(event, kind) and where(event):
+            return event
+        skipped.append(event)
+        if seen is not None:
+            seen.append(event)
+    raise AssertionError(f"no {kind.__name__} within {timeout} s; got {skipped}")
+
+
+def collect(client: Client, duration: float) -> list[Event]:
+    """Every event that arrives within ``duration`` seconds (waits on the queue)."""
+    deadline = time.monotonic() + duration
+    got: list[Event] = []
+    while (left := deadline - time.monotonic()) > 0:
+        event = client.next_event(left)
+        if event is not None:
+            got.append(event)
+    return got
+
+
+def closed_port() -> int:
+    """A localhost port with no listener (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+class Relay:
+    """A plain TCP forwarder from 127.0.0.1:``port`` to ``target``, on one thread.
+
+    :meth:`freeze` stops forwarding on the connections open at that moment while
+    keeping their sockets open: to the client the server is alive at the TCP level
+    but says nothing (only an application heartbeat notices). Connections made
+    afterwards are forwarded normally, so the client can reconnect through it.
+    """
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.setblocking(False)
+        self.port: int = self._listener.getsockname()[1]
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._sel.register(self._listener, selectors.EVENT_READ, "accept")
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._peer: dict[socket.socket, socket.socket] = {}
+        self._frozen: set[socket.socket] = set()
+        self._freeze_requests: list[str] = []
+        self._stop = False
+        self.accepted = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="test-relay", daemon=True)
+        self._thread.start()
+
+    def freeze(self, direction: str = "both") -> None:
+        """Stop forwarding on current connections: ``both``, or ``to_client`` only
+        (the server still gets what the client sends, the client hears nothing)."""
+        with self._lock:
+            self._freeze_requests.append(direction)
+        self._wake_w.send(b"f")
+
+    def close(self) -> None:
+        self._stop = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        self._thread.join(seconds(5))
+        assert not self._thread.is_alive(), "relay thread did not stop"
+
+    def _run(self) -> None:
+        try:
+            while not self._stop:
+                for key, _ in self._sel.select(1.0):
+                    if key.data == "accept":
+                        self._accept()
+                    elif key.data == "wake":
+                        self._wake_r.recv(4096)
+                        self._apply_freezes()
+                    else:
+                        self._forward(key.fileobj)  # type: ignore[arg-type]
+        finally:
+            for sock in list(self._peer):
+                sock.close()
+            self._sel.close()
+            self._listener.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _accept(self) -> None:
+        try:
+            client, _ = self._listener.accept()
+        except BlockingIOError:
+            return
+        upstream = socket.create_connection(self.target, timeout=seconds(5))
+        client.setblocking(False)
+        upstream.setblocking(False)
+        self._peer[client] = upstream
+        self._peer[upstream] = client
+        self._sel.register(client, selectors.EVENT_READ, "client")
+        self._sel.register(upstream, selectors.EVENT_READ, "upstream")
+        self.accepted += 1
+
+    def _apply_freezes(self) -> None:
+        with self._lock:
+            requests, self._freeze_requests = self._freeze_requests, []
+        for direction in requests:
+            for sock in list(self._peer):
+                key = self._sel.get_map().get(sock)
+                if key is None:
+                    continue
+                if direction == "both" or key.data == "upstream":
+                    self._sel.unregister(sock)
+                    self._frozen.add(sock)
+
+    def _forward(self, sock: socket.socket) -> None:
+        other = self._peer.get(sock)
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            data = b""
+        if not data or other is None:
+            self._drop(sock)
+            return
+        try:
+            other.setblocking(True)  # test traffic is small; a blocking send is fine here
+            other.sendall(data)
+            other.setblocking(False)
+        except OSError:
+            self._drop(sock)
+
+    def _drop(self, sock: socket.socket) -> None:
+        other = self._peer.pop(sock, None)
+        for s in (sock, other):
+            if s is None:
+                continue
+            self._peer.pop(s, None)
+            if s not in self._frozen:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._sel.unregister(s)
+            s.close()

@@ -17,6 +17,10 @@ __all__ = ["TLS_VERSIONS", "check_certificate", "client_context", "server_contex
 TLS_VERSIONS: Final = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 #: TLS 1.2 only: forward-secret AEAD suites (the 1.3 suites are AEAD by definition).
 TLS12_CIPHERS: Final = "ECDHE+AESGCM:ECDHE+CHACHA20"
+#: Key-exchange groups of Mozilla's "modern" profile. OpenSSL 3.0 also offers X448
+#: and P-521, which that profile rejects.
+MODERN_GROUPS: Final = "X25519:P-256:P-384"
+_SSL_CTRL_SET_GROUPS_LIST: Final = 92
 
 
 def _no_passphrase() -> str:
@@ -75,6 +79,10 @@ def server_context(certfile: Path, keyfile: Path, *, tls_min: str = "1.3") -> ss
     ctx.num_tickets = 0
     if tls_min == "1.2":
         ctx.set_ciphers(TLS12_CIPHERS)
+    if not _set_groups(ctx, MODERN_GROUPS):
+        # P-256 alone is compliant too; clients that offered only X25519 pay one
+        # extra round trip (HelloRetryRequest).
+        ctx.set_ecdh_curve("prime256v1")
     try:
         ctx.load_cert_chain(certfile, keyfile, password=_no_passphrase)
     except ConfigError:
@@ -86,6 +94,40 @@ def server_context(certfile: Path, keyfile: Path, *, tls_min: str = "1.3") -> ss
     except OSError as exc:
         raise ConfigError(f"cannot read {keyfile}: {exc.strerror}") from exc
     return ctx
+
+
+def _set_groups(ctx: ssl.SSLContext, groups: str) -> bool:
+    """Restrict the key-exchange groups; True if it worked.
+
+    Python 3.11 has no API for a group *list* (``set_ecdh_curve`` sets one curve), so
+    this calls OpenSSL's ``SSL_CTX_set1_groups_list`` through ctypes on the context's
+    ``SSL_CTX`` pointer, which CPython keeps right after the object header. The pointer
+    is checked first (its options must equal ``ctx.options``); any doubt returns False
+    and the caller falls back to the stdlib-only setting.
+    """
+    setter = getattr(ctx, "set_groups", None)  # a future Python may have one
+    if setter is not None:  # pragma: no cover - not in 3.11
+        setter(groups)
+        return True
+    try:
+        import _ssl
+        import ctypes
+
+        if type(ctx).__basicsize__ < object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p):
+            return False
+        lib = ctypes.CDLL(_ssl.__file__)
+        get_options = lib.SSL_CTX_get_options
+        get_options.restype = ctypes.c_uint64
+        get_options.argtypes = [ctypes.c_void_p]
+        pointer = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+        if not pointer or get_options(pointer) != int(ctx.options):
+            return False
+        ctrl = lib.SSL_CTX_ctrl
+        ctrl.restype = ctypes.c_long
+        ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p]
+        return bool(ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode("ascii")) == 1)
+    except (OSError, AttributeError, ValueError, ImportError):
+        return False
 
 
 def client_context(cafile: Path | None = None) -> ssl.SSLContext:

@@ -1,0 +1,59 @@
+# securechat: the server, securechat-token, securechat-certs and the client, in one image.
+# It holds no secrets: certificates, keys and tokens are made at run time into
+# volumes (see docker-compose.yml, service "init"), and .dockerignore keeps certs/,
+# run/ and tokens files out of the build context.
+#
+# Base: Debian bookworm, whose python3 is 3.11, the version securechat is tested with.
+# On a normal machine debian:bookworm-slim is pulled and Python added with apt. Where no
+# image can be pulled, scripts/docker-engine.sh builds a bookworm base with debootstrap,
+# Python already in it, and tags it with this name: the apt step then does nothing.
+ARG BASE_IMAGE=debian:bookworm-slim
+
+FROM ${BASE_IMAGE} AS base
+RUN if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
+ENV LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+
+FROM base AS build
+COPY . /src
+# Python packages go into a venv that the final stage copies, so sources and wheels
+# stay out of the image. They come from docker/wheels/ when it holds wheels (made on
+# the host by scripts/docker-wheels.sh, for machines whose `docker build` cannot reach
+# PyPI), otherwise from PyPI; the versions are pyproject.toml's either way. Debian's
+# python3-cryptography (38) is older than securechat needs (42), hence pip.
+RUN python3 -m venv /opt/securechat \
+    && if ls /src/docker/wheels/*.whl >/dev/null 2>&1; then \
+        /opt/securechat/bin/pip install --no-cache-dir --no-index \
+            --find-links /src/docker/wheels /src; \
+    else \
+        /opt/securechat/bin/pip install --no-cache-dir /src; \
+    fi \
+    && /opt/securechat/bin/securechat-server --version
+
+FROM base
+COPY --from=build /opt/securechat /opt/securechat
+COPY docker/init.sh /usr/local/bin/securechat-init
+COPY docker/healthcheck.py /usr/local/bin/securechat-healthcheck
+# A fixed uid/gid, so volume contents keep one owner whatever the image version.
+# /data/server and /data/client exist here, owned by that user, because Docker gives
+# a new named volume the owner and mode of the directory it is first mounted on.
+RUN groupadd --system --gid 10001 securechat \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /home/securechat \
+        --create-home --shell /usr/sbin/nologin securechat \
+    && install -d -o securechat -g securechat -m 0700 /data/server /data/client
+# Where the files live in the volumes; the same variables serve securechat-server,
+# securechat-token and securechat-client, so `docker compose exec securechat
+# securechat-token add dave` needs no options. SECURECHAT_HOST is left to each service:
+# the server listens on it, a client connects to it.
+ENV PATH=/opt/securechat/bin:$PATH \
+    SECURECHAT_CERT=/data/server/certs/server.pem \
+    SECURECHAT_KEY=/data/server/certs/server.key \
+    SECURECHAT_TOKENS=/data/server/tokens.json \
+    SECURECHAT_CA=/data/client/ca.pem
+USER 10001:10001
+WORKDIR /home/securechat
+EXPOSE 7443
+CMD ["securechat-server", "--host", "0.0.0.0"]

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Fill docker/wheels/ with the wheels the image installs (pyproject.toml's dependencies
+# and the build backend), for machines whose `docker build` cannot reach PyPI. The
+# Dockerfile installs from there when it holds wheels, from PyPI otherwise.
+#
+# The wheels are for the image's Python (Debian bookworm: CPython 3.11, glibc 2.36) and
+# this machine's architecture, whatever Python runs this script.
+#   PY=python3 scripts/docker-wheels.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=${PY:-python3}
+out=docker/wheels
+mapfile -t deps < <("$PY" -c '
+import tomllib
+with open("pyproject.toml", "rb") as f:
+    print("\n".join(tomllib.load(f)["project"]["dependencies"]))')
+arch=$(uname -m)
+mkdir -p "$out"
+"$PY" -m pip download --quiet --disable-pip-version-check --dest "$out" \
+    --only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 --abi abi3 \
+    --abi none --platform "manylinux_2_28_$arch" --platform "manylinux_2_17_$arch" \
+    --platform "manylinux2014_$arch" --platform any \
+    "${deps[@]}" "setuptools>=68"
+echo "docker-wheels: $(find "$out" -name '*.whl' | wc -l) wheels in $out"

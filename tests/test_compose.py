@@ -1,0 +1,327 @@
+"""docker-compose.yml, for real: a private Docker engine, ``docker-compose up`` as a user
+types it, and alice's and bob's messages crossing the server over TLS.
+
+The file is always validated (``docker-compose config -q``: no engine needed). The
+real run is marked ``docker``; it starts dockerd on a private socket with
+``scripts/docker-engine.sh`` (the base image is built with debootstrap once and
+cached) and skips, with the reason, only where the engine cannot start. With
+SECURECHAT_REQUIRE_DOCKER=1 (set by .ci/run) it fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.support import seconds
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+ENGINE = ROOT / "scripts" / "docker-engine.sh"
+REQUIRE = os.environ.get("SECURECHAT_REQUIRE_DOCKER") == "1"
+BOT_MESSAGES = 3
+#: ``alice_1 | text`` (docker-compose 1.29) or ``alice-1  | text`` (Compose v2).
+LOG_LINE = re.compile(r"^(?P<service>[\w.-]+?)[-_]\d+\s+\| ?(?P<text>.*)$")
+#: ``proj_alice_1 exited with code 0`` (1.29) or ``alice-1 exited with code 0`` (v2).
+EXITED = re.compile(r"\b(?P<service>[\w.-]+?)[-_]\d+ exited with code (?P<code>\d+)")
+
+
+def _unavailable(reason: str) -> None:
+    """Skip, or fail where the docker test is required (CI)."""
+    if REQUIRE:
+        pytest.fail(f"SECURECHAT_REQUIRE_DOCKER=1 but {reason}")
+    pytest.skip(reason)
+
+
+def _compose_commands() -> list[list[str]]:
+    """Every Compose implementation on this machine: Debian's docker-compose 1.29 and/or
+    the v2 plugin (``docker compose``)."""
+    found = []
+    if shutil.which("docker-compose"):
+        found.append(["docker-compose"])
+    if shutil.which("docker") and subprocess.run(
+            ["docker", "compose", "version"], capture_output=True, timeout=30,
+            check=False).returncode == 0:
+        found.append(["docker", "compose"])
+    return found
+
+
+# ---------------------------------------------------------------------- no engine needed
+def test_compose_file_is_valid() -> None:
+    """``config -q`` with every Compose found, with and without the interactive profile."""
+    commands = _compose_commands()
+    if not commands:
+        _unavailable("neither docker-compose nor docker compose is installed "
+                     "(apt-get install docker-compose)")
+    for command in commands:
+        for extra in ([], ["--profile", "interactive"]):
+            result = subprocess.run(
+                [*command, "-f", str(COMPOSE_FILE), *extra, "config", "-q"],
+                capture_output=True, text=True, timeout=60, check=False,
+                env={**os.environ, "COMPOSE_PROJECT_NAME": "securechat-config-check"})
+            assert result.returncode == 0, (command, extra, result.stderr)
+            assert "WARN" not in result.stderr.upper(), result.stderr
+
+
+def test_compose_file_wiring() -> None:
+    """The pieces the README promises, as Compose itself reads them."""
+    commands = _compose_commands()
+    if not commands:
+        _unavailable("docker-compose is not installed (apt-get install docker-compose)")
+    result = subprocess.run([*commands[0], "-f", str(COMPOSE_FILE), "config"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    config = result.stdout
+    for service in ("init", "securechat", "alice", "bob", "client"):
+        assert re.search(rf"^  {service}:$", config, re.M), service
+    assert "condition: service_completed_successfully" in config
+    assert "condition: service_healthy" in config
+    assert re.search(r"profiles:\n\s+- interactive", config)
+    assert "healthcheck:" in config
+    assert not re.search(r"SECURECHAT_TOKEN:", config), "tokens belong in the volume"
+
+
+# ---------------------------------------------------------------------- the real run
+@dataclass
+class Engine:
+    env: dict[str, str]
+    state: Path
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    """A private dockerd for this module, stopped by its PID at the end."""
+    if not shutil.which("docker-compose"):
+        _unavailable("docker-compose is not installed (apt-get install docker-compose)")
+    # Short path: containerd's socket lives below it (unix socket paths max 107 bytes).
+    state = Path(tempfile.mkdtemp(prefix="scd-", dir="/tmp"))
+    started = time.monotonic()
+    result = subprocess.run(["bash", str(ENGINE), "start", str(state)], capture_output=True,
+                            text=True, timeout=600, check=False)
+    try:
+        if result.returncode == 3:
+            _unavailable(result.stderr.strip().splitlines()[-1])
+        assert result.returncode == 0, f"engine did not start:\n{result.stderr}"
+        host = result.stdout.strip().rsplit("=", 1)[1]
+        print(f"engine ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
+        yield Engine({**os.environ, "DOCKER_HOST": host}, state)
+    finally:
+        subprocess.run(["bash", str(ENGINE), "stop", str(state)], capture_output=True,
+                       timeout=120, check=False)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@dataclass
+class Run:
+    """What ``docker-compose up`` printed, by service, and how the containers ended."""
+
+    project: str
+    output: list[str] = field(default_factory=list)
+    exit_codes: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, subprocess.CompletedProcess[str]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    #: service -> (StartedAt, FinishedAt), RFC 3339 with nanoseconds, from docker inspect
+    states: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def lines(self, service: str) -> list[str]:
+        return [m["text"] for line in self.output
+                if (m := LOG_LINE.match(line)) and m["service"] == service]
+
+    def server_lines(self) -> list[str]:
+        """The server's whole log, read after it stopped."""
+        return [m["text"] for line in self.extra["server_log"].stdout.splitlines()
+                if (m := LOG_LINE.match(line))]
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.output[-n:])
+
+
+def _compose(engine: Engine, project: str, *args: str, timeout: float = 120
+             ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE_FILE), "-p", project, *args],
+        capture_output=True, text=True, timeout=timeout, check=False, env=engine.env)
+
+
+def _docker(engine: Engine, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout,
+                          check=False, env=engine.env)
+
+
+def _inspect(engine: Engine, run: Run, service: str) -> None:
+    """Record a service's container exit code and start/finish times."""
+    ids = _compose(engine, run.project, "ps", "-q", service).stdout.split()
+    state = _docker(engine, "inspect", "-f",
+                    "{{.State.ExitCode}} {{.State.StartedAt}} {{.State.FinishedAt}}", *ids[:1])
+    code, started, finished = [*state.stdout.split(), "-1", "", ""][:3]
+    run.exit_codes[service] = int(code)
+    run.states[service] = (started, finished)
+
+
+def _watch_up(proc: subprocess.Popen[str], run: Run, bots_done: threading.Event) -> None:
+    """Collect compose's output; set ``bots_done`` once alice and bob have both exited."""
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        line = raw.rstrip("\n")
+        run.output.append(line)
+        m = EXITED.search(line)
+        if m and m["service"].rsplit("_", 1)[-1] in ("alice", "bob"):
+            run.exit_codes[m["service"].rsplit("_", 1)[-1]] = int(m["code"])
+            if {"alice", "bob"} <= run.exit_codes.keys():
+                bots_done.set()
+
+
+def _stop_compose(proc: subprocess.Popen[str]) -> None:
+    """Ctrl-C, as a user would; if compose does not finish, kill its process group."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=seconds(60))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def compose_run(engine: Engine) -> Iterator[Run]:
+    """Build, ``up`` (attached, as the README says), wait for the bots to finish, run
+    the interactive client's service once, then Ctrl-C and ``down -v``."""
+    run = Run(project=f"sctest{os.getpid()}")
+    t0 = time.monotonic()
+    wheels = subprocess.run(["bash", str(ROOT / "scripts" / "docker-wheels.sh")],
+                            capture_output=True, text=True, timeout=300, check=False,
+                            env={**engine.env, "PY": sys.executable})
+    assert wheels.returncode == 0, wheels.stderr
+    build = _compose(engine, run.project, "build", timeout=600)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    run.timings["build"] = time.monotonic() - t0
+    proc = subprocess.Popen(
+        ["docker-compose", "-f", str(COMPOSE_FILE), "-p", run.project, "up", "--no-color"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=engine.env,
+        start_new_session=True)
+    bots_done = threading.Event()
+    reader = threading.Thread(target=_watch_up, args=(proc, run, bots_done),
+                              name="compose-up-reader")
+    reader.start()
+    t1 = time.monotonic()
+    try:
+        if not bots_done.wait(seconds(180)):
+            pytest.fail(f"alice and bob did not both finish within 180 s:\n{run.tail()}")
+        run.timings["up_to_bots_done"] = time.monotonic() - t1
+        _inspect(engine, run, "init")  # now: `run client` below starts init again
+        run.extra["carol"] = _compose(
+            engine, run.project, "run", "--rm", "-T", "client",
+            "securechat-client", "--send", "hello from carol", timeout=seconds(120))
+        run.extra["modes"] = _compose(
+            engine, run.project, "run", "--rm", "--no-deps", "--entrypoint", "sh", "init",
+            "-c", "stat -c '%a %u %n' /data/server/certs/*.key /data/server/tokens.json "
+                  "/data/client/*.token")
+        t2 = time.monotonic()
+        _stop_compose(proc)
+        run.timings["ctrl_c_to_stopped"] = time.monotonic() - t2
+        reader.join(timeout=30)
+        # `up` stops following logs at Ctrl-C; the server's last lines come from `logs`.
+        run.extra["server_log"] = _compose(engine, run.project, "logs", "--no-color",
+                                           "securechat")
+        _inspect(engine, run, "securechat")
+        yield run
+    finally:
+        _stop_compose(proc)
+        reader.join(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        _compose(engine, run.project, "down", "-v", "--remove-orphans", timeout=120)
+        print(f"compose timings (s): { {k: round(v, 1) for k, v in run.timings.items()} }",
+              file=sys.stderr)
+
+
+def _said(lines: list[str], speaker: str) -> list[int]:
+    """The numbers of ``speaker``'s bot messages in a client's output lines
+    (``12:01:03 bob: hello from bob #1``)."""
+    pattern = re.compile(rf"\b{speaker}: hello from {speaker} #(\d+)$")
+    return sorted(int(m[1]) for line in lines if (m := pattern.search(line)))
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(900)
+def test_alice_and_bob_talk_over_tls(compose_run: Run) -> None:
+    """Each bot printed every message of the other: they crossed the server."""
+    run = compose_run
+    expected = list(range(1, BOT_MESSAGES + 1))
+    assert _said(run.lines("alice"), "bob") == expected, run.tail()
+    assert _said(run.lines("bob"), "alice") == expected, run.tail()
+    assert run.exit_codes.get("alice") == 0 and run.exit_codes.get("bob") == 0, run.tail()
+    server = "\n".join(run.server_lines())
+    assert "event=listen" in server and "tls_min=1.3" in server
+    assert re.search(r"event=auth .*user=alice", server)
+    assert re.search(r"event=auth .*user=bob", server)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(900)
+def test_init_ran_once_before_the_server(compose_run: Run) -> None:
+    """init made certificates and three tokens, and exited 0 before the server listened."""
+    init = compose_run.lines("init")
+    assert any("new development CA" in line for line in init), compose_run.tail()
+    assert any("ready (3 tokens)" in line for line in init)
+    assert compose_run.exit_codes.get("init") == 0
+    # Same clock, same format (UTC, fixed width up to the seconds' fraction): compare
+    # as strings to the microsecond.
+    init_finished = compose_run.states["init"][1][:26]
+    server_started = compose_run.states["securechat"][0][:26]
+    assert init_finished <= server_started, compose_run.states
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(900)
+def test_interactive_client_service_authenticates(compose_run: Run) -> None:
+    """``docker compose run --rm client`` reaches the server as carol (here with --send,
+    since a test has no terminal)."""
+    carol = compose_run.extra["carol"]
+    assert carol.returncode == 0, carol.stdout + carol.stderr
+    assert re.search(r"event=auth .*user=carol", "\n".join(compose_run.server_lines()))
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(900)
+def test_secrets_in_volumes_are_private(compose_run: Run) -> None:
+    """Keys, the tokens file and token files: mode 0600, owned by the image's user."""
+    modes = compose_run.extra["modes"]
+    assert modes.returncode == 0, modes.stderr
+    rows = [line.split() for line in modes.stdout.splitlines() if line.startswith(("6", "7"))]
+    assert len(rows) == 2 + 1 + 3, modes.stdout
+    assert all(mode == "600" and uid == "10001" for mode, uid, _ in rows), modes.stdout
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(900)
+def test_ctrl_c_stops_the_server_cleanly(compose_run: Run) -> None:
+    """Ctrl-C on ``up`` sends SIGTERM; the server says bye and exits 0 in time."""
+    assert compose_run.exit_codes.get("securechat") == 0, compose_run.tail()
+    server = compose_run.server_lines()
+    assert any("event=stopped clean=True" in line for line in server), server[-20:]
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(300)
+def test_image_runs_as_non_root_and_holds_no_secrets(engine: Engine, compose_run: Run
+                                                     ) -> None:
+    """The image's user is 10001, and no key, token or source tree is baked in."""
+    uid = _docker(engine, "run", "--rm", "--entrypoint", "id", "securechat:dev", "-u")
+    assert uid.stdout.strip() == "10001", uid.stderr
+    found = _docker(engine, "run", "--rm", "--entrypoint", "sh", "securechat:dev", "-c",
+                    "find / -xdev \\( -name '*.key' -o -name '*.token' -o -name tokens.json "
+                    "-o -path '*/docker/wheels' -o -path /src \\) -print 2>/dev/null; true")
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == "", found.stdout

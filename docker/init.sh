@@ -1,38 +1,46 @@
 #!/bin/sh
-# docker-compose.yml's "init" service: runs before the server on every `up`, creates
-# what is missing in the volumes and never replaces what is there.
+# Creates what is missing — development certificates, tokens, per-user token files —
+# and never replaces what is there. Two callers, one logic:
+#   - docker-compose.yml's "init" service, before the server, on every `up`;
+#   - `make run`, with the directories below pointed at certs/ and run/.
 #
-#   /data/server  (server volume)  certs/ (CA + server certificate and keys), tokens.json
-#   /data/client  (client volume)  ca.pem, and NAME.token for each of $SECURECHAT_USERS
+#   SECURECHAT_CERTS_DIR   CA + server certificate and keys   (default /data/server/certs)
+#   SECURECHAT_TOKENS      the server's tokens file           (default /data/server/tokens.json)
+#   SECURECHAT_CLIENT_DIR  ca.pem and USER.token per user     (default /data/client)
+#   SECURECHAT_USERS       who gets a token                   (default "alice bob carol")
+#   SECURECHAT_CERT_NAMES  more names/addresses for the server certificate
 #
-# Keys, tokens.json and token files are mode 0600, owned by the image's user.
+# Keys, the tokens file and token files are mode 0600 (umask 077 below).
 set -eu
 umask 077
 
-server=/data/server
-client=/data/client
-tokens="$server/tokens.json"
+certs=${SECURECHAT_CERTS_DIR:-/data/server/certs}
+tokens=${SECURECHAT_TOKENS:-/data/server/tokens.json}
+client=${SECURECHAT_CLIENT_DIR:-/data/client}
 users=${SECURECHAT_USERS:-alice bob carol}
+mkdir -p "$client"
 
 # --if-missing: creates certificates on the first run, renews an expiring server
 # certificate with the same CA, and leaves valid ones (or your own) alone.
-# SECURECHAT_CERT_NAMES: more host names/addresses for the server certificate.
 set --
 for name in ${SECURECHAT_CERT_NAMES:-}; do
     set -- "$@" --name "$name"
 done
-securechat-certs --out "$server/certs" --if-missing "$@"
+securechat-certs --out "$certs" --if-missing "$@"
 
-# The CA certificate is public; clients need it to verify the server.
-cp "$server/certs/ca.pem" "$client/.ca.pem.tmp"
-chmod 0644 "$client/.ca.pem.tmp"
-mv "$client/.ca.pem.tmp" "$client/ca.pem"
+# The CA certificate is public; clients need it to verify the server. (Absent when
+# the server uses a certificate from elsewhere: clients then use the system store.)
+if [ -f "$certs/ca.pem" ] && [ "$certs" != "$client" ]; then
+    cp "$certs/ca.pem" "$client/.ca.pem.tmp"
+    chmod 0644 "$client/.ca.pem.tmp"
+    mv "$client/.ca.pem.tmp" "$client/ca.pem"
+fi
 
 for user in $users; do
     file="$client/$user.token"
     if [ -s "$file" ] && [ -f "$tokens" ]; then
         # Keep the token only if the tokens file still knows its id (tokens look like
-        # sct1.<id>.<secret>); a server volume made anew invalidates old token files.
+        # sct1.<id>.<secret>); a tokens file made anew invalidates old token files.
         id=$(cut -d. -f2 "$file")
         if securechat-token list --tokens "$tokens" 2>/dev/null \
                 | awk -v u="$user" -v i="$id" '$1 == u && $2 == i {f = 1} END {exit !f}'; then

@@ -159,6 +159,14 @@ def run_loadgen(loadgen: Path, port: int, ca: Path, token: str, server_pid: int,
 
 def summarize(name: str, r: dict[str, Any]) -> dict[str, Any]:
     """The figures the targets are about, from one loadgen result."""
+    summary = _figures(r)
+    cpu = r.get("cpu") or r.get("connectCpu") or {}
+    # CPU used by other processes during the run: a noisy neighbour makes figures low.
+    summary["foreign_cpu_pct"] = cpu.get("foreignCpuPct")
+    return summary
+
+
+def _figures(r: dict[str, Any]) -> dict[str, Any]:
     if r.get("scenario") == "fanout":
         lat = r.get("latency") or {}
         return {"delivered_per_s": r.get("deliveredPerSec"), "lost": r.get("lost"),

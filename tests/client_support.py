@@ -1,21 +1,31 @@
 """Helpers for the client tests: a pool of clients that is always closed and joined,
-event waits with deadlines, a port nobody listens on, and a TCP relay the test can
-freeze to play a server that stops answering without closing anything."""
+event waits with deadlines, a port nobody listens on, a TCP relay the test can
+freeze to play a server that stops answering without closing anything, and the CLI
+as a subprocess. Test modules load the fixtures with
+``pytest_plugins = ["tests.client_support"]``.
+
+PYTEST_DONT_REWRITE: the test modules import this module before pytest registers it
+as a plugin, too late for assertion rewriting (and the warning would be an error)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import selectors
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 from securechat.backoff import BackoffPolicy
 from securechat.client import Client, Event
-from tests.support import seconds
+from tests.support import Certs, seconds
 
 E = TypeVar("E")
 
@@ -47,6 +57,14 @@ class ClientPool:
             client.close()
         alive = [c.thread.name for c in self.clients if c.thread.is_alive()]
         assert not alive, f"client threads still running: {alive}"
+
+
+@pytest.fixture
+def clients(certs: Certs) -> Iterator[ClientPool]:
+    """Make clients with ``clients.make(port, token)``; all are closed and joined after."""
+    pool = ClientPool(certs.ca_path)
+    yield pool
+    pool.close_all()
 
 
 def next_of(client: Client, kind: type[E], timeout: float = 5.0,
@@ -199,3 +217,81 @@ class Relay:
                 with contextlib.suppress(KeyError, ValueError):
                     self._sel.unregister(s)
             s.close()
+
+
+# --------------------------------------------------------------------------- the CLI
+def cli_env(**extra: str) -> dict[str, str]:
+    """The test process environment without SECURECHAT_* settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECHAT_")}
+    env.update(extra)
+    return env
+
+
+def cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "securechat.client_cli", *args]
+
+
+def run_cli(*args: str, stdin: str = "", timeout: float = 20.0,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``securechat-client ARGS`` to completion with a deadline."""
+    return subprocess.run(cli_command(*args), input=stdin, capture_output=True, text=True,
+                          timeout=seconds(timeout), env=env or cli_env(), check=False)
+
+
+class CliProcess:
+    """A running ``securechat-client`` whose stdout lines are read against deadlines."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None,
+                 open_stdin: bool = False) -> None:
+        """``open_stdin``: give it a pipe that stays open and silent (no end of input)."""
+        self.proc = subprocess.Popen(cli_command(*args),
+                                     stdin=subprocess.PIPE if open_stdin else subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=env or cli_env())
+        self.lines: list[str] = []
+        self._buf = b""
+
+    def read_until(self, predicate: Callable[[str], bool], timeout: float = 10.0) -> str:
+        """Read stdout lines until one matches; AssertionError on timeout or EOF."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + seconds(timeout)
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while True:
+                while b"\n" in self._buf:
+                    raw, self._buf = self._buf.split(b"\n", 1)
+                    line = raw.decode()
+                    self.lines.append(line)
+                    if predicate(line):
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    break
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                self._buf += chunk
+        raise AssertionError(f"no matching line within {timeout} s; got {self.lines}")
+
+    def finish(self, timeout: float = 10.0) -> tuple[int, str, str]:
+        """Wait for the exit (stdin left as it is); return (code, rest of stdout, stderr)."""
+        self.proc.wait(timeout=seconds(timeout))
+        out, err = self.proc.communicate(timeout=seconds(timeout))
+        return self.proc.returncode, (self._buf + out).decode(), err.decode()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate(timeout=seconds(5))
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[CliProcess]]:
+    """Append every :class:`CliProcess` a test starts; they are killed and reaped after."""
+    started: list[CliProcess] = []
+    yield started
+    for proc in started:
+        proc.kill()

@@ -28,16 +28,11 @@ from securechat.errors import (
     TLSVerificationFailed,
 )
 from tests.client_support import ClientPool, Relay, closed_port, collect, next_of
-from tests.support import Certs, RunningServer, make_certs, seconds, wait_for
+from tests.support import RunningServer, make_certs, seconds, wait_for
+
+pytest_plugins = ["tests.client_support"]
 
 Factory = Callable[..., RunningServer]
-
-
-@pytest.fixture
-def clients(certs: Certs) -> Iterator[ClientPool]:
-    pool = ClientPool(certs.ca_path)
-    yield pool
-    pool.close_all()
 
 
 class Longest(random.Random):

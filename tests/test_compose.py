@@ -133,6 +133,8 @@ class Run:
     timings: dict[str, float] = field(default_factory=dict)
     #: service -> (StartedAt, FinishedAt), RFC 3339 with nanoseconds, from docker inspect
     states: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: what the interactive client printed, and its exit status
+    interactive: tuple[str, int | None] = ("", None)
 
     def lines(self, service: str) -> list[str]:
         return [m["text"] for line in self.output
@@ -167,6 +169,35 @@ def _inspect(engine: Engine, run: Run, service: str) -> None:
     code, started, finished = [*state.stdout.split(), "-1", "", ""][:3]
     run.exit_codes[service] = int(code)
     run.states[service] = (started, finished)
+
+
+def _interactive_session(engine: Engine, run: Run) -> tuple[str, int | None]:
+    """``docker compose run --rm client`` on a terminal (a pty): the prompt comes up as
+    carol, shows what another session of carol sends (``run --rm -T client ... --send``,
+    kept in ``run.extra["carol"]``), and ``/quit`` leaves with exit 0.
+    PROMPT_TOOLKIT_NO_CPR: pexpect's terminal does not answer cursor-position requests."""
+    import pexpect
+
+    child = pexpect.spawn(
+        "docker-compose", ["-f", str(COMPOSE_FILE), "-p", run.project, "run", "--rm",
+                           "-e", "PROMPT_TOOLKIT_NO_CPR=1", "client"],
+        env=engine.env, encoding="utf-8", timeout=seconds(60), dimensions=(24, 120))
+    try:
+        child.expect("connected to securechat:7443 as carol")
+        child.expect("carol>")
+        run.extra["carol"] = _compose(
+            engine, run.project, "run", "--rm", "-T", "client",
+            "securechat-client", "--send", "hello from carol", timeout=seconds(120))
+        child.expect("carol: hello from carol")
+        child.sendline("/quit")
+        child.expect(pexpect.EOF)
+        child.close()
+        return child.before or "", child.exitstatus
+    except pexpect.ExceptionPexpect as exc:
+        pytest.fail(f"interactive client: {exc}\n{child.before!r}")
+    finally:
+        if child.isalive():
+            child.terminate(force=True)
 
 
 def _watch_up(proc: subprocess.Popen[str], run: Run, bots_done: threading.Event) -> None:
@@ -220,9 +251,7 @@ def compose_run(engine: Engine) -> Iterator[Run]:
             pytest.fail(f"alice and bob did not both finish within 180 s:\n{run.tail()}")
         run.timings["up_to_bots_done"] = time.monotonic() - t1
         _inspect(engine, run, "init")  # now: `run client` below starts init again
-        run.extra["carol"] = _compose(
-            engine, run.project, "run", "--rm", "-T", "client",
-            "securechat-client", "--send", "hello from carol", timeout=seconds(120))
+        run.interactive = _interactive_session(engine, run)
         run.extra["modes"] = _compose(
             engine, run.project, "run", "--rm", "--no-deps", "--entrypoint", "sh", "init",
             "-c", "stat -c '%a %u %n' /data/server/certs/*.key /data/server/tokens.json "
@@ -286,10 +315,11 @@ def test_init_ran_once_before_the_server(compose_run: Run) -> None:
 @pytest.mark.docker
 @pytest.mark.timeout(900)
 def test_interactive_client_service_authenticates(compose_run: Run) -> None:
-    """``docker compose run --rm client`` reaches the server as carol (here with --send,
-    since a test has no terminal)."""
+    """``docker compose run --rm client`` gives a prompt as carol that shows the room's
+    messages, and ``run --rm -T client securechat-client --send ...`` sends one."""
     carol = compose_run.extra["carol"]
     assert carol.returncode == 0, carol.stdout + carol.stderr
+    assert compose_run.interactive[1] == 0, compose_run.interactive
     assert re.search(r"event=auth .*user=carol", "\n".join(compose_run.server_lines()))
 
 

@@ -200,6 +200,30 @@ def _interactive_session(engine: Engine, run: Run) -> tuple[str, int | None]:
             child.terminate(force=True)
 
 
+def _operate(engine: Engine, run: Run) -> None:
+    """What README's "Operating securechat" shows for compose: add a token in the
+    running server's volume, reach the server from this machine through the published
+    port with the volume's CA, list and revoke the token."""
+    exec_ = ("exec", "-T", "securechat")
+    run.extra["add"] = add = _compose(engine, run.project, *exec_, "securechat-token",
+                                      "add", "dave", "--quiet")
+    run.extra["port"] = port = _compose(engine, run.project, "port", "securechat", "7443")
+    ca = _compose(engine, run.project, *exec_, "cat", "/data/server/certs/ca.pem")
+    with tempfile.TemporaryDirectory() as tmp:
+        ca_file = Path(tmp) / "ca.pem"
+        ca_file.write_text(ca.stdout)
+        host, _, number = port.stdout.strip().rpartition(":")
+        run.extra["from_host"] = subprocess.run(
+            [sys.executable, "-m", "securechat.client_cli", "--host", host, "--port", number,
+             "--ca", str(ca_file), "--server-name", "localhost", "--max-retries", "3",
+             "--send", "hello from this machine"],
+            capture_output=True, text=True, timeout=seconds(60), check=False,
+            env={**os.environ, "SECURECHAT_TOKEN": add.stdout.strip()})
+    run.extra["list"] = _compose(engine, run.project, *exec_, "securechat-token", "list")
+    run.extra["revoke"] = _compose(engine, run.project, *exec_, "securechat-token", "revoke",
+                                   "dave")
+
+
 def _watch_up(proc: subprocess.Popen[str], run: Run, bots_done: threading.Event) -> None:
     """Collect compose's output; set ``bots_done`` once alice and bob have both exited."""
     assert proc.stdout is not None
@@ -252,6 +276,7 @@ def compose_run(engine: Engine) -> Iterator[Run]:
         run.timings["up_to_bots_done"] = time.monotonic() - t1
         _inspect(engine, run, "init")  # now: `run client` below starts init again
         run.interactive = _interactive_session(engine, run)
+        _operate(engine, run)
         run.extra["modes"] = _compose(
             engine, run.project, "run", "--rm", "--no-deps", "--entrypoint", "sh", "init",
             "-c", "stat -c '%a %u %n' /data/server/certs/*.key /data/server/tokens.json "
@@ -355,3 +380,19 @@ def test_image_runs_as_non_root_and_holds_no_secrets(engine: Engine, compose_run
                     "-o -path '*/docker/wheels' -o -path /src \\) -print 2>/dev/null; true")
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == "", found.stdout
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(900)
+def test_operating_the_compose_server(compose_run: Run) -> None:
+    """Tokens are managed with ``docker compose exec securechat securechat-token ...``
+    (no options: the image's environment names the file), and the server is reachable
+    from this machine on the published loopback port, verified with the volume's CA."""
+    extra = compose_run.extra
+    assert extra["add"].returncode == 0 and extra["add"].stdout.startswith("sct1."), extra["add"]
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", extra["port"].stdout.strip()), extra["port"]
+    host = extra["from_host"]
+    assert host.returncode == 0, host.stdout + host.stderr
+    assert re.search(r"^dave\t", extra["list"].stdout, re.M), extra["list"].stdout
+    assert extra["revoke"].returncode == 0 and "revoked dave" in extra["revoke"].stdout
+    assert re.search(r"event=auth .*user=dave", "\n".join(compose_run.server_lines()))

@@ -382,12 +382,16 @@ def test_server_cli_accepts_generated_files(out: Path) -> None:
     assert "configuration OK" in result.stdout
 
 
-@pytest.mark.parametrize("problem", ["missing", "expired", "mismatched"])
+@pytest.mark.parametrize("problem", ["missing", "unreadable_key", "expired", "mismatched"])
 def test_server_cli_reports_bad_certificate(out: Path, ca: Issued, problem: str) -> None:
     """The server exits 1 with one plain line naming the file and the fix, no traceback."""
     if problem == "missing":
         (out / SERVER_CERT).unlink()
         expected = "does not exist; create one with: securechat-certs"
+    elif problem == "unreadable_key":
+        (out / SERVER_KEY).unlink()
+        (out / SERVER_KEY).mkdir()  # root reads any mode; a directory it cannot read
+        expected = "cannot read .*server.key"
     elif problem == "expired":
         old = make_server_cert(ca, ["localhost"], days=1, not_before=NOW - dt.timedelta(days=3))
         (out / SERVER_CERT).write_bytes(old.cert_pem())

@@ -90,6 +90,9 @@ def server_context(certfile: Path, keyfile: Path, *, tls_min: str = "1.3") -> ss
     except ssl.SSLError as exc:
         if "KEY_VALUES_MISMATCH" in str(exc):
             raise ConfigError(f"key {keyfile} does not belong to certificate {certfile}") from exc
+        if "PEM lib" in str(exc) or "NO_START_LINE" in str(exc):
+            # check_certificate() already parsed the certificate, so the key is at fault.
+            raise ConfigError(f"key file {keyfile} does not hold a PEM private key") from exc
         raise ConfigError(f"cannot load certificate/key {certfile} / {keyfile}: {exc}") from exc
     except OSError as exc:
         raise ConfigError(f"cannot read {keyfile}: {exc.strerror}") from exc

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from securechat.errors import ConfigError
 from securechat.logs import JsonFormatter, TextFormatter
 from securechat.server_cli import build_parser, config_from_args
+from securechat.tlsconfig import server_context
 from securechat.tokens import add_token
 from tests.support import Certs, RunningServer, WireClient, seconds
 
@@ -185,3 +187,10 @@ def test_cli_sigterm_is_a_clean_exit(tmp_path: Path, certs: Certs) -> None:
             proc.wait(timeout=10)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def test_garbage_key_file_is_named(tmp_path: Path, certs: Certs) -> None:
+    key = tmp_path / "server.key"
+    key.write_text("not a key\n")
+    with pytest.raises(ConfigError, match="does not hold a PEM private key"):
+        server_context(certs.cert_path, key)

@@ -325,6 +325,11 @@ class Client:
     - ``close_timeout`` [2 s]: how long :meth:`close` waits for the server's bye.
     - ``heartbeat`` [None: the server's ``welcome.heartbeat``]: ping interval.
     - ``rng`` [a fresh ``random.Random``]: jitter source, for reproducible tests.
+    - ``name`` [``securechat-client-io``]: I/O thread name prefix (a random suffix
+      is added).
+
+    The first connection attempt starts at once; every *re*connect waits its jittered
+    delay first (see :mod:`securechat.backoff`).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = protocol.DEFAULT_PORT, *,
@@ -609,20 +614,13 @@ class Client:
     def _loop(self) -> None:
         self._start_attempt()
         while self._phase != _Phase.DONE:
-            now = time.monotonic()
-            timeout = self._timers(now)
-            if self._phase == _Phase.DONE:
-                break
-            for key, mask in self._sel.select(timeout):
-                if key.data is None:
-                    self._drain_wake()
-                    continue
-                try:
-                    self._on_socket(mask)
-                except _LinkFailure as failure:
-                    self._link_failed(failure)
+            timeout = self._timers(time.monotonic())
             if self._close_requested and self._phase not in (_Phase.CLOSING, _Phase.DONE):
                 self._begin_close()
+            if self._phase == _Phase.DONE:
+                break
+            # Write before waiting: a ping queued by the timers, a message queued by
+            # send() (which woke us) or a bye must not wait for the next wake-up.
             try:
                 if self._phase == _Phase.ACTIVE:
                     self._pump()
@@ -631,6 +629,15 @@ class Client:
                     self._write()
             except _LinkFailure as failure:
                 self._link_failed(failure)
+                continue
+            for key, mask in self._sel.select(timeout):
+                if key.data is None:
+                    self._drain_wake()
+                    continue
+                try:
+                    self._on_socket(mask)
+                except _LinkFailure as failure:
+                    self._link_failed(failure)
 
     def _timers(self, now: float) -> float:
         """Act on deadlines that passed; return seconds until the next one."""

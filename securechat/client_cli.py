@@ -70,11 +70,14 @@ incoming messages appear above the line you are typing. With stdin not a
 terminal (a pipe, a file) every input line is sent as one message.
 
 The client reconnects by itself after any transient failure (refused, reset,
-timeout, server restart, three silent heartbeat intervals), waiting
-uniform(0, min(cap, base * 2**n)) seconds before attempt n, plus the server's
-retry_after when it gave one. Lines typed while disconnected are queued and sent
-after the reconnect; a message counts as delivered only when the server
-acknowledges it, and unacknowledged ones are sent again.
+timeout, server restart, three heartbeat intervals without a word from the
+server), waiting uniform(0, min(cap, base * 2**n)) seconds before reconnect
+attempt n (n = 0, 1, ...), plus the server's retry_after when it gave one; n
+starts again from 0 once a connection stayed healthy for 30 s. A token refused
+by the server or a certificate that does not verify is not retried. Lines typed
+while disconnected are queued (up to 1000) and sent after the reconnect; a
+message counts as delivered only when the server acknowledges it, and
+unacknowledged ones are sent again.
 """
 
 EPILOG = """\
@@ -133,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     conn.add_argument("--token-file", metavar="FILE", help="read the token from FILE "
                       "(env SECURECHAT_TOKEN_FILE)")
     conn.add_argument("--max-retries", type=int, metavar="N", help="give up (exit 5) after "
-                      "N reconnect attempts in a row (default: retry forever)")
+                      "N failed reconnect attempts without a healthy connection in "
+                      "between (default: retry forever)")
     conn.add_argument("--retry-base", type=float, default=0.5, metavar="SECONDS",
                       help="backoff base (default: 0.5)")
     conn.add_argument("--retry-cap", type=float, default=30.0, metavar="SECONDS",

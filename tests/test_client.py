@@ -280,6 +280,22 @@ def test_silent_server_is_detected_by_heartbeat(relayed: Relayed) -> None:
     assert relayed.relay.accepted == 2
 
 
+def test_own_heartbeat_pings_and_detects(server: RunningServer, clients: ClientPool) -> None:
+    """With the server's default 20 s heartbeat, a client set to 0.1 s pings by itself
+    (the pongs keep it alive) and still notices a hung link within a second."""
+    relay = Relay((server.host, server.port))
+    try:
+        client = clients.make(relay.port, server.add_user("alice"), heartbeat=0.1)
+        assert client.connect(seconds(5)).heartbeat == 20.0
+        stray = collect(client, 0.5)  # five of its intervals: pongs keep it alive
+        assert not [e for e in stray if isinstance(e, Disconnected)], stray
+        relay.freeze()
+        gone = next_of(client, Disconnected, timeout=2)
+        assert "heartbeat" in gone.reason
+    finally:
+        relay.close()
+
+
 def test_unacked_message_is_resent_after_the_link_dies(relayed: Relayed) -> None:
     """A message swallowed by a hung link is sent again after the reconnect and arrives."""
     alice, bob = relayed.relayed, relayed.direct

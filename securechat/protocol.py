@@ -137,6 +137,8 @@ class Welcome:
     max_frame: int = DEFAULT_MAX_FRAME
     session: str = ""
     protocol: int = PROTOCOL_VERSION
+    #: Names the seq numbering: when it changes (server restarted), seq started over.
+    epoch: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +354,7 @@ def decode_server_frame(line: bytes) -> ServerFrame:
         heartbeat = _number_or_none(obj, "heartbeat")
         max_frame = obj.get("max_frame", DEFAULT_MAX_FRAME)
         session = obj.get("session", "")
+        epoch = obj.get("epoch", "")
         return Welcome(
             user=_str_field(obj, "user"),
             room=_str_field(obj, "room"),
@@ -361,6 +364,7 @@ def decode_server_frame(line: bytes) -> ServerFrame:
             max_frame=max_frame if isinstance(max_frame, int) else DEFAULT_MAX_FRAME,
             session=session if isinstance(session, str) else "",
             protocol=obj.get("protocol", PROTOCOL_VERSION),
+            epoch=epoch if isinstance(epoch, str) else "",
         )
     if kind == "bye":
         reason = obj.get("reason")
@@ -415,7 +419,7 @@ def encode(frame: ClientFrame | ServerFrame) -> bytes:
                 "type": "welcome", "user": frame.user, "room": frame.room,
                 "members": list(frame.members), "heartbeat": frame.heartbeat, "seq": frame.seq,
                 "max_frame": frame.max_frame, "session": frame.session,
-                "protocol": frame.protocol,
+                "protocol": frame.protocol, "epoch": frame.epoch,
             })
         case Message(sender, body, seq, ts):
             return encode_room_message(_dumps(sender), body, seq, ts)

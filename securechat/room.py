@@ -58,17 +58,24 @@ class Room(Protocol):
         """Remove ``member``; nothing is delivered to it afterwards."""
 
     def publish(self, sender: Member, body: str, msg_id: str | int | None = None) -> int:
-        """Number a message, deliver it to every other session, return its ``seq``.
+        """Number a message, deliver it to every other session and the ``ack`` to the
+        sender (in seq order with everything else the sender receives), return ``seq``.
 
         A message whose ``(sender.user, msg_id)`` was published recently is a client
-        resending after a lost ack: its original ``seq`` is returned and nothing is
-        delivered again."""
+        resending after a lost ack: it is acknowledged with its original ``seq`` and
+        not delivered again."""
 
     def members(self) -> tuple[str, ...]:
         """Names of the users with at least one session, sorted."""
 
     def history(self, after_seq: int = 0) -> list[HistoryEntry]:
         """Recent messages with ``seq`` > ``after_seq`` still held in memory."""
+
+
+def _ack(msg_id: str | int | None, seq: int) -> bytes:
+    if msg_id is None:
+        return b'{"type":"ack","id":null,"seq":%d}\n' % seq
+    return protocol.encode(protocol.Ack(msg_id, seq))
 
 
 class InProcessRoom:
@@ -133,6 +140,7 @@ class InProcessRoom:
                 key = (sender.user, msg_id)
                 seen = self._recent_ids.get(key)
                 if seen is not None:
+                    sender.deliver(_ack(msg_id, seen))
                     return seen
             seq = self._seq + 1
             self._seq = seq
@@ -149,6 +157,8 @@ class InProcessRoom:
             for member in self._sessions:
                 if member is not sender:
                     member.deliver(frame)
+            # Under the lock, so the sender sees ack N before any message N+1.
+            sender.deliver(_ack(msg_id, seq))
             return seq
 
     def members(self) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import random
 import selectors
 import socket
 import ssl
@@ -198,8 +199,10 @@ class Session:
         log_event(logger, logging.DEBUG, "tls", version=self.sock.version(),
                   cipher=(self.sock.cipher() or ("",))[0], **self.log_fields)
         if self.reject is not None:
+            # Spread, so clients turned away together do not all return together.
+            spread = max(1.0, self.server.config.retry_spread)
             self._fail(self.reject, "the server is full; try again later",
-                       retry_after=self.server.config.retry_spread or None)
+                       retry_after=round(random.uniform(1.0, spread), 1))
             return
         # The client's auth frame may already sit decrypted inside OpenSSL, where
         # the selector cannot see it.
@@ -310,6 +313,7 @@ class Session:
             user=self.user, room=snapshot.room, members=snapshot.members,
             heartbeat=cfg.heartbeat, seq=snapshot.seq, max_frame=cfg.max_frame,
             session=f"{self.server.session_prefix}-{self.conn_id}",
+            epoch=self.server.session_prefix,
         ))
 
     def _on_message(self, frame: protocol.SendMessage) -> None:
@@ -320,12 +324,7 @@ class Session:
                 self._error("rate_limited", "message dropped: too many messages",
                             frame.id, retry_after=round(bucket.retry_after(now), 3))
                 return
-        seq = self.server.room.publish(self, frame.body, frame.id)
-        mid = frame.id
-        if mid is None:
-            self._send(b'{"type":"ack","id":null,"seq":%d}\n' % seq)
-        else:
-            self._send(protocol.encode(protocol.Ack(mid, seq)))
+        self.server.room.publish(self, frame.body, frame.id)  # the room sends the ack
 
     # ------------------------------------------------------------------ sending
     def _send(self, frame: bytes) -> None:

@@ -87,7 +87,7 @@ def test_bad_message_error_carries_its_id() -> None:
 
 
 SERVER_FRAMES: list[protocol.ServerFrame] = [
-    protocol.Welcome("alice", "lobby", ("alice", "bob"), 20.0, 41, 65536, "ab-1"),
+    protocol.Welcome("alice", "lobby", ("alice", "bob"), 20.0, 41, 65536, "ab-1", 1, "ab"),
     protocol.Message("bob", "héllo \"quoted\"\n", 42, "2026-11-26T11:35:06.123Z"),
     protocol.Ack("c-1", 42),
     protocol.Ack(None, 43),

@@ -25,6 +25,8 @@ def test_auth_ok_gets_welcome(server: RunningServer) -> None:
     assert welcome["seq"] == 0
     assert welcome["max_frame"] == 65536
     assert welcome["protocol"] == 1
+    assert welcome["epoch"] == server.server.session_prefix
+    assert welcome["session"].startswith(welcome["epoch"] + "-")
 
 
 def test_wrong_token_is_refused_and_closed(server: RunningServer) -> None:

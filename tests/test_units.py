@@ -190,6 +190,21 @@ def test_room_drops_resent_message_ids() -> None:
     assert room.publish(alice, "hi", "c-1") == 1
     assert room.publish(bob, "hi", "c-1") == 2  # ids are per user
     assert len([f for f in bob.frames if f["type"] == "msg"]) == 1
+    acks = [f for f in alice.frames if f["type"] == "ack"]
+    assert acks == [{"type": "ack", "id": "c-1", "seq": 1}] * 2
+
+
+def test_sender_sees_its_ack_before_later_messages() -> None:
+    """The room acknowledges under its lock: the sender's stream is in seq order."""
+    room = InProcessRoom()
+    alice, bob = FakeMember("alice"), FakeMember("bob")
+    room.subscribe(alice, _greet)
+    room.subscribe(bob, _greet)
+    room.publish(alice, "a")
+    room.publish(bob, "b")
+    room.publish(alice, "c", 7)
+    seqs = [(f["type"], f["seq"]) for f in alice.frames if f["type"] in ("ack", "msg")]
+    assert seqs == [("ack", 1), ("msg", 2), ("ack", 3)]
 
 
 def test_welcome_snapshot_precedes_later_messages() -> None:

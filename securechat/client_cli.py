@@ -21,7 +21,9 @@ import contextlib
 import datetime as dt
 import json
 import os
+import select
 import signal
+import socket
 import sys
 import threading
 import unicodedata
@@ -393,14 +395,6 @@ def event_json(event: Event) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- running
-class _Stopped(Exception):
-    """Raised in the main thread by SIGINT/SIGTERM in the non-interactive modes."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
 class Printer:
     """Prints events as they arrive, on its own thread (the main thread sends).
 
@@ -530,43 +524,93 @@ def _run_scripted(opts: Options, stdout: TextIO, stderr: TextIO) -> int:
     done = threading.Event()  # the client stopped, or (lines mode) stdin ended
     printer = Printer(client, opts, stdout=stdout, stderr=stderr, show=show, finished=done)
     stop = threading.Event()
+    outcome: list[BaseException | None] = []
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
+    def work() -> None:
+        error: BaseException | None = None
+        try:
+            if opts.mode == "send":
+                assert opts.send is not None
+                client.send(opts.send, wait=None).wait()
+            elif opts.mode == "say":
+                _run_say(client, opts, stop)
+            elif opts.mode == "listen":
+                client.wait_connected()
+                client.wait_closed()
+            else:
+                error = _run_lines(client, sys.stdin.fileno(), done)
+        except (ClientError, ProtocolError) as exc:
+            error = exc
+        outcome.append(error)
+
+    def interrupted() -> None:
         stop.set()
-        raise _Stopped(signum)
+        client.close(timeout=0)  # says bye; the waits in work() end with ClientClosed
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    error: BaseException | None = None
-    code: int | None = None
-    try:
+    def begin() -> None:
         client.start()
         printer.start()
-        if opts.mode == "send":
-            assert opts.send is not None
-            client.send(opts.send, wait=None).wait()
-        elif opts.mode == "say":
-            _run_say(client, opts, stop)
-        elif opts.mode == "listen":
-            client.wait_connected()
-            client.wait_closed()
-        else:
-            error = _run_lines(client, sys.stdin.fileno(), done)
-    except _Stopped as stopped:
-        code = 128 + stopped.signum
-    except (ClientError, ProtocolError) as exc:
-        error = exc
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        client.close()
-        printer.join(2.0)
-    if code is not None:
-        return code
+
+    signum = _run_until_signal(work, before=begin, on_signal=interrupted)
+    client.close()
+    printer.join(2.0)
+    if signum is not None:
+        return 128 + signum
+    error = outcome[0] if outcome else ClientError("internal error (see above)")
     if isinstance(error, ClientClosed) and client.error is not None:
         error = client.error
     if error is not None and error is not client.error:  # else the printer said it
         _write_line(stderr, f"{PROG}: error: {error}")
     return exit_code(error if error is not None else client.error)
+
+
+def _run_until_signal(work: Callable[[], None], *, before: Callable[[], None],
+                      on_signal: Callable[[], None], grace: float = 5.0) -> int | None:
+    """Run ``work`` in a thread while the main thread waits for it or for SIGINT/SIGTERM
+    (``before`` runs once the signals are caught, ``on_signal`` when one arrives).
+
+    The signal handler only records the signal; the main thread wakes through
+    ``signal.set_wakeup_fd``. Raising from a handler instead would land inside
+    whatever lock the main thread was waiting on and could leave it held, hanging
+    the I/O thread. Returns the signal number, or None if ``work`` finished first.
+    """
+    caught: list[int] = []
+    wake_r, wake_w = socket.socketpair()
+    done_r, done_w = socket.socketpair()
+    for sock in (wake_r, wake_w, done_r):
+        sock.setblocking(False)
+
+    def run() -> None:
+        try:
+            work()
+        finally:
+            with contextlib.suppress(OSError):  # closed if the main thread stopped waiting
+                done_w.send(b"x")
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        caught.append(signum)
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    thread = threading.Thread(target=run, name="securechat-client-main", daemon=True)
+    try:
+        before()
+        thread.start()
+        while not caught:
+            ready, _, _ = select.select([wake_r, done_r], [], [])
+            if done_r in ready and not caught:
+                return None
+            with contextlib.suppress(OSError):
+                wake_r.recv(64)
+        on_signal()
+        thread.join(grace)
+        return caught[0]
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sock in (wake_r, wake_w, done_r, done_w):
+            sock.close()
 
 
 INTERACTIVE_HELP = """\

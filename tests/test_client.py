@@ -28,7 +28,7 @@ from securechat.errors import (
     TLSVerificationFailed,
 )
 from tests.client_support import ClientPool, Relay, closed_port, collect, next_of
-from tests.support import RunningServer, make_certs, seconds, wait_for
+from tests.support import Certs, RunningServer, make_certs, seconds, wait_for
 
 pytest_plugins = ["tests.client_support"]
 
@@ -372,3 +372,11 @@ def test_many_clients_reconnect_after_restart(make_server: Factory, clients: Cli
     for client in group:
         client.wait_connected(seconds(10))
     wait_for(lambda: second.server.stats()["authenticated"] == 30, what="30 logins")
+
+
+def test_context_manager_starts_and_closes(server: RunningServer, certs: Certs) -> None:
+    with Client("127.0.0.1", server.port, token=server.add_user("alice"),
+                cafile=certs.ca_path, server_name="localhost") as client:
+        assert client.wait_connected(seconds(5)).user == "alice"
+        thread = client.thread
+    assert client.closed and not thread.is_alive()

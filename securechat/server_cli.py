@@ -113,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not server.tokens:
         log.warning("the tokens file holds no tokens: nobody can log in "
                     "(add one with: securechat-token add NAME --tokens %s)", config.tokens)
+    _raise_fd_limit(config.max_connections, log)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -135,6 +136,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop.wait()
     clean = server.shutdown()
     return EXIT_OK if clean else EXIT_CONFIG
+
+
+def _raise_fd_limit(max_connections: int, log: logging.Logger) -> None:
+    """Each connection is a file descriptor: lift the soft limit towards the hard one so
+    --max-connections is reachable (a default soft limit of 1024 is common)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + 64
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning("open-files limit %d is below --max-connections %d; raise it "
+                    "(ulimit -n) or lower --max-connections", soft, max_connections)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -83,6 +83,8 @@ RECV_SIZE: Final = 65536
 #: Messages sent but not yet acknowledged at once. The server drops messages over
 #: its rate (50/s, bursts of 100 by default) with ``rate_limited``; a window keeps
 #: a long backlog flushed after a reconnect from being refused by the hundred.
+#: After a ``rate_limited`` the window drops to 1 and doubles with every ack (as
+#: TCP's slow start), so the refused message goes again before newer ones.
 SEND_WINDOW: Final = 32
 #: Pause after ``rate_limited`` when the server gave no ``retry_after``.
 DEFAULT_RATE_PAUSE: Final = 1.0
@@ -233,18 +235,22 @@ class SeqTracker:
 
     def __init__(self) -> None:
         self.last: int | None = None
+        self.epoch = ""
         self._ahead: set[int] = set()
 
-    def welcome(self, seq: int) -> Gap | None:
-        """A (re)connection: what was numbered while we were away is missed."""
-        last = self.last
-        ahead = self._ahead
-        self.last = seq
-        self._ahead = set()
+    def welcome(self, seq: int, epoch: str = "") -> Gap | None:
+        """A (re)connection: what was numbered while we were away is missed.
+
+        ``epoch`` (``welcome.epoch``) names the numbering; a new one means the server
+        restarted and counted again from 0. Servers without it: numbering that went
+        backwards is taken as a restart.
+        """
+        last, ahead, previous = self.last, self._ahead, self.epoch
+        self.last, self._ahead, self.epoch = seq, set(), epoch
         if last is None:
             return None
-        if seq < last:
-            # Numbering went backwards: a new server process (history is in memory).
+        if (epoch and previous and epoch != previous) or seq < last:
+            # A new numbering: everything it counted before we came back was missed.
             return Gap(0, seq + 1, seq, restarted=True) if seq > 0 else None
         missing = seq - last - sum(1 for s in ahead if s <= seq)
         return Gap(last, seq + 1, missing) if missing > 0 else None
@@ -400,6 +406,7 @@ class Client:
         self._read_wants_write = False
         self._inflight: OrderedDict[str, SendHandle] = OrderedDict()
         self._paused_until = 0.0
+        self._window = SEND_WINDOW
         self._heartbeat = 0.0
         self._last_rx = 0.0
         self._last_tx = 0.0
@@ -913,9 +920,10 @@ class Client:
         self._decoder.max_frame = _decoder_limit(welcome.max_frame)
         self._max_frame = welcome.max_frame
         self._heartbeat = self._heartbeat_override or welcome.heartbeat
+        self._window = SEND_WINDOW  # a new session starts with a full rate bucket
         self._last_rx = self._last_tx = now
         self._backoff.connected()
-        gap = self._tracker.welcome(welcome.seq)
+        gap = self._tracker.welcome(welcome.seq, welcome.epoch)
         reconnect = self._ever_connected
         self._ever_connected = True
         with self._cond:
@@ -959,6 +967,7 @@ class Client:
         self._tracker.seen(ack.seq)
         handle = self._inflight.pop(str(ack.id), None) if ack.id is not None else None
         if handle is not None:
+            self._window = min(SEND_WINDOW, self._window * 2)
             handle._resolve(ack.seq)
             with self._cond:
                 self._unacked -= 1
@@ -984,6 +993,7 @@ class Client:
                 self._sort_outbox()
             pause = err.retry_after if err.retry_after is not None else DEFAULT_RATE_PAUSE
             self._paused_until = max(self._paused_until, time.monotonic() + pause)
+            self._window = 1
             self._emit(err)
             return
         if is_fatal_code(err.code):
@@ -1014,11 +1024,11 @@ class Client:
 
     # ------------------------------------------------------------------ outgoing messages
     def _pump(self) -> None:
-        """Move queued messages onto the wire, keeping at most SEND_WINDOW in flight."""
+        """Move queued messages onto the wire, keeping at most the window in flight."""
         if self._paused_until and time.monotonic() < self._paused_until:
             return
         self._paused_until = 0.0
-        room = SEND_WINDOW - len(self._inflight)
+        room = self._window - len(self._inflight)
         if room <= 0:
             return
         with self._cond:

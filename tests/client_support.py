@@ -125,7 +125,7 @@ class Relay:
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._peer: dict[socket.socket, socket.socket] = {}
         self._frozen: set[socket.socket] = set()
-        self._freeze_requests: list[str] = []
+        self._freeze_requests: list[tuple[str, threading.Event]] = []
         self._stop = False
         self.accepted = 0
         self._lock = threading.Lock()
@@ -135,9 +135,12 @@ class Relay:
     def freeze(self, direction: str = "both") -> None:
         """Stop forwarding on current connections: ``both``, or ``to_client`` only
         (the server still gets what the client sends, the client hears nothing)."""
+        applied = threading.Event()
         with self._lock:
-            self._freeze_requests.append(direction)
+            self._freeze_requests.append((direction, applied))
         self._wake_w.send(b"f")
+        # Synchronous: nothing is forwarded on those connections once this returns.
+        assert applied.wait(seconds(5)), "the relay did not freeze in time"
 
     def close(self) -> None:
         self._stop = True
@@ -182,16 +185,22 @@ class Relay:
     def _apply_freezes(self) -> None:
         with self._lock:
             requests, self._freeze_requests = self._freeze_requests, []
-        for direction in requests:
-            for sock in list(self._peer):
-                key = self._sel.get_map().get(sock)
-                if key is None:
-                    continue
-                if direction == "both" or key.data == "upstream":
-                    self._sel.unregister(sock)
-                    self._frozen.add(sock)
+        for direction, applied in requests:
+            self._freeze(direction)
+            applied.set()
+
+    def _freeze(self, direction: str) -> None:
+        for sock in list(self._peer):
+            key = self._sel.get_map().get(sock)
+            if key is None:
+                continue
+            if direction == "both" or key.data == "upstream":
+                self._sel.unregister(sock)
+                self._frozen.add(sock)
 
     def _forward(self, sock: socket.socket) -> None:
+        if sock in self._frozen:
+            return  # readable in the same select() batch as the freeze request
         other = self._peer.get(sock)
         try:
             data = sock.recv(65536)

@@ -63,6 +63,16 @@ def test_reconnect_reports_what_was_numbered_meanwhile() -> None:
     assert tracker.welcome(9) is None
 
 
+def test_new_epoch_means_a_new_numbering() -> None:
+    """After a restart (new epoch) seq 0..3 is all new: 3 messages were missed, even
+    when the new numbering has already passed the old one."""
+    tracker = SeqTracker()
+    tracker.welcome(2, "aaa")
+    assert tracker.welcome(3, "bbb") == Gap(0, 4, 3, restarted=True)
+    assert tracker.welcome(3, "bbb") is None
+    assert tracker.welcome(0, "ccc") is None
+
+
 def test_restarted_server_numbering_starts_again() -> None:
     tracker = SeqTracker()
     tracker.welcome(40)

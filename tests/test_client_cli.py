@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from securechat import client_cli, protocol
-from securechat.client import Closed, Connected
+from securechat.client import Connected
 from tests.client_support import (
     ClientPool,
     CliProcess,
@@ -233,4 +233,3 @@ def test_exit_code_mapping() -> None:
     assert client_cli.exit_code(AuthRefused("revoked", "x")) == 3
     assert client_cli.exit_code(TLSVerificationFailed("x")) == 4
     assert client_cli.exit_code(GaveUp("x")) == 5
-    assert isinstance(Closed("closed"), Closed)

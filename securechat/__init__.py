@@ -9,4 +9,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from .client import Client  # after __version__, which client_cli imports
+
+__all__ = ["Client", "__version__"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import seconds
+from tests.support import RunningServer, seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -28,12 +28,19 @@ RUN_ELSEWHERE: dict[str, tuple[str, str]] = {
     r"scripts/docker-engine\.sh (start|stop) \S+": ("tests/test_compose.py", "ENGINE"),
     r"export DOCKER_HOST=\S+": ("tests/test_compose.py", "DOCKER_HOST"),
     r"scripts/docker-wheels\.sh": ("tests/test_compose.py", "docker-wheels.sh"),
+    r"securechat-client --ca certs/ca\.pem --token-file run/alice\.token":
+        ("tests/test_client_cli_interactive.py", "--token-file"),
+    r"securechat-client .* --json --listen": ("tests/test_client_cli.py", '"--listen"'),
+    r"securechat-client .* --say hello --every 5 --count 10 --wait-for alice":
+        ("tests/test_client_cli.py", '"--wait-for"'),
 }
 #: Commands this file runs itself (see the tests below).
 RUN_HERE = [
     r"securechat-certs( --new-ca)? --force",
     r"securechat-token (add|list|revoke)( dave)? --tokens run/tokens\.json",
     r"make bench",
+    r'echo "deploy finished" \| securechat-client .*',
+    r'securechat-client .* --send "build green"',
 ]
 
 
@@ -85,6 +92,28 @@ def test_operating_commands_work_as_written(tmp_path: Path) -> None:
         if command == "securechat-certs --force":
             assert (certs_dir / "ca.pem").read_bytes() == before  # same CA
     assert (certs_dir / "ca.pem").read_bytes() != before  # --new-ca made a new one
+
+
+def test_scripted_client_commands_work_as_written(tmp_path: Path, server: RunningServer) -> None:
+    """README's pipe and --send examples, run by a shell against a live server (the
+    port comes from SECURECHAT_PORT, which README documents)."""
+    (tmp_path / "certs").mkdir()
+    shutil.copy(server.certs.ca_path, tmp_path / "certs" / "ca.pem")
+    (tmp_path / "ci.token").write_text(server.add_user("ci") + "\n")
+    watcher, _ = server.user("watcher")
+    commands = [c for c in readme_commands()
+                if c.startswith("echo") or c.endswith('--send "build green"')]
+    assert len(commands) == 2
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
+           "SECURECHAT_PORT": str(server.port), "SECURECHAT_HOST": "127.0.0.1",
+           "SECURECHAT_SERVER_NAME": "localhost"}
+    for command in commands:
+        result = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=seconds(30),
+                                check=False)
+        assert result.returncode == 0, f"{command}: {result.stderr}"
+    bodies = [watcher.expect("msg", skip=("ping", "join", "leave"))["body"] for _ in commands]
+    assert bodies == ["deploy finished", "build green"]
 
 
 @pytest.mark.skipif(shutil.which("node") is None or shutil.which("make") is None,

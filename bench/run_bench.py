@@ -171,8 +171,8 @@ def _figures(r: dict[str, Any]) -> dict[str, Any]:
         lat = r.get("latency") or {}
         return {"delivered_per_s": r.get("deliveredPerSec"), "lost": r.get("lost"),
                 "misordered": r.get("misordered"), "p50_ms": lat.get("p50ms"),
-                "p99_ms": lat.get("p99ms"), "server_cpu_pct": (r.get("cpu") or {}).get(
-                    "serverCpuPct"), "ok": r.get("ok")}
+                "p99_ms": lat.get("p99ms"), "max_ms": lat.get("maxMs"),
+                "server_cpu_pct": (r.get("cpu") or {}).get("serverCpuPct"), "ok": r.get("ok")}
     if r.get("scenario") == "conns":
         hb = r.get("heartbeats") or {}
         return {"opened": r.get("opened"), "fails": r.get("fails"),

@@ -60,6 +60,7 @@ from .errors import (
     TLSVerificationFailed,
 )
 from .protocol import Ack, ErrorFrame, Join, Leave, Message, Welcome
+from .sendbuffer import SendBuffer
 from .tlsconfig import client_context
 
 __all__ = [
@@ -400,8 +401,7 @@ class Client:
         self._next_attempt_at = 0.0
         self._close_deadline = 0.0
         self._decoder = protocol.FrameDecoder(_decoder_limit(protocol.DEFAULT_MAX_FRAME))
-        self._wqueue: deque[bytes] = deque()
-        self._wpending: bytes | None = None
+        self._wbuf = SendBuffer()
         self._write_blocked = False
         self._read_wants_write = False
         self._inflight: OrderedDict[str, SendHandle] = OrderedDict()
@@ -631,8 +631,7 @@ class Client:
             try:
                 if self._phase == _Phase.ACTIVE:
                     self._pump()
-                if self._sock is not None and (self._wqueue or self._wpending) \
-                        and not self._write_blocked:
+                if self._sock is not None and self._wbuf and not self._write_blocked:
                     self._write()
             except _LinkFailure as failure:
                 self._link_failed(failure)
@@ -684,7 +683,7 @@ class Client:
                     f"no answer from the server for {now - self._last_rx:.1f} s (heartbeat)")
             wakeups.append(dead_at)
             ping_at = self._last_tx + interval
-            if now >= ping_at and not self._wqueue and self._wpending is None:
+            if now >= ping_at and not self._wbuf:
                 self._queue(_PING)
                 self._last_tx = now  # one ping per interval, even if the write stalls
                 ping_at = now + interval
@@ -860,33 +859,18 @@ class Client:
         sock = self._sock
         if sock is None:
             return
-        was_blocked = self._write_blocked
-        while True:
-            data = self._wpending
-            if data is None:
-                if not self._wqueue:
-                    break
-                data = b"".join(self._wqueue)
-                self._wqueue.clear()
-                self._wpending = data
-            try:
-                sent = sock.send(data)
-            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                # Retry later with the very same buffer (OpenSSL requires it).
-                if not self._write_blocked:
-                    self._write_blocked = True
-                    self._update_events()
-                return
-            except (ssl.SSLError, OSError) as exc:
-                raise _LinkFailure(f"connection lost: {_describe(exc)}") from exc
+        try:
+            sent, drained = self._wbuf.write_to(sock)
+        except (ssl.SSLError, OSError) as exc:
+            raise _LinkFailure(f"connection lost: {_describe(exc)}") from exc
+        if sent:
             self._last_tx = time.monotonic()
-            self._wpending = None if sent >= len(data) else data[sent:]
-        if was_blocked:
-            self._write_blocked = False
+        if drained != (not self._write_blocked):
+            self._write_blocked = not drained
             self._update_events()
 
     def _queue(self, frame: bytes) -> None:
-        self._wqueue.append(frame)
+        self._wbuf.append(frame)
 
     # ------------------------------------------------------------------ frames
     def _on_line(self, line: bytes) -> None:
@@ -1119,8 +1103,7 @@ class Client:
         self._sock = None
         with contextlib.suppress(OSError):
             sock.close()
-        self._wqueue.clear()
-        self._wpending = None
+        self._wbuf.clear()
         self._write_blocked = False
         self._read_wants_write = False
         if self._phase != _Phase.DONE:

@@ -28,6 +28,7 @@ from .errors import RemoteProtocolError
 from .limits import TokenBucket
 from .logs import log_event
 from .room import RoomSnapshot
+from .sendbuffer import SendBuffer
 
 if TYPE_CHECKING:
     from .ioloop import IOLoop
@@ -40,8 +41,6 @@ logger = logging.getLogger("securechat.server")
 RECV_SIZE = 65536
 #: Reads per readiness event before other connections get a turn.
 MAX_READS_PER_EVENT = 16
-#: Largest single TLS write when coalescing queued frames.
-WRITE_CHUNK = 256 * 1024
 #: After an error frame, how long we try to deliver it before closing anyway.
 CLOSE_LINGER = 1.0
 
@@ -85,9 +84,7 @@ class Session:
         # Outbound: inbox is appended to by any thread; the rest belongs to the loop.
         self.inbox: deque[bytes] = deque()
         self.flush_scheduled = False
-        self.outq: deque[bytes] = deque()
-        self.out_bytes = 0
-        self.pending: bytes | None = None  # the exact buffer to retry after a WANT_WRITE
+        self.out = SendBuffer()
         self.write_blocked = False
         self.read_wants_write = False
         self.events = 0
@@ -352,50 +349,29 @@ class Session:
                 except IndexError:
                     pass
                 chunk = b"".join(parts)
-            if not self.out_bytes:
+            if not self.out:
                 self.last_progress = time.monotonic()
-            self.outq.append(chunk)
-            self.out_bytes += len(chunk)
-            if self.out_bytes > self.max_pending and state is State.ACTIVE:
+            self.out.append(chunk)
+            if self.out.size > self.max_pending and state is State.ACTIVE:
                 self._slow_consumer(f"more than {self.max_pending} bytes queued")
                 return
         if not self.write_blocked:
             self._write()
 
     def _write(self) -> None:
-        sock = self.sock
-        outq = self.outq
-        was_blocked = self.write_blocked
-        while True:
-            data = self.pending
-            if data is None:
-                if not outq:
-                    break
-                if len(outq) == 1 or len(outq[0]) >= WRITE_CHUNK:
-                    data = outq.popleft()
-                else:
-                    parts = [outq.popleft()]
-                    size = len(parts[0])
-                    while outq and size + len(outq[0]) <= WRITE_CHUNK:
-                        part = outq.popleft()
-                        parts.append(part)
-                        size += len(part)
-                    data = b"".join(parts)
-                self.pending = data
-            try:
-                sent = sock.send(data)
-            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                if not self.write_blocked:
-                    self.write_blocked = True
-                    self._update_events()
-                return
-            except (ssl.SSLError, OSError) as exc:
-                self._hard_close("write failed", detail=_describe(exc))
-                return
-            self.out_bytes -= sent
+        try:
+            sent, drained = self.out.write_to(self.sock)
+        except (ssl.SSLError, OSError) as exc:
+            self._hard_close("write failed", detail=_describe(exc))
+            return
+        if sent:
             self.last_progress = time.monotonic()
-            self.pending = None if sent >= len(data) else data[sent:]
-        if was_blocked:
+        if not drained:
+            if not self.write_blocked:
+                self.write_blocked = True
+                self._update_events()
+            return
+        if self.write_blocked:
             self.write_blocked = False
             self._update_events()
         if self.state is State.CLOSING:
@@ -426,8 +402,7 @@ class Session:
     def _slow_consumer(self, detail: str) -> None:
         log_event(logger, logging.WARNING, "slow_consumer", detail=detail, **self.log_fields)
         # What is queued will never get through in time: drop it, say why, close.
-        self.outq.clear()
-        self.out_bytes = len(self.pending) if self.pending else 0
+        self.out.drop_queued()
         self.inbox.clear()
         self._send(protocol.encode_error("slow_consumer", f"client too slow: {detail}"))
         self._begin_close("slow_consumer", linger=CLOSE_LINGER)
@@ -472,9 +447,9 @@ class Session:
             log_event(logger, logging.INFO, "leave", reason=reason, **self.log_fields)
 
     def _finish_close(self, *, graceful: bool) -> None:
-        if graceful and (self.pending is not None or self.outq or self.inbox):
+        if graceful and (self.out or self.inbox):
             return  # still flushing; tick() enforces close_deadline
-        if graceful and self.pending is None:
+        if graceful:
             with contextlib.suppress(ssl.SSLError, OSError, ValueError):
                 self.sock.unwrap()  # close_notify, so the peer sees a clean end of stream
         self._hard_close(self.close_reason or "closed", quiet=True)
@@ -495,8 +470,7 @@ class Session:
             self.sock.close()
         self.loop.endpoints.discard(self)
         self.inbox.clear()
-        self.outq.clear()
-        self.pending = None
+        self.out.clear()
         self._leave_room(reason)
         if state is State.AUTH or state is State.HANDSHAKE:
             self.server.on_auth_ended(self)
@@ -522,7 +496,7 @@ class Session:
             if silent >= cfg.heartbeat and now - self.last_ping >= cfg.heartbeat:
                 self.last_ping = now
                 self._send(_PING)
-            if self.out_bytes and now - self.last_progress >= cfg.write_timeout:
+            if self.out and now - self.last_progress >= cfg.write_timeout:
                 self._slow_consumer(f"no write progress for {cfg.write_timeout:g} s")
             elif self.token_id not in self.server.tokens:
                 self._fail("revoked", "your token was revoked")

@@ -226,3 +226,21 @@ def test_store_iteration_is_sorted(tmp_path: Path) -> None:
     add_token(path, "amy")
     assert [r.name for r in load_store(path)] == ["amy", "zed"]
     assert len(TokenStore()) == 0
+
+
+# ------------------------------------------------------------------ send buffer
+def test_send_buffer_coalesces_up_to_the_chunk_size() -> None:
+    """Queued frames are joined into writes of at most ``chunk`` bytes, in order; a
+    frame larger than the chunk goes out alone."""
+    from securechat.sendbuffer import SendBuffer
+
+    buf = SendBuffer(chunk=10)
+    for part in (b"aaaa", b"bbbb", b"cc", b"d", b"e" * 12, b"ff"):
+        buf.append(part)
+    assert buf.size == 25 and buf
+    writes = [buf._next() for _ in range(3)]  # the coalescing step, without a socket
+    assert writes == [b"aaaabbbbcc", b"d", b"e" * 12]
+    buf.drop_queued()
+    assert buf.size == 0 and not buf.in_flight
+    buf.append(b"")
+    assert not buf

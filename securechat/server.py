@@ -17,7 +17,6 @@ import contextlib
 import ipaddress
 import itertools
 import logging
-import os
 import random
 import secrets
 import selectors
@@ -389,15 +388,3 @@ def _read_int(path: str) -> int | None:
         return int(Path(path).read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def pid_rss_kib(pid: int | None = None) -> int | None:
-    """Resident set size of a process in KiB (Linux), for benchmarks and logs."""
-    try:
-        text = Path(f"/proc/{pid or os.getpid()}/status").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return None

@@ -424,13 +424,6 @@ class Session:
             self.flush_scheduled = True
             self.loop.schedule(self)
 
-    def close_with(self, code: str, message: str) -> None:
-        """Close from the loop thread with an error frame (revocation, shutdown)."""
-        if self.state is State.HANDSHAKE:
-            self._hard_close(code, level=logging.DEBUG)
-        else:
-            self._fail(code, message)
-
     def say_bye(self, retry_after: float, linger: float) -> None:
         """Shutdown: tell the client when to come back, flush, close."""
         if self.state is State.HANDSHAKE:

@@ -11,7 +11,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,12 +211,3 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         event.wait(0.005)
-
-
-def frames_until(client: WireClient, kind: str, timeout: float = 5.0) -> Iterator[dict[str, Any]]:
-    """Yield frames up to and including the first of type ``kind``."""
-    while True:
-        frame = client.recv(timeout)
-        yield frame
-        if frame.get("type") == kind:
-            return

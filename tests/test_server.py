@@ -33,7 +33,8 @@ def test_wrong_token_is_refused_and_closed(server: RunningServer) -> None:
     """A wrong token gets auth_failed, then the connection is closed."""
     token = server.add_user("alice")
     client = server.tls_connect()
-    client.send({"type": "auth", "token": token[:-2] + "xx"})
+    wrong = token[:-2] + ("yy" if token.endswith("xx") else "xx")  # always a different token
+    client.send({"type": "auth", "token": wrong})
     frames = client.expect_closed()
     assert [f["code"] for f in frames] == ["auth_failed"]
     assert server.server.stats()["auth_failed"] == 1

@@ -42,7 +42,8 @@ def test_verify_rejects_wrong_and_malformed_tokens(tmp_path: Path) -> None:
     token, _ = add_token(path, "alice")
     store = load_store(path)
     prefix, tid, secret = token.split(".")
-    assert store.verify(f"{prefix}.{tid}.{secret[:-1]}A") is None
+    wrong_last = "B" if secret.endswith("A") else "A"  # always a different secret
+    assert store.verify(f"{prefix}.{tid}.{secret[:-1]}{wrong_last}") is None
     assert store.verify(f"{prefix}.000000000000.{secret}") is None
     assert store.verify("garbage") is None
     assert store.verify("") is None

@@ -17,13 +17,17 @@ The schedule::
 first). ``floor`` is the server's ``retry_after`` hint when it gave one (``bye``
 with reason ``shutdown``, ``error server_full`` / ``auth_throttled``), else 0:
 the server already spreads its hints, the jitter on top keeps clients that got
-the same hint apart. ``n`` goes back to 0 only after a connection stayed
+the same hint apart. A hint is clamped to ``[0, cap]`` first
+(:meth:`BackoffPolicy.clamp_hint`): a server, or anything posing as one, must not
+make a client wait forever or crash it with ``inf``, ``nan`` or ``1e300``.
+``n`` goes back to 0 only after a connection stayed
 authenticated and healthy for ``reset_after`` seconds, so a server that accepts
 and then drops every client at once still sees the waits grow.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -90,6 +94,16 @@ class BackoffPolicy:
             return self.cap
         return min(self.cap, self.base * (1 << attempt))
 
+    def clamp_hint(self, retry_after: float | None) -> float | None:
+        """A server's ``retry_after`` made safe to wait on: within ``[0, cap]``.
+
+        None and NaN mean "no hint"; a negative hint is 0 and a huge or infinite
+        one is the cap (``time.monotonic() + 1e300`` would overflow ``select``).
+        """
+        if retry_after is None or math.isnan(retry_after):
+            return None
+        return min(max(retry_after, 0.0), self.cap)
+
 
 class Backoff:
     """The reconnect schedule of one client.
@@ -138,7 +152,8 @@ class Backoff:
         """Seconds to wait before the next attempt, or None when retries are exhausted.
 
         Call once per failure (of a connection attempt, or of a live link); each call
-        counts one attempt.
+        counts one attempt. ``retry_after`` is clamped (:meth:`BackoffPolicy.clamp_hint`),
+        so the delay is at most twice the cap.
         """
         self._connected_at = None
         policy = self.policy
@@ -146,5 +161,5 @@ class Backoff:
             return None
         jitter = self._rng.uniform(0.0, policy.ceiling(self.attempt))
         self.attempt += 1
-        floor = retry_after if retry_after is not None and retry_after > 0 else 0.0
+        floor = policy.clamp_hint(retry_after) or 0.0
         return floor + jitter

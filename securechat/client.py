@@ -39,11 +39,11 @@ import ssl
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 from . import protocol
 from .backoff import Backoff, BackoffPolicy, is_fatal, is_fatal_code
@@ -73,9 +73,11 @@ __all__ = [
     "EventsDropped",
     "Gap",
     "Reconnecting",
+    "Resolver",
     "SendFailed",
     "SendHandle",
     "SeqTracker",
+    "resolve",
 ]
 
 logger = logging.getLogger("securechat.client")
@@ -91,6 +93,9 @@ SEND_WINDOW: Final = 32
 DEFAULT_RATE_PAUSE: Final = 1.0
 #: Heartbeat intervals without any frame after which the link is declared dead.
 DEAD_AFTER_INTERVALS: Final = 3
+
+#: Seconds :meth:`Client.close` waits at most for a name resolution still running.
+RESOLVER_JOIN_WAIT: Final = 1.0
 
 _PING = protocol.encode(protocol.Ping())
 _PONG = protocol.encode(protocol.Pong())
@@ -177,6 +182,28 @@ class Closed:
 
 Event = (Message | Ack | Join | Leave | ErrorFrame | Connecting | Connected | Disconnected
          | Reconnecting | Gap | SendFailed | EventsDropped | Closed)
+
+
+# --------------------------------------------------------------------------- name resolution
+#: ``resolver(host, port)`` -> ``(family, sockaddr)`` pairs to try in order; raises
+#: OSError when the name does not resolve. It runs in a helper thread, so it may block.
+Resolver = Callable[[str, int], Sequence[tuple[int, Any]]]
+
+
+def resolve(host: str, port: int) -> list[tuple[int, Any]]:
+    """The default :data:`Resolver`: ``getaddrinfo`` for TCP."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+
+
+def _is_ip_literal(host: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return True
+    return False
 
 
 # --------------------------------------------------------------------------- send handles
@@ -279,6 +306,7 @@ class SeqTracker:
 # --------------------------------------------------------------------------- the client
 class _Phase:
     WAITING = "waiting"  # before an attempt (backoff)
+    RESOLVING = "resolving"  # name resolution in the helper thread
     CONNECTING = "connecting"  # TCP connect in progress
     HANDSHAKE = "handshake"
     AUTH = "auth"  # auth sent, waiting for welcome
@@ -334,6 +362,11 @@ class Client:
     - ``rng`` [a fresh ``random.Random``]: jitter source, for reproducible tests.
     - ``name`` [``securechat-client-io``]: I/O thread name prefix (a random suffix
       is added).
+    - ``resolver`` [:func:`resolve`, i.e. ``getaddrinfo``]: turns ``host`` into
+      addresses. It runs in a daemon helper thread (``<I/O thread name>-resolve``)
+      under ``connect_timeout``, because ``getaddrinfo`` cannot be interrupted and a
+      slow DNS server must not freeze the I/O thread (pings, close). An IP literal
+      with the default resolver needs no lookup and no thread.
 
     The first connection attempt starts at once; every *re*connect waits its jittered
     delay first (see :mod:`securechat.backoff`).
@@ -346,7 +379,8 @@ class Client:
                  max_events: int = 10000, on_event: Callable[[Event], None] | None = None,
                  connect_timeout: float = 10.0, close_timeout: float = 2.0,
                  heartbeat: float | None = None, rng: random.Random | None = None,
-                 name: str = "securechat-client-io") -> None:
+                 name: str = "securechat-client-io",
+                 resolver: Resolver | None = None) -> None:
         if queue_size < 1:
             raise ConfigError("queue_size must be at least 1")
         if connect_timeout <= 0 or close_timeout < 0:
@@ -366,6 +400,7 @@ class Client:
         self.connect_timeout = connect_timeout
         self.close_timeout = close_timeout
         self._heartbeat_override = heartbeat
+        self._resolver = resolver
 
         # Shared with user threads, guarded by _cond.
         self._cond = threading.Condition()
@@ -414,6 +449,13 @@ class Client:
         self._tracker = SeqTracker()
         self._thread = threading.Thread(target=self._run, name=f"{name}-{self._id_prefix}",
                                         daemon=True)
+        # The resolver helper: it only ever touches these three (under the lock) and
+        # the wake socket (through _wake, which knows when it is closed).
+        self._resolve_lock = threading.Lock()
+        self._resolution: list[tuple[int, Any]] | BaseException | None = None
+        self._resolver_thread: threading.Thread | None = None
+        self._wake_lock = threading.Lock()
+        self._wake_closed = False
 
     # ================================================================== user threads
     def start(self) -> Client:
@@ -537,7 +579,13 @@ class Client:
     def close(self, timeout: float | None = None) -> None:
         """Say ``bye`` (waiting at most ``close_timeout`` for the answer), close the
         link and join the I/O thread. Idempotent; unacknowledged messages fail
-        with :class:`ClientClosed`."""
+        with :class:`ClientClosed`.
+
+        A name resolution still running (``getaddrinfo`` cannot be interrupted) is
+        waited for at most ``close_timeout`` (and :data:`RESOLVER_JOIN_WAIT`) seconds
+        within the same ``timeout``, then logged and left to end on its own: its daemon thread
+        touches nothing of the closed client and exits when the lookup returns.
+        """
         with self._cond:
             self._close_requested = True
             started = self._started
@@ -547,7 +595,17 @@ class Client:
         self._wake()
         if threading.current_thread() is self._thread:
             return  # called from an on_event callback: the loop sees the flag
-        self._thread.join(self.close_timeout + 2.0 if timeout is None else timeout)
+        budget = self.close_timeout + 2.0 if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        self._thread.join(budget)
+        resolver = self._resolver_thread
+        if resolver is not None and resolver is not threading.current_thread():
+            resolver.join(max(0.0, min(deadline - time.monotonic(), self.close_timeout,
+                                       RESOLVER_JOIN_WAIT)))
+            if resolver.is_alive():
+                logger.warning("name resolution of %s still running after close(); its "
+                               "thread %s ends when the lookup returns", self.host,
+                               resolver.name)
 
     def __enter__(self) -> Client:
         return self.start()
@@ -584,6 +642,12 @@ class Client:
     def thread(self) -> threading.Thread:
         return self._thread
 
+    def threads(self) -> list[threading.Thread]:
+        """The threads this client started that are still alive (the I/O thread, and
+        a name-resolution helper while a lookup runs)."""
+        return [t for t in (self._thread, self._resolver_thread)
+                if t is not None and t.is_alive()]
+
     def stats(self) -> dict[str, int]:
         """Counters: attempts, connects, sent, acked, resent, rate_limited, queued."""
         with self._cond:
@@ -592,8 +656,17 @@ class Client:
         return out
 
     def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            self._wake_w.send(b"\0")
+        # Under a lock with the close: a resolver thread finishing after the client
+        # closed must not write to a descriptor number the process has reused.
+        with self._wake_lock, contextlib.suppress(BlockingIOError, OSError):
+            if not self._wake_closed:
+                self._wake_w.send(b"\0")
+
+    def _close_wake(self) -> None:
+        with self._wake_lock:
+            self._wake_closed = True
+            self._wake_r.close()
+            self._wake_w.close()
 
     def _finish_unstarted(self) -> None:
         with self._cond:
@@ -601,8 +674,7 @@ class Client:
                 return
         self._finish(None, "closed")
         self._sel.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        self._close_wake()
 
     # ================================================================== I/O thread
     def _run(self) -> None:
@@ -615,8 +687,7 @@ class Client:
         finally:
             self._close_socket()
             self._sel.close()
-            self._wake_r.close()
-            self._wake_w.close()
+            self._close_wake()
 
     def _loop(self) -> None:
         self._start_attempt()
@@ -654,7 +725,9 @@ class Client:
                     self._start_attempt()
                     return 0.0
                 return self._next_attempt_at - now
-            if phase in (_Phase.CONNECTING, _Phase.HANDSHAKE, _Phase.AUTH):
+            if phase == _Phase.RESOLVING and self._take_resolution():
+                return 0.0
+            if phase in (_Phase.RESOLVING, _Phase.CONNECTING, _Phase.HANDSHAKE, _Phase.AUTH):
                 if now >= self._attempt_deadline:
                     raise _LinkFailure(
                         f"timed out after {self.connect_timeout:g} s ({phase})")
@@ -683,11 +756,15 @@ class Client:
                     f"no answer from the server for {now - self._last_rx:.1f} s (heartbeat)")
             wakeups.append(dead_at)
             ping_at = self._last_tx + interval
-            if now >= ping_at and not self._wbuf:
+            if now < ping_at:
+                wakeups.append(ping_at)
+            elif not self._wbuf:
                 self._queue(_PING)
                 self._last_tx = now  # one ping per interval, even if the write stalls
-                ping_at = now + interval
-            wakeups.append(ping_at)
+                wakeups.append(now + interval)
+            # else a ping is due but bytes are still waiting for a blocked write: the
+            # selector wakes us when the socket takes them, and until then the next
+            # deadline is the dead link's. (A past ping_at here made select(0) spin.)
         return max(0.0, min(wakeups) - now)
 
     def _drain_wake(self) -> None:
@@ -706,15 +783,56 @@ class Client:
         self._emit(Connecting(self.address, attempt))
         self._attempt_deadline = time.monotonic() + self.connect_timeout
         try:
-            infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
-        except OSError as exc:  # socket.gaierror: DNS may come back (containers start)
-            self._link_failed(_LinkFailure(f"cannot resolve {self.host}: {_describe(exc)}"))
-            return
-        self._addrs = [(family, sockaddr) for family, _, _, _, sockaddr in infos]
-        try:
-            self._connect_next()
+            if self._resolver is None and _is_ip_literal(self.host):
+                try:
+                    addrs: list[tuple[int, Any]] | BaseException = resolve(self.host, self.port)
+                except OSError as exc:
+                    addrs = exc
+                self._on_resolved(addrs)
+            else:
+                self._phase = _Phase.RESOLVING
+                self._start_resolver()
         except _LinkFailure as failure:
             self._link_failed(failure)
+
+    def _start_resolver(self) -> None:
+        """Resolve in a helper thread; the I/O thread keeps its timers meanwhile."""
+        with self._resolve_lock:
+            running = self._resolver_thread
+            if running is not None and running.is_alive():
+                return  # an earlier attempt's lookup still runs: its answer will do
+            self._resolution = None
+        thread = threading.Thread(target=self._resolve_in_thread,
+                                  name=f"{self._thread.name}-resolve", daemon=True)
+        self._resolver_thread = thread
+        thread.start()
+
+    def _resolve_in_thread(self) -> None:
+        resolver = self._resolver or resolve
+        result: list[tuple[int, Any]] | BaseException
+        try:
+            result = list(resolver(self.host, self.port))
+        except Exception as exc:  # gaierror, or whatever a custom resolver raises
+            result = exc
+        with self._resolve_lock:
+            self._resolution = result
+        self._wake()
+
+    def _take_resolution(self) -> bool:
+        """I/O thread, while RESOLVING: go on with the lookup's answer if it came."""
+        with self._resolve_lock:
+            result, self._resolution = self._resolution, None
+        if result is None:
+            return False
+        self._on_resolved(result)
+        return True
+
+    def _on_resolved(self, result: list[tuple[int, Any]] | BaseException) -> None:
+        if isinstance(result, BaseException):
+            # socket.gaierror: DNS may come back (containers start), so retry.
+            raise _LinkFailure(f"cannot resolve {self.host}: {_describe(result)}")
+        self._addrs = list(result)
+        self._connect_next()
 
     def _connect_next(self, last_error: str = "no address") -> None:
         """Start a non-blocking TCP connect to the next resolved address."""
@@ -894,9 +1012,14 @@ class Client:
         elif isinstance(frame, ErrorFrame):
             self._on_error(frame)
         elif isinstance(frame, protocol.Bye):
-            raise _LinkFailure(_bye_reason(frame), retry_after=frame.retry_after)
+            hint = self._hint(frame.retry_after)
+            raise _LinkFailure(_bye_reason(frame, hint), retry_after=hint)
         elif isinstance(frame, protocol.Ping):
             self._queue(_PONG)
+
+    def _hint(self, retry_after: float | None) -> float | None:
+        """A server's ``retry_after`` clamped to ``[0, backoff cap]`` (None if absent/NaN)."""
+        return self._backoff.policy.clamp_hint(retry_after)
 
     def _on_welcome(self, welcome: Welcome) -> None:
         now = time.monotonic()
@@ -943,7 +1066,8 @@ class Client:
             if self._phase == _Phase.CLOSING:
                 self._finish(None, "closed")
             else:
-                raise _LinkFailure(_bye_reason(frame), retry_after=frame.retry_after)
+                hint = self._hint(frame.retry_after)
+                raise _LinkFailure(_bye_reason(frame, hint), retry_after=hint)
         elif isinstance(frame, ErrorFrame):
             self._on_error(frame)
 
@@ -967,6 +1091,9 @@ class Client:
                 self._emit(gap)
 
     def _on_error(self, err: ErrorFrame) -> None:
+        if err.retry_after is not None:
+            # Users (and --json) see the hint the client honours, never inf or 1e300.
+            err = replace(err, retry_after=self._hint(err.retry_after))
         handle = self._inflight.get(str(err.id)) if err.id is not None else None
         if err.code == "rate_limited" and handle is not None:
             # The server dropped this message: send it again after the pause, in order.
@@ -1153,9 +1280,9 @@ def _decoder_limit(max_frame: int) -> int:
     return 2 * max_frame + 4096
 
 
-def _bye_reason(bye: protocol.Bye) -> str:
+def _bye_reason(bye: protocol.Bye, retry_after: float | None) -> str:
     if bye.reason == "shutdown":
-        hint = f", back in {bye.retry_after:g} s" if bye.retry_after is not None else ""
+        hint = f", back in {retry_after:g} s" if retry_after is not None else ""
         return f"the server is shutting down{hint}"
     return f"the server said bye{f' ({bye.reason})' if bye.reason else ''}"
 

@@ -5,7 +5,8 @@ Modes, picked from the flags and from whether stdin is a terminal:
 - interactive (stdin and stdout are terminals, no mode flag): a prompt_toolkit
   prompt; incoming lines are printed above the line being typed, never over it;
 - lines (stdin is not a terminal, or ``--json``): every stdin line is one message;
-  exits 0 at end of input once every message is acknowledged;
+  exits 0 at end of input once the server welcomed us and acknowledged every
+  message (empty input included: a refused token still exits 3);
 - ``--send TEXT``: one message, wait for its ack, exit;
 - ``--say TEXT --every S --count N [--wait-for USER]``: a bot for demos;
 - ``--listen``: print what arrives until interrupted.
@@ -74,12 +75,12 @@ terminal (a pipe, a file) every input line is sent as one message.
 The client reconnects by itself after any transient failure (refused, reset,
 timeout, server restart, three heartbeat intervals without a word from the
 server), waiting uniform(0, min(cap, base * 2**n)) seconds before reconnect
-attempt n (n = 0, 1, ...), plus the server's retry_after when it gave one; n
-starts again from 0 once a connection stayed healthy for 30 s. A token refused
-by the server or a certificate that does not verify is not retried. Lines typed
-while disconnected are queued (up to 1000) and sent after the reconnect; a
-message counts as delivered only when the server acknowledges it, and
-unacknowledged ones are sent again.
+attempt n (n = 0, 1, ...), plus the server's retry_after when it gave one
+(clamped to --retry-cap); n starts again from 0 once a connection stayed
+healthy for 30 s. A token refused by the server or a certificate that does not
+verify is not retried. Lines typed while disconnected are queued (up to 1000)
+and sent after the reconnect; a message counts as delivered only when the
+server acknowledges it, and unacknowledged ones are sent again.
 """
 
 EPILOG = """\
@@ -97,9 +98,10 @@ environment (a command line option wins):
   SECURECHAT_HOST, SECURECHAT_PORT, SECURECHAT_CA, SECURECHAT_SERVER_NAME,
   SECURECHAT_TOKEN, SECURECHAT_TOKEN_FILE
 
-exit codes:
-  0  done (/quit, end of input, message acknowledged, bot finished)
-  1  other error
+exit codes (never 0 without a login the server accepted):
+  0  done (/quit, end of input, message acknowledged, bot finished); with
+     stdin: welcomed and every line acknowledged, even when stdin was empty
+  1  other error (e.g. stdin cannot be read, /quit before the login succeeded)
   2  usage or configuration error (bad option, no token, unreadable CA file)
   3  the server refused the token (auth_failed, revoked); not retried
   4  the server certificate did not verify (unknown CA, wrong name); not retried
@@ -143,9 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     conn.add_argument("--retry-base", type=float, default=0.5, metavar="SECONDS",
                       help="backoff base (default: 0.5)")
     conn.add_argument("--retry-cap", type=float, default=30.0, metavar="SECONDS",
-                      help="longest backoff wait (default: 30)")
+                      help="longest backoff wait; a server's retry_after hint is "
+                      "clamped to it as well (default: 30)")
     conn.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
-                      help="TCP connect + TLS handshake + login, per attempt (default: 10)")
+                      help="name lookup + TCP connect + TLS handshake + login, per attempt "
+                      "(default: 10)")
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print every event as one JSON "
                      "line on stdout (messages, presence, acks, connection state); "
@@ -468,6 +472,9 @@ def _run_lines(client: Client, stdin_fd: int, done: threading.Event) -> BaseExce
                     handles.append(client.send(line, wait=None))
         except (ClientError, ProtocolError) as exc:
             failure.append(exc)
+        except OSError as exc:  # stdin is a directory, a closed descriptor...
+            failure.append(ClientError(f"cannot read standard input: "
+                                       f"{exc.strerror or exc}"))
         finally:
             done.set()
 
@@ -479,6 +486,10 @@ def _run_lines(client: Client, stdin_fd: int, done: threading.Event) -> BaseExce
         return failure[0]
     for handle in list(handles):
         handle.wait()
+    if not handles:
+        # "Done" needs a welcome: with nothing to send, end of input alone must not
+        # exit 0 for a refused token or a server that never answered.
+        client.wait_connected()
     return None
 
 
@@ -561,7 +572,17 @@ def _run_scripted(opts: Options, stdout: TextIO, stderr: TextIO) -> int:
         error = client.error
     if error is not None and error is not client.error:  # else the printer said it
         _write_line(stderr, f"{PROG}: error: {error}")
-    return exit_code(error if error is not None else client.error)
+    return _never_ok_unless_welcomed(
+        client, exit_code(error if error is not None else client.error), stderr)
+
+
+def _never_ok_unless_welcomed(client: Client, code: int, stderr: TextIO) -> int:
+    """Exit 0 only after a login the server accepted (belt and braces for every mode:
+    a script must not take "stopped before logging in" for success)."""
+    if code == EXIT_OK and client.stats()["connects"] == 0:
+        _write_line(stderr, f"{PROG}: stopped before the server accepted the login")
+        return EXIT_ERROR
+    return code
 
 
 def _run_until_signal(work: Callable[[], None], *, before: Callable[[], None],
@@ -697,7 +718,7 @@ def _run_interactive(opts: Options, client: Client) -> int:
             printer.join(2.0)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return exit_code(client.error)
+    return _never_ok_unless_welcomed(client, exit_code(client.error), sys.stderr)
 
 
 def _interactive_line(client: Client, line: str, show: Callable[[str], None]) -> bool:

@@ -583,8 +583,9 @@ class Client:
 
         A name resolution still running (``getaddrinfo`` cannot be interrupted) is
         waited for at most ``close_timeout`` (and :data:`RESOLVER_JOIN_WAIT`) seconds
-        within the same ``timeout``, then logged and left to end on its own: its daemon thread
-        touches nothing of the closed client and exits when the lookup returns.
+        within the same ``timeout``, then logged and left to end on its own: its
+        daemon thread touches nothing of the closed client but a lock and exits when
+        the lookup returns.
         """
         with self._cond:
             self._close_requested = True

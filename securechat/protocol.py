@@ -196,15 +196,24 @@ ServerFrame = Welcome | Message | Ack | Join | Leave | Ping | Pong | Bye | Error
 class FrameDecoder:
     """Splits a byte stream into lines of at most ``max_frame`` bytes (newline excluded).
 
-    Raises :class:`RemoteProtocolError` ``frame_too_large`` as soon as a line is
-    known to be too long, without waiting for its end.
+    Linear in the bytes fed, however the stream is cut: an incomplete line grows in a
+    bytearray (amortised O(1) per byte, at most ``max_frame`` bytes held) and only the
+    new data is split, so a line fed one byte at a time costs no more than one read.
+
+    A line that is too long, complete or not (it is refused as soon as it is known to
+    be too long, without waiting for its end), sets :attr:`failed` to a
+    :class:`RemoteProtocolError` ``frame_too_large``. :meth:`feed` still returns the
+    complete lines before it, so the caller can handle those first, then fail with
+    :attr:`failed`; after a failure ``feed`` returns nothing.
     """
 
-    __slots__ = ("_tail", "max_frame")
+    __slots__ = ("_tail", "failed", "max_frame")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.max_frame = max_frame
-        self._tail = b""
+        #: Set once the stream went bad; the stream cannot be re-synchronised.
+        self.failed: RemoteProtocolError | None = None
+        self._tail = bytearray()
 
     @property
     def buffered(self) -> int:
@@ -212,18 +221,39 @@ class FrameDecoder:
         return len(self._tail)
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Return the complete lines in ``data`` (after what was buffered before)."""
-        if self._tail:
-            data = self._tail + data
-        lines = data.split(b"\n")
-        self._tail = lines.pop()
+        """Return the complete lines in ``data`` (after what was buffered before) that
+        precede any over-long line; see :attr:`failed`."""
+        if self.failed is not None:
+            return []
         limit = self.max_frame
-        if len(self._tail) > limit:
-            raise _too_large(limit)
-        for line in lines:
-            if len(line) > limit:
-                raise _too_large(limit)
+        tail = self._tail
+        held = len(tail)
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        if held:
+            if not lines:  # still no end of line: append, never re-split what is held
+                if held + len(rest) > limit:
+                    return self._fail([])
+                tail += rest
+                return lines
+            lines[0] = b"".join((tail, lines[0]))  # the held line is complete: join it once
+            tail.clear()
+        # Fast path: if the whole read fits in a frame, no line in it can be too long.
+        if held + len(data) > limit and (
+            max(map(len, lines), default=0) > limit or len(rest) > limit
+        ):
+            for i, line in enumerate(lines):
+                if len(line) > limit:
+                    return self._fail(lines[:i])
+            return self._fail(lines)
+        if rest:
+            tail += rest
         return lines
+
+    def _fail(self, good: list[bytes]) -> list[bytes]:
+        self.failed = _too_large(self.max_frame)
+        self._tail = bytearray()
+        return good
 
 
 def _too_large(limit: int) -> RemoteProtocolError:

@@ -28,16 +28,15 @@ def test_decoder_accepts_exactly_max_frame() -> None:
 def test_decoder_rejects_long_line_before_newline() -> None:
     """An over-long line is refused as soon as it is too long, without its end."""
     decoder = protocol.FrameDecoder(10)
-    with pytest.raises(RemoteProtocolError) as info:
-        decoder.feed(b"x" * 11)
-    assert info.value.code == "frame_too_large"
+    assert decoder.feed(b"x" * 11) == []
+    assert decoder.failed is not None and decoder.failed.code == "frame_too_large"
 
 
 def test_decoder_rejects_long_complete_line() -> None:
+    """A complete over-long line fails the stream; what follows it is not returned."""
     decoder = protocol.FrameDecoder(10)
-    with pytest.raises(RemoteProtocolError) as info:
-        decoder.feed(b"x" * 11 + b"\nok\n")
-    assert info.value.code == "frame_too_large"
+    assert decoder.feed(b"x" * 11 + b"\nok\n") == []
+    assert decoder.failed is not None and decoder.failed.code == "frame_too_large"
 
 
 @pytest.mark.parametrize(("line", "expected"), [

@@ -1,5 +1,6 @@
 """FrameDecoder: linear time however the stream is cut, and good frames before an
-over-long line still count (unit tests), plus the same over real TLS."""
+over-long line still count (unit tests), plus the same over real TLS; and hostile
+auth frames over real TLS (the pure table is in test_protocol.py)."""
 
 from __future__ import annotations
 
@@ -163,3 +164,24 @@ def test_frames_after_an_oversized_complete_line_are_not_handled(
     frames = alice.expect_closed()
     assert [(f["type"], f.get("code", f.get("id"))) for f in frames] == [
         ("ack", 1), ("error", "frame_too_large")]
+
+
+@pytest.mark.parametrize("token", [
+    "sct1.0123456789ab.\ud800",  # a well-formed id, then a secret UTF-8 cannot encode
+    "sct1.0123456789ab.\x00\x1f\x7f",
+    "sct1.0123456789ab.caf\u00e9",
+    "sct1." + "a" * 3000,
+])
+def test_hostile_auth_token_gets_bad_frame_and_others_are_served(
+        server: RunningServer, token: str) -> None:
+    """A token with a lone surrogate, control or non-ASCII characters, or KiBs long: error
+    bad_frame, the connection closes, and the server keeps serving a real user."""
+    alice, _ = server.user("alice")
+    client = server.tls_connect()
+    client.send(json.dumps({"type": "auth", "token": token}).encode() + b"\n")
+    frames = client.expect_closed()
+    assert [(f["type"], f.get("code")) for f in frames] == [("error", "bad_frame")]
+    alice.send({"type": "ping"})
+    assert alice.expect("pong", skip=("ping", "join", "leave")) == {"type": "pong"}
+    bob, welcome = server.user("bob")
+    assert welcome["user"] == "bob"

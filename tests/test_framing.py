@@ -183,5 +183,5 @@ def test_hostile_auth_token_gets_bad_frame_and_others_are_served(
     assert [(f["type"], f.get("code")) for f in frames] == [("error", "bad_frame")]
     alice.send({"type": "ping"})
     assert alice.expect("pong", skip=("ping", "join", "leave")) == {"type": "pong"}
-    bob, welcome = server.user("bob")
+    _, welcome = server.user("bob")
     assert welcome["user"] == "bob"

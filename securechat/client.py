@@ -961,14 +961,12 @@ class Client:
                     return
                 raise _LinkFailure("the server closed the connection")
             self._last_rx = time.monotonic()
-            try:
-                lines = self._decoder.feed(data)
-            except RemoteProtocolError as exc:
-                raise _LinkFailure(f"bad data from the server: {exc}") from exc
-            for line in lines:
+            for line in self._decoder.feed(data):
                 self._on_line(line)
                 if self._sock is None or self._phase in (_Phase.WAITING, _Phase.DONE):
                     return
+            if (bad := self._decoder.failed) is not None:
+                raise _LinkFailure(f"bad data from the server: {bad}") from bad
             if self._phase == _Phase.ACTIVE:
                 self._backoff.alive()
             if not sock.pending():

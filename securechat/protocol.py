@@ -9,9 +9,10 @@ file; keep them in step.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from .errors import LocalProtocolError, RemoteProtocolError
 
@@ -42,6 +43,7 @@ __all__ = [
     "encode_error",
     "encode_room_message",
     "rfc3339_utc",
+    "token_problem",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -50,8 +52,15 @@ DEFAULT_MAX_FRAME: Final = 64 * 1024
 #: Before authentication only an ``auth`` frame is expected: a small cap keeps an
 #: unauthenticated peer from making the server buffer much.
 PRE_AUTH_MAX_FRAME: Final = 4096
-MAX_TOKEN_LENGTH: Final = 512
+#: Real tokens (``sct1.<id>.<secret>``) are 61 characters; anything longer is refused
+#: before it reaches the token store.
+MAX_TOKEN_LENGTH: Final = 256
 MAX_ID_LENGTH: Final = 128
+#: Integer message ids must be I-JSON safe (RFC 7493): every JSON reader, JavaScript's
+#: included, reads them exactly, and an id costs bounded memory in the dedup history.
+MAX_INT_ID: Final = 2**53 - 1
+#: A token is visible ASCII: no space, control character, non-ASCII or lone surrogate.
+_TOKEN_CHARS: Final = re.compile(r"[\x21-\x7e]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,15 +205,24 @@ ServerFrame = Welcome | Message | Ack | Join | Leave | Ping | Pong | Bye | Error
 class FrameDecoder:
     """Splits a byte stream into lines of at most ``max_frame`` bytes (newline excluded).
 
-    Raises :class:`RemoteProtocolError` ``frame_too_large`` as soon as a line is
-    known to be too long, without waiting for its end.
+    Linear in the bytes fed, however the stream is cut: an incomplete line grows in a
+    bytearray (amortised O(1) per byte, at most ``max_frame`` bytes held) and only the
+    new data is split, so a line fed one byte at a time costs no more than one read.
+
+    A line that is too long, complete or not (it is refused as soon as it is known to
+    be too long, without waiting for its end), sets :attr:`failed` to a
+    :class:`RemoteProtocolError` ``frame_too_large``. :meth:`feed` still returns the
+    complete lines before it, so the caller can handle those first, then fail with
+    :attr:`failed`; after a failure ``feed`` returns nothing.
     """
 
-    __slots__ = ("_tail", "max_frame")
+    __slots__ = ("_tail", "failed", "max_frame")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.max_frame = max_frame
-        self._tail = b""
+        #: Set once the stream went bad; the stream cannot be re-synchronised.
+        self.failed: RemoteProtocolError | None = None
+        self._tail = bytearray()
 
     @property
     def buffered(self) -> int:
@@ -212,18 +230,39 @@ class FrameDecoder:
         return len(self._tail)
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Return the complete lines in ``data`` (after what was buffered before)."""
-        if self._tail:
-            data = self._tail + data
-        lines = data.split(b"\n")
-        self._tail = lines.pop()
+        """Return the complete lines in ``data`` (after what was buffered before) that
+        precede any over-long line; see :attr:`failed`."""
+        if self.failed is not None:
+            return []
         limit = self.max_frame
-        if len(self._tail) > limit:
-            raise _too_large(limit)
-        for line in lines:
-            if len(line) > limit:
-                raise _too_large(limit)
+        tail = self._tail
+        held = len(tail)
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        if held:
+            if not lines:  # still no end of line: append, never re-split what is held
+                if held + len(rest) > limit:
+                    return self._fail([])
+                tail += rest
+                return lines
+            lines[0] = b"".join((tail, lines[0]))  # the held line is complete: join it once
+            tail.clear()
+        # Fast path: if the whole read fits in a frame, no line in it can be too long.
+        if held + len(data) > limit and (
+            max(map(len, lines), default=0) > limit or len(rest) > limit
+        ):
+            for i, line in enumerate(lines):
+                if len(line) > limit:
+                    return self._fail(lines[:i])
+            return self._fail(lines)
+        if rest:
+            tail += rest
         return lines
+
+    def _fail(self, good: list[bytes]) -> list[bytes]:
+        self.failed = _too_large(self.max_frame)
+        self._tail = bytearray()
+        return good
 
 
 def _too_large(limit: int) -> RemoteProtocolError:
@@ -252,7 +291,7 @@ def _load_object(line: bytes) -> dict[str, Any]:
     return obj
 
 
-def _is_text(value: object) -> bool:
+def _is_text(value: object) -> TypeGuard[str]:
     """A str that is valid Unicode (no lone surrogates), so it can be re-encoded as UTF-8."""
     if not isinstance(value, str):
         return False
@@ -271,9 +310,38 @@ def _message_id(obj: dict[str, Any]) -> MessageId:
         return None
     if isinstance(mid, bool) or not isinstance(mid, int | str):
         raise RemoteProtocolError("bad_frame", "id must be a string or an integer")
-    if isinstance(mid, str) and (len(mid) > MAX_ID_LENGTH or not _is_text(mid)):
+    if isinstance(mid, int):
+        if not -MAX_INT_ID <= mid <= MAX_INT_ID:
+            raise RemoteProtocolError("bad_frame", "an integer id must be within +-(2**53 - 1)")
+    elif len(mid) > MAX_ID_LENGTH:
         raise RemoteProtocolError("bad_frame", f"id must be at most {MAX_ID_LENGTH} characters")
+    elif not _is_text(mid):
+        raise RemoteProtocolError("bad_frame", "id must be valid Unicode (no lone surrogates)")
     return mid
+
+
+def token_problem(token: object) -> str | None:
+    """Why ``token`` cannot be a token at all, or None if it might be one.
+
+    The server refuses such an auth frame with ``bad_frame``; a client can use this to
+    refuse the token before connecting. Whether the token is *known* is the store's call.
+    """
+    if not isinstance(token, str) or not token:
+        return "auth needs a non-empty string token"
+    if len(token) > MAX_TOKEN_LENGTH:
+        return f"auth token is longer than {MAX_TOKEN_LENGTH} characters"
+    if not _TOKEN_CHARS.fullmatch(token):
+        return "auth token must be visible ASCII (no spaces, control or non-ASCII characters)"
+    return None
+
+
+def _auth_token(obj: dict[str, Any]) -> str:
+    token = obj.get("token")
+    problem = token_problem(token)
+    if problem is not None:
+        raise RemoteProtocolError("bad_frame", problem)
+    assert isinstance(token, str)
+    return token
 
 
 def decode_client_frame(line: bytes) -> ClientFrame:
@@ -282,10 +350,15 @@ def decode_client_frame(line: bytes) -> ClientFrame:
     kind = obj.get("type")
     if kind == "msg":
         body = obj.get("body")
-        if not _is_text(body) or not body:
-            mid = _message_id(obj)
+        if not isinstance(body, str) or not body:
             raise RemoteProtocolError(
-                "bad_frame", "msg needs a non-empty string body", message_id=mid
+                "bad_frame", "msg needs a non-empty string body", message_id=_message_id(obj)
+            )
+        if not _is_text(body):
+            # It could not be re-encoded as UTF-8 for the other members.
+            raise RemoteProtocolError(
+                "bad_frame", "msg body must be valid Unicode (no lone surrogates)",
+                message_id=_message_id(obj),
             )
         return SendMessage(body, _message_id(obj))
     if kind == "ping":
@@ -293,10 +366,7 @@ def decode_client_frame(line: bytes) -> ClientFrame:
     if kind == "pong":
         return Pong()
     if kind == "auth":
-        token = obj.get("token")
-        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
-            raise RemoteProtocolError("bad_frame", "auth needs a string token")
-        return Auth(token)
+        return Auth(_auth_token(obj))
     if kind == "bye":
         return Bye()
     if not isinstance(kind, str):
@@ -306,7 +376,7 @@ def decode_client_frame(line: bytes) -> ClientFrame:
 
 def _str_field(obj: dict[str, Any], name: str) -> str:
     value = obj.get(name)
-    if not isinstance(value, str):
+    if not _is_text(value):  # a lone surrogate would crash whoever prints or re-encodes it
         raise RemoteProtocolError("bad_frame", f"{obj.get('type')} needs a string {name!r}")
     return value
 
@@ -316,6 +386,13 @@ def _int_field(obj: dict[str, Any], name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise RemoteProtocolError("bad_frame", f"{obj.get('type')} needs an integer {name!r}")
     return value
+
+
+def _message_text(value: object) -> str:
+    """A human text field: kept if valid, else shown escaped (never a lone surrogate)."""
+    if _is_text(value):
+        return value
+    return ascii(value) if isinstance(value, str) else str(value)
 
 
 def _number_or_none(obj: dict[str, Any], name: str) -> float | None:
@@ -346,10 +423,10 @@ def decode_server_frame(line: bytes) -> ServerFrame:
         return Join(_str_field(obj, "user"))
     if kind == "leave":
         reason = obj.get("reason")
-        return Leave(_str_field(obj, "user"), reason if isinstance(reason, str) else "")
+        return Leave(_str_field(obj, "user"), reason if _is_text(reason) else "")
     if kind == "welcome":
         members = obj.get("members")
-        if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+        if not isinstance(members, list) or not all(_is_text(m) for m in members):
             raise RemoteProtocolError("bad_frame", "welcome needs a list of member names")
         heartbeat = _number_or_none(obj, "heartbeat")
         max_frame = obj.get("max_frame", DEFAULT_MAX_FRAME)
@@ -362,17 +439,17 @@ def decode_server_frame(line: bytes) -> ServerFrame:
             heartbeat=heartbeat if heartbeat is not None else 0.0,
             seq=_int_field(obj, "seq"),
             max_frame=max_frame if isinstance(max_frame, int) else DEFAULT_MAX_FRAME,
-            session=session if isinstance(session, str) else "",
+            session=session if _is_text(session) else "",
             protocol=obj.get("protocol", PROTOCOL_VERSION),
-            epoch=epoch if isinstance(epoch, str) else "",
+            epoch=epoch if _is_text(epoch) else "",
         )
     if kind == "bye":
         reason = obj.get("reason")
-        return Bye(reason if isinstance(reason, str) else None, _number_or_none(obj, "retry_after"))
+        return Bye(reason if _is_text(reason) else None, _number_or_none(obj, "retry_after"))
     if kind == "error":
         return ErrorFrame(
             _str_field(obj, "code"),
-            str(obj.get("message", "")),
+            _message_text(obj.get("message", "")),
             _message_id(obj),
             _number_or_none(obj, "retry_after"),
         )

@@ -223,15 +223,13 @@ class Session:
                 self._on_eof()
                 return
             self.last_rx = time.monotonic()
-            try:
-                lines = self.decoder.feed(data)
-            except RemoteProtocolError as exc:
-                self._fail(exc.code, exc.message)
-                return
-            for line in lines:
+            for line in self.decoder.feed(data):
                 self._on_line(line)
                 if self.state is not State.ACTIVE and self.state is not State.AUTH:
                     return
+            if (bad := self.decoder.failed) is not None:
+                self._fail(bad.code, bad.message)  # after the good frames before it
+                return
             if not sock.pending():
                 return  # the rest, if any, is in the kernel and the selector sees it
         # Fairness cap hit with bytes still decrypted inside OpenSSL: come back soon.

@@ -5,14 +5,25 @@ A context is built once at start-up and never mutated while serving.
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
+import functools
+import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from .errors import ConfigError
 
-__all__ = ["TLS_VERSIONS", "check_certificate", "client_context", "server_context"]
+__all__ = [
+    "GROUP_LISTS",
+    "TLS_VERSIONS",
+    "check_certificate",
+    "choose_groups",
+    "client_context",
+    "server_context",
+]
 
 TLS_VERSIONS: Final = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 #: TLS 1.2 only: forward-secret AEAD suites (the 1.3 suites are AEAD by definition).
@@ -20,7 +31,17 @@ TLS12_CIPHERS: Final = "ECDHE+AESGCM:ECDHE+CHACHA20"
 #: Key-exchange groups of Mozilla's "modern" profile. OpenSSL 3.0 also offers X448
 #: and P-521, which that profile rejects.
 MODERN_GROUPS: Final = "X25519:P-256:P-384"
+#: Hybrid post-quantum key exchange (X25519 + ML-KEM-768), in OpenSSL 3.5 and later:
+#: preferred first wherever the linked OpenSSL offers it.
+PQ_GROUP: Final = "X25519MLKEM768"
+#: Group lists to try, best first; the first one the linked OpenSSL accepts is used.
+GROUP_LISTS: Final = (f"{PQ_GROUP}:{MODERN_GROUPS}", MODERN_GROUPS)
 _SSL_CTRL_SET_GROUPS_LIST: Final = 92
+#: CPython's PySSLContext is PyObject_HEAD followed by ``SSL_CTX *ctx``.
+_CTX_OFFSET: Final = object.__basicsize__
+#: Bytes at an SSL_CTX pointer that must be mapped before OpenSSL is asked to read it
+#: (SSL_CTX_get_options reads ``options``, at byte 312 in OpenSSL 3.0).
+_SSL_CTX_SPAN: Final = 1024
 
 
 def _no_passphrase() -> str:
@@ -79,7 +100,8 @@ def server_context(certfile: Path, keyfile: Path, *, tls_min: str = "1.3") -> ss
     ctx.num_tickets = 0
     if tls_min == "1.2":
         ctx.set_ciphers(TLS12_CIPHERS)
-    if not _set_groups(ctx, MODERN_GROUPS):
+    groups = choose_groups()
+    if groups is None or not _set_groups(ctx, groups):
         # P-256 alone is compliant too; clients that offered only X25519 pay one
         # extra round trip (HelloRetryRequest).
         ctx.set_ecdh_curve("prime256v1")
@@ -99,38 +121,138 @@ def server_context(certfile: Path, keyfile: Path, *, tls_min: str = "1.3") -> ss
     return ctx
 
 
-def _set_groups(ctx: ssl.SSLContext, groups: str) -> bool:
-    """Restrict the key-exchange groups; True if it worked.
+def choose_groups() -> str | None:
+    """The first of :data:`GROUP_LISTS` this Python and OpenSSL can set (so
+    X25519MLKEM768 leads where OpenSSL has it), tried on a throwaway context; None if
+    no group list can be set here."""
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    for groups in GROUP_LISTS:
+        if _set_groups(probe, groups):
+            return groups
+    return None
 
-    Python 3.11 has no API for a group *list* (``set_ecdh_curve`` sets one curve), so
-    this calls OpenSSL's ``SSL_CTX_set1_groups_list`` through ctypes on the context's
-    ``SSL_CTX`` pointer, which CPython keeps right after the object header. The pointer
-    is checked first (its options must equal ``ctx.options``); any doubt returns False
-    and the caller falls back to the stdlib-only setting.
+
+def _set_groups(ctx: ssl.SSLContext, groups: str) -> bool:
+    """Restrict the key-exchange groups to the OpenSSL list ``groups``; True if it worked.
+
+    Python 3.15 has ``SSLContext.set_groups``. Older ones have no API for a group *list*
+    (``set_ecdh_curve`` sets one curve), so this calls OpenSSL's
+    ``SSL_CTX_set1_groups_list`` through ctypes on the context's ``SSL_CTX`` pointer,
+    but only once the layout is proven on a throwaway context
+    (:func:`_layout_verified`) and the pointer read from ``ctx`` checks out too
+    (:func:`_ctx_pointer`). Any doubt returns False, and the caller falls back to the
+    stdlib-only setting: a wrong guess must never crash the server.
     """
-    setter = getattr(ctx, "set_groups", None)  # a future Python may have one
-    if setter is not None:  # pragma: no cover - not in 3.11
-        setter(groups)
+    setter = getattr(ctx, "set_groups", None)
+    if setter is not None:
+        try:
+            setter(groups)
+        except (ssl.SSLError, ValueError):
+            return False
         return True
+    if not isinstance(ctx, ssl.SSLContext):
+        return False
+    lib = _verified_openssl()
+    if lib is None:
+        return False
+    pointer = _ctx_pointer(ctx, lib)
+    if pointer is None:
+        return False
+    if lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode("ascii")) == 1:
+        return True
+    # An unknown group name leaves an error queued; a later, unrelated TLS call in
+    # this thread would report it as its own.
+    lib.ERR_clear_error()
+    return False
+
+
+@functools.cache
+def _verified_openssl() -> ctypes.CDLL | None:
+    """The OpenSSL that ``_ssl`` is linked to, if the context layout checks out."""
+    lib = _openssl()
+    if lib is None or not _layout_verified(lib):
+        return None
+    return lib
+
+
+def _openssl() -> ctypes.CDLL | None:
     try:
         import _ssl
-        import ctypes
 
-        if type(ctx).__basicsize__ < object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p):
-            return False
         lib = ctypes.CDLL(_ssl.__file__)
-        get_options = lib.SSL_CTX_get_options
-        get_options.restype = ctypes.c_uint64
-        get_options.argtypes = [ctypes.c_void_p]
-        pointer = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
-        if not pointer or get_options(pointer) != int(ctx.options):
-            return False
-        ctrl = lib.SSL_CTX_ctrl
-        ctrl.restype = ctypes.c_long
-        ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p]
-        return bool(ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode("ascii")) == 1)
-    except (OSError, AttributeError, ValueError, ImportError):
+        lib.SSL_CTX_get_options.restype = ctypes.c_uint64
+        lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
+        lib.SSL_CTX_ctrl.restype = ctypes.c_long
+        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long,
+                                     ctypes.c_char_p]
+        lib.ERR_clear_error.restype = None
+        lib.ERR_clear_error.argtypes = []
+    except (OSError, AttributeError, ImportError):
+        return None
+    return lib
+
+
+def _throwaway_context() -> ssl.SSLContext:
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+
+
+def _layout_verified(lib: ctypes.CDLL, offset: int = _CTX_OFFSET,
+                     make: Callable[[], Any] = _throwaway_context) -> bool:
+    """Whether the word at ``offset`` in a context really is its ``SSL_CTX *``.
+
+    Proven on a throwaway context from ``make()``: for two different option sets
+    (three harmless bits flipped), what OpenSSL's ``SSL_CTX_get_options`` reads
+    through the candidate pointer must equal what ``probe.options`` reports.
+    """
+    probe = make()
+    bits = ssl.OP_NO_TICKET | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+    seen = set()
+    try:
+        base = int(probe.options)
+        for value in (base | bits, base & ~bits):
+            probe.options = value
+            if _ctx_pointer(probe, lib, offset) is None:
+                return False
+            seen.add(int(probe.options))
+    except (AttributeError, TypeError, ValueError, OverflowError):
         return False
+    return len(seen) == 2
+
+
+def _ctx_pointer(ctx: Any, lib: ctypes.CDLL, offset: int = _CTX_OFFSET) -> int | None:
+    """The ``SSL_CTX *`` stored at ``offset`` in ``ctx`` (any object: tests pass
+    impostors), or None unless it is non-null, points to mapped memory, and OpenSSL
+    reads the same options through it as ``ctx.options`` reports."""
+    if offset < 0 or type(ctx).__basicsize__ < offset + ctypes.sizeof(ctypes.c_void_p):
+        return None  # the word would lie outside the object
+    pointer = ctypes.c_void_p.from_address(id(ctx) + offset).value
+    if not pointer or not _readable(pointer, _SSL_CTX_SPAN):
+        return None
+    try:
+        expected = int(ctx.options)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if lib.SSL_CTX_get_options(pointer) != expected:
+        return None
+    return int(pointer)
+
+
+def _readable(address: int, size: int) -> bool:
+    """Whether ``size`` bytes at ``address`` are mapped, asked of the kernel: write(2)
+    from an unmapped address to a pipe fails with EFAULT where a read would crash."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        write = libc.write
+        write.restype = ctypes.c_ssize_t
+        write.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+        read_end, write_end = os.pipe()
+    except (OSError, AttributeError, TypeError):
+        return False
+    try:
+        return bool(write(write_end, address, size) == size)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 def client_context(cafile: Path | None = None) -> ssl.SSLContext:

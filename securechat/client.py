@@ -332,8 +332,11 @@ def validate_token(token: str) -> str:
     token = token.strip()
     if not token:
         raise ConfigError("the token is empty")
-    if len(token) > protocol.MAX_TOKEN_LENGTH or any(c.isspace() for c in token):
-        raise ConfigError("the token is malformed (too long or contains spaces)")
+    # The server answers such a token with bad_frame, which a client retries; refusing
+    # it here makes a mistyped token a usage error instead of an endless reconnect.
+    problem = protocol.token_problem(token)
+    if problem is not None:
+        raise ConfigError(f"the token is malformed: {problem}")
     return token
 
 

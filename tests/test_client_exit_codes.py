@@ -97,6 +97,9 @@ def test_unreadable_stdin_exits_1_with_a_clear_error(server: RunningServer, cert
     ([], "no token"),
     (["--token", "t", "--retry-cap", "0.01"], "--retry-cap must be at least the base"),
     (["--token", "t", "--port", "0"], "--port must be between 1 and 65535"),
+    # The server would answer bad_frame, which is retried: refused here instead.
+    (["--token", "sct1.t\u00f6ken"], "the token is malformed: auth token must be visible ASCII"),
+    (["--token", "x" * 300], "the token is malformed: auth token is longer than 256"),
 ])
 def test_usage_errors_exit_2_in_json_mode(extra: list[str], message: str) -> None:
     """A bad option with --json and empty stdin is exit 2 before any connection."""

@@ -23,6 +23,11 @@ MakeServer = Callable[..., RunningServer]
 STATE_WORDS = ("connected to", "reconnecting in", "disconnected:")
 
 
+def _wrong(token: str) -> str:
+    """A token of the right shape that is certainly not ``token``."""
+    return token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+
+
 def _address(port: int, ca: Path | None) -> list[str]:
     args = ["--host", "127.0.0.1", "--port", str(port), "--server-name", "localhost",
             "--retry-base", "0.05", "--retry-cap", "0.2"]
@@ -40,7 +45,7 @@ def test_quiet_still_says_why_the_client_stopped(
     ca: Path = certs.ca_path
     port = running.port
     if case == "auth_failed":
-        token = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+        token = _wrong(token)
         expected, reason = client_cli.EXIT_AUTH, "auth_failed: unknown or revoked token"
     elif case == "untrusted":
         ca = make_certs(tmp_path_factory.mktemp("other-ca")).ca_path
@@ -57,6 +62,21 @@ def test_quiet_still_says_why_the_client_stopped(
     assert all(line.startswith("securechat-client: ") for line in lines), lines
     assert not any(word in line for line in lines for word in STATE_WORDS), lines
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("mode", "stdin"), [
+    ([], "hello\n"), (["--json"], "hello\n"), (["--listen"], ""),
+    (["--say", "hi", "--every", "0"], ""),
+])
+def test_quiet_says_why_in_every_scripted_mode(make_server: MakeServer, certs: Certs,
+                                               mode: list[str], stdin: str) -> None:
+    """In every scripted mode, --quiet still prints why the token was refused; exit 3."""
+    running = make_server(auth_failures=0)
+    wrong = _wrong(running.add_user("alice"))
+    done = run_cli(*_address(running.port, certs.ca_path), "--quiet", *mode, stdin=stdin,
+                   env=cli_env(SECURECHAT_TOKEN=wrong))
+    assert done.returncode == client_cli.EXIT_AUTH, done.stderr
+    assert done.stderr == "securechat-client: error: auth_failed: unknown or revoked token\n"
 
 
 def test_quiet_is_silent_when_all_goes_well(server: RunningServer, certs: Certs) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-__all__ = ["KeyedBuckets", "TokenBucket"]
+__all__ = ["KeyedBuckets", "QueueMeter", "TokenBucket"]
 
 
 class TokenBucket:
@@ -92,3 +92,16 @@ class KeyedBuckets:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+class QueueMeter:
+    """Bytes queued for output by the sessions of one I/O loop.
+
+    Written only by that loop's thread (``+=`` on a shared int from several threads
+    would lose updates); the server sums the meters to check its global bound.
+    """
+
+    __slots__ = ("size",)
+
+    def __init__(self) -> None:
+        self.size = 0

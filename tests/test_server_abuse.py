@@ -158,7 +158,7 @@ def test_garbage_flood_logs_a_bounded_number_of_lines(
         assert alice.recv()["code"] == "bad_frame"
     alice.send({"type": "bye"})
     alice.expect_closed()
-    wait_for(lambda: "leave" in server_log.events(), what="the leave line")
+    wait_for(lambda: server.server.stats()["connections"] == 0, what="the session closed")
     assert len(server_log.records) < 20, server_log.events()
     summaries = [r for r in server_log.records if getattr(r, "event", "") == "suppressed"]
     assert len(summaries) == 1
@@ -186,9 +186,9 @@ def test_tcp_connect_without_tls_is_not_logged_at_info(
     client still gets its connect line."""
     for probe in (b"", b"GET / HTTP/1.0\r\n\r\n"):
         with socket.create_connection((server.host, server.port), timeout=seconds(5)) as raw:
-            raw.sendall(probe)
-            raw.shutdown(socket.SHUT_WR)
-            with contextlib.suppress(ConnectionResetError):
+            with contextlib.suppress(OSError):  # the server may reset it first
+                raw.sendall(probe)
+                raw.shutdown(socket.SHUT_WR)
                 while raw.recv(4096):
                     pass
     wait_for(lambda: server.server.stats()["unauthenticated"] == 0, what="probes gone")

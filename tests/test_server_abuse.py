@@ -185,12 +185,12 @@ def test_tcp_connect_without_tls_is_not_logged_at_info(
     """Port scans and plain-text probes never reach TLS: nothing at INFO. A real TLS
     client still gets its connect line."""
     for probe in (b"", b"GET / HTTP/1.0\r\n\r\n"):
-        with socket.create_connection((server.host, server.port), timeout=seconds(5)) as raw:
-            with contextlib.suppress(OSError):  # the server may reset it first
-                raw.sendall(probe)
-                raw.shutdown(socket.SHUT_WR)
-                while raw.recv(4096):
-                    pass
+        raw = socket.create_connection((server.host, server.port), timeout=seconds(5))
+        with raw, contextlib.suppress(OSError):  # the server may reset it first
+            raw.sendall(probe)
+            raw.shutdown(socket.SHUT_WR)
+            while raw.recv(4096):
+                pass
     wait_for(lambda: server.server.stats()["unauthenticated"] == 0, what="probes gone")
     assert server_log.records == []
     client: WireClient = server.tls_connect()

@@ -101,7 +101,9 @@ class QueueMeter:
     would lose updates); the server sums the meters to check its global bound.
     """
 
-    __slots__ = ("size",)
+    __slots__ = ("scan_after", "size")
 
     def __init__(self) -> None:
         self.size = 0
+        #: Monotonic time before which the loop does not look for queues to cut again.
+        self.scan_after = 0.0

@@ -47,6 +47,9 @@ ACCEPTS_PER_EVENT = 256
 #: milliseconds); younger ones keep their slot and the newcomer is closed before TLS,
 #: so a flood of fresh connections cannot push out a real client mid-handshake.
 EVICT_AFTER = 1.0
+#: Past --max-queued-total with nothing left to cut in a loop, how long before it
+#: scans its sessions again (so no flush pays for a scan).
+TRIM_RESCAN = 0.05
 #: Pre-auth log lines (connect, auth_failed, close...) per client address per window.
 LOG_BURST_PER_IP = 20
 LOG_WINDOW = 10.0
@@ -290,6 +293,7 @@ class Server:
         reject: str | None = None
         refused = ""
         victim: _Pending | None = None
+        entry = _Pending(ip_key, loop, now)
         with self._lock:
             if self._unauth[ip_key] >= cfg.max_unauth_per_ip:
                 self._stats["refused_unauth_per_ip"] += 1
@@ -318,7 +322,6 @@ class Server:
                 self._connections += 1
             if not refused:
                 self._unauth[ip_key] += 1
-                entry = _Pending(ip_key, loop, now)
                 if reject is None:
                     self._pending[conn_id] = entry
                 else:
@@ -339,10 +342,10 @@ class Server:
             _tune_socket(raw, cfg)
         except OSError:
             pass  # the peer may already be gone; the session will find out
-        loop.call_soon(lambda: self._adopt(loop, raw, peer, ip_key, conn_id, now, reject))
+        loop.call_soon(lambda: self._adopt(loop, raw, peer, ip_key, conn_id, now, reject, entry))
 
     def _adopt(self, loop: IOLoop, raw: socket.socket, peer: str, ip_key: str, conn_id: int,
-               accepted_at: float, reject: str | None) -> None:
+               accepted_at: float, reject: str | None, entry: _Pending) -> None:
         """In the loop thread: wrap the socket in TLS and start the handshake."""
         try:
             session = Session(self, loop, raw, peer, ip_key, conn_id, accepted_at,
@@ -353,10 +356,7 @@ class Server:
             raw.close()
             self._release(conn_id, counted=reject is None)
             return
-        with self._lock:
-            entry = self._pending.get(conn_id) or self._refusing.get(conn_id)
-            if entry is not None:
-                entry.session = session
+        entry.session = session  # read only by this loop, in evict calls queued after us
         if self._stopping.is_set():
             session.abort("shutdown")
             return
@@ -449,16 +449,25 @@ class Server:
         total = self.queued_total()
         if total <= bound:
             return
+        meter = self._meters[loop]
+        now = time.monotonic()
+        if now < meter.scan_after:
+            return  # what is left is not ours to cut (closing sessions, other loops)
         queued = [ep for ep in loop.endpoints
                   if isinstance(ep, Session) and ep.state is State.ACTIVE and ep.out.size]
         queued.sort(key=lambda ep: ep.out.size, reverse=True)
+        cut = 0
         for victim in queued:
             if total <= bound:
                 break
             before = victim.out.size
             victim.cut_for_memory(bound)
             total -= before - victim.out.size
-        self._stats["cut_queued_total"] += 1
+            cut += 1
+        if total > bound:
+            meter.scan_after = now + TRIM_RESCAN
+        with self._lock:
+            self._stats["cut_queued_total"] += cut
 
     def _release(self, conn_id: int, *, counted: bool) -> None:
         with self._lock:

@@ -47,9 +47,9 @@ class ServerConfig:
     max_unauth: int = field(default=0, metadata=_doc(
         "connections in TLS handshake or auth at once, server-wide; must be below "
         "--max-connections so that authenticated clients always keep room. Beyond it "
-        "the oldest such connection is closed to make room for the new one, so silent "
-        "connections cannot lock real users out. 0 = half of --max-connections, "
-        "at most 1024"))
+        "the oldest such connection, once it has waited 1 s, is closed to make room "
+        "for the new one (so silent connections cannot lock real users out); else the "
+        "new one is closed before TLS. 0 = half of --max-connections, at most 1024"))
     max_refusing: int = field(default=64, metadata=_doc(
         "connections being turned away with server_full at once (each costs a TLS "
         "handshake); beyond it the TCP connection is closed at once, before TLS"))

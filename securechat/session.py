@@ -412,9 +412,11 @@ class Session:
 
     def _write(self) -> None:
         out = self.out
+        before = out.size
         try:
             sent, drained = out.write_to(self.sock)
         except (ssl.SSLError, OSError) as exc:
+            self.meter.size -= before - out.size  # what got out before the error
             self._hard_close("write failed", detail=_describe(exc))
             return
         if sent:

@@ -101,6 +101,9 @@ def test_silent_connections_cannot_lock_out_a_real_user(make_server: MakeServer)
     assert alice.expect("pong", skip=("ping", "join")) == {"type": "pong"}
     bob.send({"type": "ping"})
     assert bob.expect("pong") == {"type": "pong"}
+    wait_for(lambda: server.server.stats()["unauthenticated"] == 0, what="silent ones gone")
+    stats = server.server.stats()
+    assert (stats["connections"], stats["pending_auth"]) == (2, 0)  # no slot leaked
 
 
 def test_server_full_refusals_in_flight_are_bounded(make_server: MakeServer) -> None:
@@ -254,3 +257,6 @@ def test_global_queue_bound_cuts_the_largest_queue_first(make_server: MakeServer
     assert [e["code"] for e in errors] == ["slow_consumer"]
     assert "--max-queued-total" in errors[0]["message"]
     assert server.server.stats()["queued_bytes"] <= 512 * 1024 + 2 * 64 * 1024
+    server.close_clients()
+    wait_for(lambda: server.server.stats()["connections"] == 0, what="everyone gone")
+    assert server.server.stats()["queued_bytes"] == 0  # the running total did not drift

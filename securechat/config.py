@@ -44,6 +44,17 @@ class ServerConfig:
     max_unauth_per_ip: int = field(default=64, metadata=_doc(
         "not-yet-authenticated connections per client IP; beyond it the TCP "
         "connection is closed before the TLS handshake"))
+    max_unauth: int = field(default=0, metadata=_doc(
+        "connections in TLS handshake or auth at once, server-wide; must be below "
+        "--max-connections so that authenticated clients always keep room. Beyond it "
+        "the oldest such connection, once it has waited 1 s, is closed to make room "
+        "for the new one (so silent connections cannot lock real users out); else the "
+        "new one is closed before TLS. 0 = half of --max-connections, at most 1024"))
+    max_refusing: int = field(default=64, metadata=_doc(
+        "connections being turned away with server_full at once (each costs a TLS "
+        "handshake); beyond it the TCP connection is closed at once, before TLS"))
+    max_sessions_per_user: int = field(default=16, metadata=_doc(
+        "sessions one user may hold at once; beyond it: error too_many_sessions"))
     auth_failures: float = field(default=10.0, metadata=_doc(
         "failed logins allowed per client IP per minute (burst the same); "
         "beyond it: error auth_throttled. 0 = no limit"))
@@ -51,10 +62,23 @@ class ServerConfig:
         "messages per second per session, on average; beyond it: error rate_limited "
         "and the message is dropped. 0 = no limit"))
     msg_burst: int = field(default=100, metadata=_doc("messages a session may send in a burst"))
+    frame_rate: float = field(default=20.0, metadata=_doc(
+        "other frames (ping, pong, bye, repeated auth, bad frames) per second per session "
+        "after auth; beyond it the frame is dropped with error rate_limited, which counts "
+        "as a protocol error. 0 = no limit"))
+    frame_burst: int = field(default=100, metadata=_doc(
+        "other frames a session may send in a burst"))
+    max_errors: int = field(default=10, metadata=_doc(
+        "protocol errors (bad_frame, unknown_type, already_authenticated, frames over "
+        "--frame-rate) a session may cause per minute, burst the same; one more: "
+        "error too_many_errors, closed"))
     max_frame: int = field(default=DEFAULT_MAX_FRAME, metadata=_doc(
         "longest frame (one JSON line) accepted; beyond it: error frame_too_large"))
     max_pending: int = field(default=1024 * 1024, metadata=_doc(
         "bytes queued for one client; beyond it: error slow_consumer"))
+    max_queued_total: int = field(default=256 * 1024 * 1024, metadata=_doc(
+        "bytes queued for all clients together; beyond it the clients with the "
+        "largest queues are cut first (error slow_consumer)"))
     write_timeout: float = field(default=10.0, metadata=_doc(
         "seconds a client may go without accepting queued bytes; then: slow_consumer"))
     heartbeat: float = field(default=20.0, metadata=_doc(
@@ -83,13 +107,18 @@ class ServerConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be greater than 0")
         at_least_one = ("io_threads", "max_connections", "max_unauth_per_ip", "backlog",
-                        "max_pending", "msg_burst")
+                        "max_pending", "msg_burst", "frame_burst", "max_refusing",
+                        "max_sessions_per_user", "max_errors", "max_queued_total")
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("msg_rate", "auth_failures", "history", "retry_spread"):
+        for name in ("msg_rate", "frame_rate", "auth_failures", "history", "retry_spread",
+                     "max_unauth"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
+        if self.max_unauth and self.max_unauth >= self.max_connections:
+            raise ConfigError("--max-unauth must be less than --max-connections, so that "
+                              "authenticated clients always have room")
         if self.max_frame < PRE_AUTH_MAX_FRAME:
             raise ConfigError(f"--max-frame must be at least {PRE_AUTH_MAX_FRAME}")
         if self.auth_timeout < self.handshake_timeout:
@@ -102,6 +131,14 @@ class ServerConfig:
             raise ConfigError("--log-format must be text or json")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError("--log-level must be debug, info, warning or error")
+
+    @property
+    def unauth_limit(self) -> int:
+        """The server-wide cap on unauthenticated connections in force (``max_unauth``,
+        or its automatic value)."""
+        if self.max_unauth:
+            return self.max_unauth
+        return max(1, min(1024, self.max_connections // 2))
 
     def replace(self, **changes: object) -> ServerConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-__all__ = ["KeyedBuckets", "TokenBucket"]
+__all__ = ["KeyedBuckets", "QueueMeter", "TokenBucket"]
 
 
 class TokenBucket:
@@ -92,3 +92,18 @@ class KeyedBuckets:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+class QueueMeter:
+    """Bytes queued for output by the sessions of one I/O loop.
+
+    Written only by that loop's thread (``+=`` on a shared int from several threads
+    would lose updates); the server sums the meters to check its global bound.
+    """
+
+    __slots__ = ("scan_after", "size")
+
+    def __init__(self) -> None:
+        self.size = 0
+        #: Monotonic time before which the loop does not look for queues to cut again.
+        self.scan_after = 0.0

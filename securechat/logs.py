@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections import OrderedDict
 from typing import Any, TextIO
 
 from .protocol import rfc3339_utc
 
-__all__ = ["JsonFormatter", "TextFormatter", "log_event", "setup_logging"]
+__all__ = ["JsonFormatter", "LogThrottle", "TextFormatter", "log_event", "log_suppressed",
+           "setup_logging"]
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
@@ -21,6 +23,63 @@ def log_event(logger: logging.Logger, level: int, event: str, message: str = "",
     """Log ``event`` with structured ``fields`` (skipped cheaply when the level is off)."""
     if logger.isEnabledFor(level):
         logger.log(level, message, extra={"event": event, "fields": fields})
+
+
+class LogThrottle:
+    """At most ``burst`` log lines per ``window`` seconds per key; the rest are counted.
+
+    A peer controls how often it makes us log (a bad frame, a connect, a wrong token),
+    so without this one session could write 20,000 lines from 60 KB of input. The
+    caller passes the clock (pure arithmetic, like :mod:`securechat.limits`) and
+    reports what was held back as one "suppressed N similar" line: on the first line
+    admitted after the window ends, or via :meth:`pop_suppressed` when the key is done
+    (the connection closed). At most ``max_keys`` keys are kept, least recently
+    used dropped first. Not thread-safe: callers hold their own lock.
+    """
+
+    __slots__ = ("_keys", "burst", "max_keys", "window")
+
+    def __init__(self, burst: int, window: float, max_keys: int = 4096) -> None:
+        self.burst = burst
+        self.window = window
+        self.max_keys = max_keys
+        # key -> [window start, lines admitted in this window, lines suppressed]
+        self._keys: OrderedDict[object, list[float]] = OrderedDict()
+
+    def admit(self, key: object, now: float) -> int | None:
+        """None: drop this line. Otherwise log it, and first report the returned count
+        of lines suppressed before it if that is not 0."""
+        slot = self._keys.get(key)
+        if slot is None:
+            self._keys[key] = [now, 1.0, 0.0]
+            if len(self._keys) > self.max_keys:
+                self._keys.popitem(last=False)
+            return 0
+        self._keys.move_to_end(key)
+        if now - slot[0] >= self.window:
+            suppressed = int(slot[2])
+            slot[0], slot[1], slot[2] = now, 1.0, 0.0
+            return suppressed
+        if slot[1] < self.burst:
+            slot[1] += 1
+            return 0
+        slot[2] += 1
+        return None
+
+    def pop_suppressed(self, key: object) -> int:
+        """Forget ``key``; the number of its lines suppressed and not yet reported."""
+        slot = self._keys.pop(key, None)
+        return 0 if slot is None else int(slot[2])
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def log_suppressed(logger: logging.Logger, count: int, /, **fields: Any) -> None:
+    """The summary line for what a :class:`LogThrottle` held back."""
+    if count:
+        log_event(logger, logging.INFO, "suppressed", f"suppressed {count} similar",
+                  count=count, **fields)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

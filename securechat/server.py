@@ -24,14 +24,14 @@ import socket
 import ssl
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any
 
 from .config import ServerConfig
 from .ioloop import IOLoop
-from .limits import KeyedBuckets
-from .logs import log_event
+from .limits import KeyedBuckets, QueueMeter
+from .logs import LogThrottle, log_event
 from .room import InProcessRoom, Room
 from .session import Session, State
 from .tlsconfig import server_context
@@ -42,6 +42,17 @@ __all__ = ["Server", "client_key"]
 logger = logging.getLogger("securechat.server")
 
 ACCEPTS_PER_EVENT = 256
+#: When the unauthenticated cap is reached, a new connection may push out the oldest
+#: one only if that one has had this long to log in (a real client needs
+#: milliseconds); younger ones keep their slot and the newcomer is closed before TLS,
+#: so a flood of fresh connections cannot push out a real client mid-handshake.
+EVICT_AFTER = 1.0
+#: Past --max-queued-total with nothing left to cut in a loop, how long before it
+#: scans its sessions again (so no flush pays for a scan).
+TRIM_RESCAN = 0.05
+#: Pre-auth log lines (connect, auth_failed, close...) per client address per window.
+LOG_BURST_PER_IP = 20
+LOG_WINDOW = 10.0
 
 
 def client_key(ip: str) -> str:
@@ -56,6 +67,19 @@ def client_key(ip: str) -> str:
             return str(addr.ipv4_mapped)
         return str(ipaddress.IPv6Network((addr, 64), strict=False))
     return str(addr)
+
+
+class _Pending:
+    """Accounting for one connection that has not authenticated (yet)."""
+
+    __slots__ = ("accepted_at", "ip_key", "ip_released", "loop", "session")
+
+    def __init__(self, ip_key: str, loop: IOLoop, accepted_at: float) -> None:
+        self.ip_key = ip_key
+        self.loop = loop
+        self.accepted_at = accepted_at
+        self.ip_released = False
+        self.session: Session | None = None
 
 
 def _format_peer(addr: Any) -> tuple[str, str]:
@@ -85,11 +109,23 @@ class Server:
         self._unauth: Counter[str] = Counter()
         self._auth_failures = KeyedBuckets(config.auth_failures / 60.0, config.auth_failures)
         self._connections = 0
+        #: Counted unauthenticated connections, oldest first (they may be pushed out).
+        self._pending: OrderedDict[int, _Pending] = OrderedDict()
+        #: Connections being turned away with server_full (not counted in _connections).
+        self._refusing: dict[int, _Pending] = {}
+        #: Pushed-out connections whose slot in _connections went to a newer one.
+        self._transferred: set[int] = set()
+        self._user_sessions: Counter[str] = Counter()
+        self._log_throttle = LogThrottle(LOG_BURST_PER_IP, LOG_WINDOW)
         self._conn_ids = itertools.count(1)
         self._stats: Counter[str] = Counter()
         tick = min(0.25, config.heartbeat / 4, config.handshake_timeout / 4)
         self._loops = [IOLoop(f"securechat-io-{i}", tick_interval=tick)
                        for i in range(config.io_threads)]
+        # One meter per loop, each written by its own loop thread only.
+        self._meters = {loop: QueueMeter() for loop in self._loops}
+        #: A loop checks the global bound only when its own share passes this.
+        self.queue_check_above = config.max_queued_total // len(self._loops)
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -199,6 +235,9 @@ class Server:
             out = dict(self._stats)
             out["connections"] = self._connections
             out["unauthenticated"] = sum(self._unauth.values())
+            out["pending_auth"] = len(self._pending)
+            out["refusing"] = len(self._refusing)
+        out["queued_bytes"] = self.queued_total()
         out["sessions"] = sum(len(loop.endpoints) for loop in self._loops)
         return out
 
@@ -249,37 +288,64 @@ class Server:
         now = time.monotonic()
         peer, ip_key = _format_peer(addr)
         cfg = self.config
+        loop = min(self._loops, key=lambda lp: len(lp.endpoints))
+        conn_id = next(self._conn_ids)
+        reject: str | None = None
+        refused = ""
+        victim: _Pending | None = None
+        entry = _Pending(ip_key, loop, now)
         with self._lock:
             if self._unauth[ip_key] >= cfg.max_unauth_per_ip:
                 self._stats["refused_unauth_per_ip"] += 1
-                refused = True
-            else:
-                refused = False
-                self._unauth[ip_key] += 1
-                reject = "server_full" if self._connections >= cfg.max_connections else None
-                if reject is None:
-                    self._connections += 1
+                refused = "too many unauthenticated connections from this address"
+            elif len(self._pending) >= cfg.unauth_limit:
+                oldest_id, oldest = next(iter(self._pending.items()))
+                if now - oldest.accepted_at < EVICT_AFTER:
+                    self._stats["refused_unauth"] += 1
+                    refused = "too many unauthenticated connections"
+                else:
+                    # The oldest has had its chance: its slot goes to the newcomer.
+                    del self._pending[oldest_id]
+                    self._release_ip(oldest)
+                    self._transferred.add(oldest_id)
+                    self._stats["evicted_unauth"] += 1
+                    victim = oldest
+            elif self._connections >= cfg.max_connections:
+                if len(self._refusing) >= cfg.max_refusing:
+                    # Saturated: telling each client why would cost a TLS handshake each.
+                    self._stats["refused_server_full_at_once"] += 1
+                    refused = "server full"
                 else:
                     self._stats["refused_server_full"] += 1
+                    reject = "server_full"
+            else:
+                self._connections += 1
+            if not refused:
+                self._unauth[ip_key] += 1
+                if reject is None:
+                    self._pending[conn_id] = entry
+                else:
+                    self._refusing[conn_id] = entry
         if refused:
-            # Cheapest possible answer to a flood: no TLS handshake, just close.
-            log_event(logger, logging.DEBUG, "refused", "too many unauthenticated connections",
-                      peer=peer)
+            # Cheapest possible answer to a flood: no TLS handshake, just close (RST).
+            log_event(logger, logging.DEBUG, "refused", refused, peer=peer)
             with contextlib.suppress(OSError):
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
             raw.close()
             return
-        conn_id = next(self._conn_ids)
+        if victim is not None:
+            # Queued after the victim's own _adopt on its loop, so its session exists.
+            pushed = victim
+            pushed.loop.call_soon(lambda: pushed.session.evict() if pushed.session else None)
         try:
             raw.setblocking(False)
             _tune_socket(raw, cfg)
         except OSError:
             pass  # the peer may already be gone; the session will find out
-        loop = min(self._loops, key=lambda lp: len(lp.endpoints))
-        loop.call_soon(lambda: self._adopt(loop, raw, peer, ip_key, conn_id, now, reject))
+        loop.call_soon(lambda: self._adopt(loop, raw, peer, ip_key, conn_id, now, reject, entry))
 
     def _adopt(self, loop: IOLoop, raw: socket.socket, peer: str, ip_key: str, conn_id: int,
-               accepted_at: float, reject: str | None) -> None:
+               accepted_at: float, reject: str | None, entry: _Pending) -> None:
         """In the loop thread: wrap the socket in TLS and start the handshake."""
         try:
             session = Session(self, loop, raw, peer, ip_key, conn_id, accepted_at,
@@ -288,8 +354,9 @@ class Server:
             log_event(logger, logging.DEBUG, "close", "gone before TLS", conn=conn_id,
                       peer=peer, detail=str(exc))
             raw.close()
-            self._release(ip_key, unauth=True, counted=reject is None)
+            self._release(conn_id, counted=reject is None)
             return
+        entry.session = session  # read only by this loop, in evict calls queued after us
         if self._stopping.is_set():
             session.abort("shutdown")
             return
@@ -325,35 +392,111 @@ class Server:
             if self.config.auth_failures > 0:
                 self._auth_failures.take(ip_key, now)
 
-    def on_authenticated(self, session: Session) -> None:
+    def on_authenticated(self, session: Session) -> str | None:
+        """A valid token: None if the session may go on, else the error code to close
+        it with (``too_many_sessions``, or ``server_full`` if its slot was given away)."""
         with self._lock:
+            self._release_unauth(session.conn_id)
+            if session.conn_id in self._transferred:
+                return "server_full"  # pushed out while its token was being checked
+            if self._user_sessions[session.user] >= self.config.max_sessions_per_user:
+                self._stats["refused_sessions_per_user"] += 1
+                return "too_many_sessions"
+            self._user_sessions[session.user] += 1
+            session.user_counted = True
             self._stats["authenticated"] += 1
-            self._release_unauth(session.ip_key)
+            return None
 
     def on_auth_ended(self, session: Session) -> None:
         """A session left the unauthenticated state without authenticating."""
         with self._lock:
-            self._release_unauth(session.ip_key)
+            self._release_unauth(session.conn_id)
 
     def on_closed(self, session: Session) -> None:
         with self._lock:
-            if session.reject is None:
+            self._release_unauth(session.conn_id)
+            if session.reject is not None:
+                self._refusing.pop(session.conn_id, None)
+            elif session.conn_id in self._transferred:
+                self._transferred.discard(session.conn_id)
+            else:
                 self._connections -= 1
+            if session.user_counted:
+                session.user_counted = False
+                left = self._user_sessions[session.user] - 1
+                if left > 0:
+                    self._user_sessions[session.user] = left
+                else:
+                    del self._user_sessions[session.user]
 
-    def _release(self, ip_key: str, *, unauth: bool, counted: bool) -> None:
+    def log_admit(self, ip_key: str, now: float) -> int | None:
+        """Per-address budget for log lines before auth (see :class:`LogThrottle`)."""
         with self._lock:
-            if unauth:
-                self._release_unauth(ip_key)
-            if counted:
-                self._connections -= 1
+            return self._log_throttle.admit(ip_key, now)
 
-    def _release_unauth(self, ip_key: str) -> None:
+    def queue_meter(self, loop: IOLoop) -> QueueMeter:
+        return self._meters[loop]
+
+    def queued_total(self) -> int:
+        """Bytes queued for all clients (a racy sum of per-loop meters: fine for a bound)."""
+        return sum(meter.size for meter in self._meters.values())
+
+    def trim_queues(self, loop: IOLoop) -> None:
+        """In ``loop``'s thread, once its share passed ``queue_check_above``: while the
+        global total is over ``max_queued_total``, cut this loop's sessions with the
+        largest queues (slow_consumer). Only runs past the bound, never per message."""
+        bound = self.config.max_queued_total
+        total = self.queued_total()
+        if total <= bound:
+            return
+        meter = self._meters[loop]
+        now = time.monotonic()
+        if now < meter.scan_after:
+            return  # what is left is not ours to cut (closing sessions, other loops)
+        queued = [ep for ep in loop.endpoints
+                  if isinstance(ep, Session) and ep.state is State.ACTIVE and ep.out.size]
+        queued.sort(key=lambda ep: ep.out.size, reverse=True)
+        cut = 0
+        for victim in queued:
+            if total <= bound:
+                break
+            before = victim.out.size
+            victim.cut_for_memory(bound)
+            total -= before - victim.out.size
+            cut += 1
+        if total > bound:
+            meter.scan_after = now + TRIM_RESCAN
+        with self._lock:
+            self._stats["cut_queued_total"] += cut
+
+    def _release(self, conn_id: int, *, counted: bool) -> None:
+        with self._lock:
+            self._release_unauth(conn_id)
+            self._refusing.pop(conn_id, None)
+            if counted:
+                if conn_id in self._transferred:
+                    self._transferred.discard(conn_id)
+                else:
+                    self._connections -= 1
+
+    def _release_unauth(self, conn_id: int) -> None:
+        # caller holds self._lock; idempotent
+        entry = self._pending.pop(conn_id, None)
+        if entry is None:
+            entry = self._refusing.get(conn_id)
+        if entry is not None:
+            self._release_ip(entry)
+
+    def _release_ip(self, entry: _Pending) -> None:
         # caller holds self._lock
-        left = self._unauth[ip_key] - 1
+        if entry.ip_released:
+            return
+        entry.ip_released = True
+        left = self._unauth[entry.ip_key] - 1
         if left > 0:
-            self._unauth[ip_key] = left
+            self._unauth[entry.ip_key] = left
         else:
-            del self._unauth[ip_key]
+            del self._unauth[entry.ip_key]
 
     # ------------------------------------------------------------------ shutdown
     def _say_bye(self, loop: IOLoop, linger: float) -> None:

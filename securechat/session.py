@@ -21,12 +21,12 @@ import socket
 import ssl
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import protocol
 from .errors import RemoteProtocolError
 from .limits import TokenBucket
-from .logs import log_event
+from .logs import LogThrottle, log_event, log_suppressed
 from .room import RoomSnapshot
 from .sendbuffer import SendBuffer
 
@@ -47,6 +47,15 @@ CLOSE_LINGER = 1.0
 _PONG = protocol.encode(protocol.Pong())
 _PING = protocol.encode(protocol.Ping())
 _BYE = protocol.encode(protocol.Bye())
+
+#: Closing errors before auth that the peer's own bytes caused: each counts as a failed
+#: login toward --auth-failures, as a wrong token does, so malformed auth frames are
+#: no cheaper way to guess than well-formed ones.
+_PRE_AUTH_FAULTS = frozenset({"auth_failed", "bad_frame", "unknown_type", "frame_too_large",
+                              "not_authenticated"})
+#: Error lines one authenticated session may cause per window; the rest are counted.
+LOG_BURST_PER_SESSION = 5
+LOG_WINDOW = 10.0
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -96,8 +105,16 @@ class Session:
         self.last_ping = 0.0
         self.last_progress = now
         self.bucket: TokenBucket | None = None
+        #: After auth: every frame but msg (which has ``bucket``), and protocol errors.
+        self.frame_bucket: TokenBucket | None = None
+        self.error_bucket: TokenBucket | None = None
         self.max_pending = cfg.max_pending
-        self.log_fields = {"conn": conn_id, "peer": peer}
+        self.log_fields: dict[str, Any] = {"conn": conn_id, "peer": peer}
+        self.log_throttle: LogThrottle | None = None  # made on the first throttled line
+        #: Set by the server while this session counts toward its user's session cap.
+        self.user_counted = False
+        self.meter = server.queue_meter(loop)
+        self.queue_check_above = server.queue_check_above
 
     def __repr__(self) -> str:
         return f"<Session {self.conn_id} {self.peer} {self.user or '-'} {self.state.value}>"
@@ -115,7 +132,8 @@ class Session:
     def start(self) -> None:
         self.loop.endpoints.add(self)
         self._set_events(_READ)
-        log_event(logger, logging.INFO, "connect", **self.log_fields)
+        # INFO only once TLS is up: a port scan or a silent TCP peer is not news.
+        log_event(logger, logging.DEBUG, "accept", **self.log_fields)
         self._handshake()
 
     def _set_events(self, events: int) -> None:
@@ -193,13 +211,11 @@ class Session:
             return
         self.state = State.AUTH
         self._set_events(_READ)
-        log_event(logger, logging.DEBUG, "tls", version=self.sock.version(),
-                  cipher=(self.sock.cipher() or ("",))[0], **self.log_fields)
+        self._log(logging.INFO, "connect", tls=self.sock.version(),
+                  cipher=(self.sock.cipher() or ("",))[0])
         if self.reject is not None:
-            # Spread, so clients turned away together do not all return together.
-            spread = max(1.0, self.server.config.retry_spread)
             self._fail(self.reject, "the server is full; try again later",
-                       retry_after=round(random.uniform(1.0, spread), 1))
+                       retry_after=self._spread_retry())
             return
         # The client's auth frame may already sit decrypted inside OpenSSL, where
         # the selector cannot see it.
@@ -253,13 +269,24 @@ class Session:
         except RemoteProtocolError as exc:
             if self.state is State.AUTH:
                 self._fail(exc.code, exc.message)  # before auth every error closes
+                return
+            frames = self.frame_bucket
+            if frames is not None and not frames.take(now := time.monotonic()):
+                self._error("rate_limited", "frame dropped: too many frames",
+                            retry_after=round(frames.retry_after(now), 3))
             else:
                 self._error(exc.code, exc.message, exc.message_id)
             return
         if self.state is State.ACTIVE:
             if type(frame) is protocol.SendMessage:
                 self._on_message(frame)
-            elif type(frame) is protocol.Ping:
+                return
+            frames = self.frame_bucket
+            if frames is not None and not frames.take(now := time.monotonic()):
+                self._error("rate_limited", "frame dropped: too many frames",
+                            retry_after=round(frames.retry_after(now), 3))
+                return
+            if type(frame) is protocol.Ping:
                 self._send(_PONG)
             elif type(frame) is protocol.Pong:
                 pass  # last_rx already moved
@@ -281,11 +308,13 @@ class Session:
             self._fail("auth_throttled", "too many failed logins from your address",
                        retry_after=round(wait, 1))
             return
-        record = server.tokens.verify(token)
+        try:
+            record = server.tokens.verify(token)
+        except (UnicodeError, ValueError):
+            record = None  # e.g. a lone surrogate that slipped past frame validation
         if record is None:
-            server.note_auth_failure(self.ip_key, now)
-            log_event(logger, logging.WARNING, "auth_failed", **self.log_fields)
-            self._fail("auth_failed", "unknown or revoked token")
+            self._log(logging.WARNING, "auth_failed")
+            self._fail("auth_failed", "unknown or revoked token")  # counts the failure
             return
         cfg = server.config
         self.user = record.name
@@ -293,14 +322,30 @@ class Session:
         self.token_id = record.id
         self.log_fields = {"conn": self.conn_id, "peer": self.peer, "user": record.name,
                            "token": record.id}
+        refused = server.on_authenticated(self)
+        if refused == "too_many_sessions":
+            self._fail(refused, f"{record.name} already holds "
+                       f"{cfg.max_sessions_per_user} sessions (--max-sessions-per-user)")
+            return
+        if refused is not None:
+            self._fail(refused, "too many connections waiting to log in; try again later",
+                       retry_after=self._spread_retry())
+            return
         self.state = State.ACTIVE
         self.decoder.max_frame = cfg.max_frame
         self.bucket = TokenBucket(cfg.msg_rate, cfg.msg_burst, now)
-        server.on_authenticated(self)
+        self.frame_bucket = TokenBucket(cfg.frame_rate, cfg.frame_burst, now)
+        self.error_bucket = TokenBucket(cfg.max_errors / 60.0, cfg.max_errors, now)
         log_event(logger, logging.INFO, "auth", **self.log_fields)
         server.room.subscribe(self, self._welcome)
         self.joined = True
         log_event(logger, logging.INFO, "join", room=server.room.name, **self.log_fields)
+
+    def _spread_retry(self) -> float:
+        """A ``retry_after`` hint spread at random, so clients turned away together do
+        not all return together."""
+        spread = max(1.0, self.server.config.retry_spread)
+        return round(random.uniform(1.0, spread), 1)
 
     def _welcome(self, snapshot: RoomSnapshot) -> bytes:
         cfg = self.server.config
@@ -317,7 +362,8 @@ class Session:
             now = time.monotonic()
             if not bucket.take(now):
                 self._error("rate_limited", "message dropped: too many messages",
-                            frame.id, retry_after=round(bucket.retry_after(now), 3))
+                            frame.id, retry_after=round(bucket.retry_after(now), 3),
+                            counts=False)  # msg has its own budget and a resend rule
                 return
         self.server.room.publish(self, frame.body, frame.id)  # the room sends the ack
 
@@ -350,19 +396,29 @@ class Session:
             if not self.out:
                 self.last_progress = time.monotonic()
             self.out.append(chunk)
+            meter = self.meter
+            meter.size += len(chunk)
             if self.out.size > self.max_pending and state is State.ACTIVE:
                 self._slow_consumer(f"more than {self.max_pending} bytes queued")
                 return
+            if meter.size > self.queue_check_above:
+                self.server.trim_queues(self.loop)  # rare: only past the global bound
+                if self.state is not state:
+                    return
         if not self.write_blocked:
             self._write()
 
     def _write(self) -> None:
+        out = self.out
+        before = out.size
         try:
-            sent, drained = self.out.write_to(self.sock)
+            sent, drained = out.write_to(self.sock)
         except (ssl.SSLError, OSError) as exc:
+            self.meter.size -= before - out.size  # what got out before the error
             self._hard_close("write failed", detail=_describe(exc))
             return
         if sent:
+            self.meter.size -= sent
             self.last_progress = time.monotonic()
         if not drained:
             if not self.write_blocked:
@@ -377,20 +433,31 @@ class Session:
 
     # ------------------------------------------------------------------ errors and closing
     def _error(self, code: str, message: str, mid: protocol.MessageId = None,
-               retry_after: float | None = None) -> None:
-        """Send an error frame; close afterwards if the code says so."""
+               retry_after: float | None = None, *, counts: bool = True) -> None:
+        """Send an error frame; close afterwards if the code says so. Non-closing
+        protocol errors (not msg's rate_limited) spend from the session's error
+        budget: a client that keeps sending bad frames is cut off."""
         if protocol.closes_connection(code):
             self._fail(code, message, mid, retry_after)
             return
-        log_event(logger, logging.INFO, "error", code=code, **self.log_fields)
+        errors = self.error_bucket
+        if counts and errors is not None and not errors.take(time.monotonic()):
+            cfg = self.server.config
+            self._fail("too_many_errors", f"more than {cfg.max_errors} protocol errors "
+                       f"in a minute (last: {code}: {message})")
+            return
+        self._log(logging.INFO, "error", code=code)
         self._send(protocol.encode_error(code, message, mid, retry_after))
 
     def _fail(self, code: str, message: str, mid: protocol.MessageId = None,
               retry_after: float | None = None) -> None:
         """Send a closing error frame, then close once it is written (or after a linger)."""
-        log_event(logger, logging.INFO, "error", code=code, detail=message, **self.log_fields)
         if self.state is State.CLOSING or self.state is State.CLOSED:
             return
+        self._log(logging.INFO, "error", code=code, detail=message, once=True)
+        if self.state is State.AUTH and code in _PRE_AUTH_FAULTS:
+            # Malformed or wrong: either way a failed login for the throttle.
+            self.server.note_auth_failure(self.ip_key, time.monotonic())
         if self.state is State.HANDSHAKE:
             self._hard_close(code)
             return
@@ -400,10 +467,27 @@ class Session:
     def _slow_consumer(self, detail: str) -> None:
         log_event(logger, logging.WARNING, "slow_consumer", detail=detail, **self.log_fields)
         # What is queued will never get through in time: drop it, say why, close.
+        before = self.out.size
         self.out.drop_queued()
+        self.meter.size -= before - self.out.size
         self.inbox.clear()
         self._send(protocol.encode_error("slow_consumer", f"client too slow: {detail}"))
         self._begin_close("slow_consumer", linger=CLOSE_LINGER)
+
+    def cut_for_memory(self, bound: int) -> None:
+        """The server's queues together passed ``bound`` and this one is among the
+        largest: cut it (called by :meth:`Server.trim_queues` in this loop)."""
+        if self.state is State.ACTIVE:
+            self._slow_consumer(f"{self.out.size} bytes queued while the server holds more "
+                                f"than {bound} for all clients (--max-queued-total)")
+
+    def evict(self) -> None:
+        """Make room for a newer unauthenticated connection (see Server._admit)."""
+        if self.state is State.HANDSHAKE:
+            self._hard_close("pushed out before auth", level=logging.DEBUG)
+        elif self.state is State.AUTH:
+            self._fail("server_full", "too many connections waiting to log in; try again "
+                       "later", retry_after=self._spread_retry())
 
     def _begin_close(self, reason: str, *, linger: float = CLOSE_LINGER) -> None:
         """Stop reading, leave the room, flush what is queued, then close."""
@@ -461,16 +545,43 @@ class Session:
             self.sock.close()
         self.loop.endpoints.discard(self)
         self.inbox.clear()
+        self.meter.size -= self.out.size
         self.out.clear()
         self._leave_room(reason)
         if state is State.AUTH or state is State.HANDSHAKE:
             self.server.on_auth_ended(self)
         self.server.on_closed(self)
+        if self.log_throttle is not None:
+            log_suppressed(logger, self.log_throttle.pop_suppressed(None), **self.log_fields)
         if not quiet:
-            log_event(logger, level, "close", reason=reason, detail=detail, **self.log_fields)
+            self._log(level, "close", reason=reason, detail=detail, once=True)
         else:
-            log_event(logger, logging.DEBUG, "close", reason=self.close_reason,
-                      **self.log_fields)
+            self._log(logging.DEBUG, "close", reason=self.close_reason, once=True)
+
+    def _log(self, level: int, event: str, message: str = "", /, *, once: bool = False,
+             **fields: Any) -> None:
+        """A log line the peer can cause at will, under a budget: per client address
+        before auth (connects, failed logins), per connection after (errors). Lines
+        over it are counted and reported as one "suppressed N similar" line."""
+        if not logger.isEnabledFor(level):
+            return
+        now = time.monotonic()
+        if not self.user:
+            suppressed = self.server.log_admit(self.ip_key, now)
+            if suppressed is None:
+                return
+            if suppressed:
+                log_suppressed(logger, suppressed, ip=self.ip_key)
+        elif not once:
+            throttle = self.log_throttle
+            if throttle is None:
+                throttle = self.log_throttle = LogThrottle(LOG_BURST_PER_SESSION, LOG_WINDOW)
+            suppressed = throttle.admit(None, now)
+            if suppressed is None:
+                return
+            if suppressed:
+                log_suppressed(logger, suppressed, **self.log_fields)
+        log_event(logger, level, event, message, **fields, **self.log_fields)
 
     def abort(self, reason: str) -> None:
         self._hard_close(reason, level=logging.DEBUG)

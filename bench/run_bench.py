@@ -114,7 +114,8 @@ class ServerProcess:
         argv = [sys.executable, "-m", "securechat.server_cli", "--port", "0",
                 "--cert", str(cert), "--key", str(key), "--tokens", str(directory / "tokens.json"),
                 "--msg-rate", "0", "--max-unauth-per-ip", "100000", "--auth-failures", "0",
-                "--max-connections", "20000", "--log-format", "json", "--log-level", log_level,
+                "--max-connections", "20000", "--max-sessions-per-user", "100000",
+                "--log-format", "json", "--log-level", log_level,
                 *extra]
         self.proc = subprocess.Popen(pinned(0, argv, pin), stdout=subprocess.DEVNULL,
                                      stderr=self._log)

@@ -88,6 +88,9 @@ ERROR_CODES: Final[dict[str, ErrorSpec]] = {
     "revoked": ErrorSpec(True, "the session's token was revoked"),
     "idle_timeout": ErrorSpec(True, "nothing received for three heartbeat intervals"),
     "internal_error": ErrorSpec(True, "a server bug; the connection is closed"),
+    "too_many_errors": ErrorSpec(True, "too many protocol errors from this session in a minute"),
+    "too_many_sessions": ErrorSpec(
+        True, "the user already holds the maximum number of sessions"),
 }
 
 

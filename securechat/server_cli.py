@@ -113,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not server.tokens:
         log.warning("the tokens file holds no tokens: nobody can log in "
                     "(add one with: securechat-token add NAME --tokens %s)", config.tokens)
-    _raise_fd_limit(config.max_connections, log)
+    # Refusals in their TLS handshake hold descriptors too (--max-refusing).
+    _raise_fd_limit(config.max_connections + config.max_refusing, log)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -74,7 +74,7 @@ def test_well_formed_entry_loads(tmp_path: Path) -> None:
     assert [r.name for r in load_store(path)] == ["alice"]
 
 
-@pytest.mark.parametrize("mode", [0o660, 0o620, 0o666, 0o604, 0o602, 0o670])
+@pytest.mark.parametrize("mode", [0o660, 0o620, 0o666, 0o604, 0o602, 0o670], ids=oct)
 def test_tokens_file_writable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
     """Group- or world-writable, or other-readable: ConfigError naming file, mode, fix."""
     path = tmp_path / "tokens.json"
@@ -86,7 +86,7 @@ def test_tokens_file_writable_by_others_is_refused(tmp_path: Path, mode: int) ->
     assert str(path) in text and f"mode {mode:04o}" in text and f"chmod 600 {path}" in text
 
 
-@pytest.mark.parametrize("mode", [0o600, 0o640, 0o400, 0o440])
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o400, 0o440], ids=oct)
 def test_owner_only_or_group_readable_tokens_file_is_accepted(tmp_path: Path, mode: int
                                                               ) -> None:
     """0600 and 0640 (a secret shared with a service group) load."""

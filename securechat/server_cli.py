@@ -137,19 +137,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     # cyclic collector's full passes, which otherwise pause every connection.
     gc.freeze()
     host, port = server.address
-    print(f"securechat-server: listening on {host}:{port} (TLS {config.tls_min}+)",
-          file=sys.stderr, flush=True)
+    _say(f"securechat-server: listening on {host}:{port} (TLS {config.tls_min}+)")
     try:
         server.serve_forever()
     except ServerThreadDied as exc:
         # Up but not accepting must not happen: say goodbye to whoever is still
         # served, then exit non-zero so that a supervisor starts a fresh process.
         server.shutdown()
-        print(f"securechat-server: error: {exc}; exiting with status {EXIT_SOFTWARE} "
-              "so that a supervisor restarts the server", file=sys.stderr, flush=True)
+        _say(f"securechat-server: error: {exc}; exiting with status {EXIT_SOFTWARE} "
+             "so that a supervisor restarts the server")
         return EXIT_SOFTWARE
     clean = server.shutdown()
     return EXIT_OK if clean else EXIT_CONFIG
+
+
+def _say(line: str) -> None:
+    """One line on stderr in one write: server threads log to the same stream, and
+    print() writes the text and the newline separately, so a log line could land
+    between them."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _raise_fd_limit(max_connections: int, log: logging.Logger) -> None:

@@ -35,11 +35,14 @@ def _tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.exc_info]
 
 
-def _write_in_place(path: Path, data: bytes) -> None:
-    """What an editor does: rewrite the file, same inode, same mode (0600)."""
-    with open(path, "r+b") as f:
-        f.truncate(0)
+def _replace(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace the file in one step (temp file + rename), so the server sees one change."""
+    tmp = path.with_name(path.name + ".new")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
         f.write(data)
+    tmp.chmod(mode)
+    os.replace(tmp, path)
 
 
 class _PollCounter:
@@ -78,7 +81,7 @@ def test_broken_tokens_file_keeps_the_last_good_tokens_and_a_fix_revokes_again(
                                       "name": 7, "salt": "00", "hash": "sha256:"}]}).encode(),
                           "'name' must be a string")]:
         caplog.clear()
-        _write_in_place(server.tokens_path, data)
+        _replace(server.tokens_path, data)
         wait_for(lambda: bool(_records(caplog, "tokens_reload_failed")),
                  what="the reload failure to be logged")
         polls.wait_polls(5)
@@ -93,7 +96,7 @@ def test_broken_tokens_file_keeps_the_last_good_tokens_and_a_fix_revokes_again(
         bob.expect_closed()
     assert server.server._accept_thread is not None
     assert server.server._accept_thread.is_alive()
-    _write_in_place(server.tokens_path, good)
+    _replace(server.tokens_path, good)
     wait_for(lambda: bool(_records(caplog, "tokens_reloaded")), what="the fixed file to load")
     revoke_tokens(server.tokens_path, "alice")
     frames = alice.expect_closed(timeout=5)
@@ -112,11 +115,9 @@ def test_tokens_file_made_writable_by_others_is_refused_on_reload(
     polls = _PollCounter(server)
     path = server.tokens_path
     revoked = path.with_name("revoked.json")
-    revoked.write_bytes(path.read_bytes())
-    revoked.chmod(0o600)
+    _replace(revoked, path.read_bytes())
     revoke_tokens(revoked, "alice")
-    path.chmod(mode)
-    _write_in_place(path, revoked.read_bytes())
+    _replace(path, revoked.read_bytes(), mode)  # the revocation, in a file with a bad mode
     wait_for(lambda: bool(_records(caplog, "tokens_reload_failed")),
              what="the refused reload to be logged")
     polls.wait_polls(3)

@@ -28,6 +28,7 @@ EXIT_OK, EXIT_USAGE, EXIT_CONFIG = 0, 2, 1
 EXIT_SOFTWARE = 70
 #: Tests only: "accept", "io" or "tokens" makes that part of the server raise.
 TEST_FAULT_ENV = "SECURECHAT_TEST_FAULT"
+TEST_FAULTS = ("accept", "io", "tokens")
 
 DESCRIPTION = """\
 A TLS-secured, token-authenticated broadcast chat server.
@@ -119,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("the tokens file holds no tokens: nobody can log in "
                     "(add one with: securechat-token add NAME --tokens %s)", config.tokens)
     _raise_fd_limit(config.max_connections, log)
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
         server.interrupt()  # takes no lock: safe in a signal handler
 
@@ -126,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     fault = os.environ.get(TEST_FAULT_ENV)
     if fault:
+        if fault not in TEST_FAULTS:
+            print(f"securechat-server: error: {TEST_FAULT_ENV}={fault!r}: not one of "
+                  f"{', '.join(TEST_FAULTS)} (tests only)", file=sys.stderr)
+            return EXIT_USAGE
         server._set_test_fault(fault)
     try:
         server.start()

@@ -265,7 +265,14 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _write_store(path: Path, store: TokenStore) -> None:
-    """Write atomically (temp file + rename) with mode 0600, so readers never see half a file."""
+    """Write atomically (temp file + rename), so readers never see half a file. Mode 0600,
+    or 0640 and the same group if the file was group-readable (a server running as a
+    member of that group must still be able to read it after a revoke)."""
+    mode, group = 0o600, -1
+    with contextlib.suppress(OSError):
+        st = os.stat(path)
+        if st.st_mode & stat.S_IRGRP:
+            mode, group = 0o640, st.st_gid
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -274,7 +281,10 @@ def _write_store(path: Path, store: TokenStore) -> None:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
+        if group != -1:
+            with contextlib.suppress(OSError):  # not a member of that group: stays ours
+                os.chown(tmp, -1, group)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -96,6 +96,21 @@ def test_owner_only_or_group_readable_tokens_file_is_accepted(tmp_path: Path, mo
     assert len(load_store(path)) == 1
 
 
+@pytest.mark.parametrize("mode", [0o600, 0o640], ids=oct)
+def test_add_and_revoke_keep_an_accepted_mode(tmp_path: Path, mode: int) -> None:
+    """securechat-token rewrites a 0640 file as 0640 (the group keeps read access), a
+    0600 file as 0600; a new file is 0600."""
+    path = tmp_path / "tokens.json"
+    add_token(path, "alice")
+    assert path.stat().st_mode & 0o777 == 0o600
+    path.chmod(mode)
+    add_token(path, "bob")
+    assert path.stat().st_mode & 0o777 == mode
+    revoke_tokens(path, "alice")
+    assert path.stat().st_mode & 0o777 == mode
+    assert [r.name for r in load_store(path)] == ["bob"]
+
+
 def test_watcher_refuses_a_file_made_group_writable_and_keeps_the_old_store(
         tmp_path: Path) -> None:
     """chmod 660 while running: refused once with the chmod hint; chmod 600 reloads."""

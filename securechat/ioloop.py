@@ -40,15 +40,23 @@ class Endpoint(Protocol):
     def abort(self, reason: str) -> None:
         """Close at once, without saying anything (loop shutdown)."""
 
+    def internal_error(self) -> None:
+        """A handler of this connection raised (a bug): tell the peer, close cleanly."""
+
 
 class IOLoop:
     """A thread running a selector loop; owns the :class:`Endpoint` objects registered on it."""
 
     def __init__(self, name: str, *, tick_interval: float,
-                 on_tick: Callable[[IOLoop, float], None] | None = None) -> None:
+                 on_tick: Callable[[IOLoop, float], None] | None = None,
+                 on_crash: Callable[[str, BaseException], None] | None = None) -> None:
         self.name = name
         self.tick_interval = tick_interval
         self._on_tick = on_tick
+        #: Called (in the dying thread, after cleanup) if the loop itself raised.
+        self._on_crash = on_crash
+        #: Tests only: called before handling each connection's event; may raise.
+        self._inject_fault: Callable[[], None] | None = None
         self.selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -59,7 +67,7 @@ class IOLoop:
         self._awake = True  # True while the loop runs Python code: no wake-up needed
         self._stopping = False
         self._draining = False
-        #: Set once draining began and the last endpoint is gone.
+        #: Set once draining began and the last endpoint is gone (or the loop ended).
         self.drained = threading.Event()
         self.endpoints: set[Endpoint] = set()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -128,6 +136,8 @@ class IOLoop:
                     if endpoint is None:
                         self._drain_wake()
                         continue
+                    if self._inject_fault is not None:
+                        self._inject_fault()
                     try:
                         if mask & selectors.EVENT_READ:
                             endpoint.on_readable()
@@ -155,22 +165,38 @@ class IOLoop:
                         self._on_tick(self, now)
                 if self._draining and not self.endpoints:
                     self.drained.set()
-        except Exception:  # pragma: no cover - a bug in the loop itself
+        except BaseException as exc:
+            # A bug in the loop itself, outside any one connection's handlers: every
+            # connection it owns is lost. Logged once here; the owner decides (the
+            # server makes serve_forever raise, so the process exits non-zero).
             logger.exception("I/O loop %s crashed", self.name)
+            crash: BaseException | None = exc
+        else:
+            crash = None
         finally:
             for endpoint in list(self.endpoints):
-                endpoint.abort("server stopped")
+                with contextlib.suppress(Exception):
+                    endpoint.abort("server stopped")
             self.endpoints.clear()
             self.selector.close()
             self._wake_r.close()
             self._wake_w.close()
+            self.drained.set()  # nothing left to drain: shutdown must not wait for it
+        if crash is not None and self._on_crash is not None:
+            self._on_crash(self.name, crash)
 
     def _contain(self, endpoint: Endpoint) -> None:
-        """A bug in one connection's handler closes that connection, not the loop."""
+        """A bug in one connection's handler closes that connection, not the loop: the
+        peer gets ``error internal_error`` and a clean close; if that fails too, or the
+        connection fails again while closing, it is closed at once."""
         logger.exception("connection handler failed in %s", self.name)
-        with contextlib.suppress(Exception):
-            endpoint.abort("internal error")
-        self.endpoints.discard(endpoint)
+        try:
+            endpoint.internal_error()
+        except Exception:
+            logger.exception("closing after an internal error failed in %s", self.name)
+            with contextlib.suppress(Exception):
+                endpoint.abort("internal error")
+            self.endpoints.discard(endpoint)
 
     def _run_call(self, fn: Callable[[], None]) -> None:
         try:

@@ -14,6 +14,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import itertools
 import logging
@@ -25,6 +26,7 @@ import ssl
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ from .session import Session, State
 from .tlsconfig import server_context
 from .tokens import TokenFileWatcher, TokenStore, load_store
 
-__all__ = ["Server", "client_key"]
+__all__ = ["Server", "ServerThreadDied", "client_key"]
 
 logger = logging.getLogger("securechat.server")
 
@@ -53,6 +55,18 @@ TRIM_RESCAN = 0.05
 #: Pre-auth log lines (connect, auth_failed, close...) per client address per window.
 LOG_BURST_PER_IP = 20
 LOG_WINDOW = 10.0
+#: accept() errors that concern one connection only: skip it and go on.
+_ACCEPT_SKIP = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
+#: Out of file descriptors (or kernel memory): the listener stays readable, so accepting
+#: pauses, first for ACCEPT_PAUSE_MIN seconds, doubling up to ACCEPT_PAUSE_MAX.
+_ACCEPT_OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_PAUSE_MIN = 0.1
+ACCEPT_PAUSE_MAX = 1.0
+
+
+class ServerThreadDied(RuntimeError):
+    """An essential server thread (accept, an I/O loop) died of a bug. Its traceback is in
+    the log; the process should exit non-zero so that a supervisor restarts it."""
 
 
 def client_key(ip: str) -> str:
@@ -120,7 +134,8 @@ class Server:
         self._conn_ids = itertools.count(1)
         self._stats: Counter[str] = Counter()
         tick = min(0.25, config.heartbeat / 4, config.handshake_timeout / 4)
-        self._loops = [IOLoop(f"securechat-io-{i}", tick_interval=tick)
+        self._loops = [IOLoop(f"securechat-io-{i}", tick_interval=tick,
+                              on_crash=self._thread_died)
                        for i in range(config.io_threads)]
         # One meter per loop, each written by its own loop thread only.
         self._meters = {loop: QueueMeter() for loop in self._loops}
@@ -133,6 +148,19 @@ class Server:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._shutdown_lock = threading.Lock()
+        # Thread supervision: see _thread_died and serve_forever.
+        #: Set once an essential thread died of a bug; :attr:`failure` says how.
+        self.failed = threading.Event()
+        self.failure: BaseException | None = None
+        self._serve_wakeup = threading.Event()
+        self._interrupted = False
+        self._token_fault: str | None = None
+        # Accept pauses when out of file descriptors (accept thread only).
+        self._accept_failures = 0
+        self._accept_pause = 0.0
+        self._accept_resume_at = 0.0
+        #: Tests only: called with "accept" or "tokens" at those points; may raise.
+        self._inject_fault: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------------ public API
     @property
@@ -179,9 +207,34 @@ class Server:
                       f"listen backlog capped by net.core.somaxconn={somaxconn}")
 
     def serve_forever(self) -> None:
-        """Start if needed and block until :meth:`shutdown` has finished."""
+        """Start if needed and block until :meth:`shutdown` has finished or
+        :meth:`interrupt` was called.
+
+        Raises :class:`ServerThreadDied` as soon as an essential thread (accept, an I/O
+        loop) has died: a server that is up but not accepting must not stay up. The
+        caller then shuts down and exits non-zero so that a supervisor restarts it."""
         self.start()
-        self._stopped.wait()
+        while not self._serve_wakeup.wait(0.25):
+            if self._interrupted:
+                break
+        if self.failure is not None:
+            raise ServerThreadDied(f"server thread died: {self.failure!r}") from self.failure
+
+    def interrupt(self) -> None:
+        """Make :meth:`serve_forever` return (within 0.25 s). Takes no lock, so it is safe
+        to call from a signal handler (Event.set there can deadlock on the lock that the
+        interrupted wait holds)."""
+        self._interrupted = True
+
+    def _thread_died(self, name: str, exc: BaseException) -> None:
+        """An essential thread ended with an exception (its traceback is already logged)."""
+        if self.failure is None:
+            self.failure = exc
+        log_event(logger, logging.CRITICAL, "thread_died",
+                  "the server cannot go on without this thread; it must be restarted",
+                  thread=name, error=type(exc).__name__)
+        self.failed.set()
+        self._serve_wakeup.set()
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Stop accepting, send ``bye`` with a spread ``retry_after`` to everyone, flush,
@@ -190,6 +243,7 @@ class Server:
         with self._shutdown_lock:
             if self._stopped.is_set() or not self._started:
                 self._stopped.set()
+                self._serve_wakeup.set()
                 return True
             deadline = time.monotonic() + (timeout or self.config.shutdown_timeout)
             self._stopping.set()
@@ -213,6 +267,7 @@ class Server:
             self._wake_w.close()
             log_event(logger, logging.INFO, "stopped", clean=ok)
             self._stopped.set()
+            self._serve_wakeup.set()
             return ok
 
     def __enter__(self) -> Server:
@@ -243,46 +298,87 @@ class Server:
 
     # ------------------------------------------------------------------ accept thread
     def _accept_loop(self) -> None:
+        """The accept thread: accepts and polls the tokens file. If it dies, nobody new
+        gets in and revocation stops, so its death is fatal (see serve_forever)."""
+        try:
+            self._accept_forever()
+        except BaseException as exc:
+            logger.exception("accept thread crashed")
+            self._thread_died(threading.current_thread().name, exc)
+
+    def _accept_forever(self) -> None:
         assert self._listener is not None
         listener = self._listener
         sel = selectors.DefaultSelector()
-        sel.register(listener, selectors.EVENT_READ, "accept")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        listening = False
         poll_every = self.config.tokens_poll
         next_poll = time.monotonic() + poll_every
-        paused_until = 0.0
         try:
             while not self._stopping.is_set():
                 now = time.monotonic()
-                timeout = max(0.0, next_poll - now)
-                if paused_until > now:
-                    timeout = min(timeout, paused_until - now)
-                for key, _ in sel.select(timeout):
-                    if key.data == "accept" and time.monotonic() >= paused_until:
-                        paused_until = self._accept_batch(listener)
+                if not listening and now >= self._accept_resume_at:
+                    sel.register(listener, selectors.EVENT_READ, "accept")
+                    listening = True
+                timeout = next_poll - now
+                if not listening:
+                    timeout = min(timeout, self._accept_resume_at - now)
+                for key, _ in sel.select(max(0.0, timeout)):
+                    if key.data == "accept" and listening:
+                        if self._inject_fault is not None:
+                            self._inject_fault("accept")
+                        if self._accept_batch(listener):
+                            # Out of descriptors: the listener stays readable, so it
+                            # leaves the selector for the pause instead of spinning.
+                            sel.unregister(listener)
+                            listening = False
                 now = time.monotonic()
                 if now >= next_poll:
                     next_poll = now + poll_every
                     self._poll_tokens()
-        except Exception:  # pragma: no cover - a bug in the accept loop
-            logger.exception("accept loop crashed")
         finally:
             sel.close()
 
-    def _accept_batch(self, listener: socket.socket) -> float:
-        """Accept what is waiting; returns a time until which accepting pauses (EMFILE)."""
+    def _accept_batch(self, listener: socket.socket) -> bool:
+        """Accept what is waiting; True if accepting must pause (out of descriptors).
+        Pending clients wait in the listen backlog meanwhile."""
         for _ in range(ACCEPTS_PER_EVENT):
             try:
                 raw, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
-                return 0.0
+                return False
             except OSError as exc:
-                # Out of file descriptors: the listener stays readable, so without a
-                # pause this thread would spin. Pending clients wait in the backlog.
-                log_event(logger, logging.ERROR, "accept_failed", exc.strerror or str(exc))
-                return time.monotonic() + 0.1
-            self._admit(raw, addr)
-        return 0.0
+                if exc.errno in _ACCEPT_SKIP:
+                    continue  # that connection is gone or refused by a firewall rule
+                self._pause_accepting(exc)
+                return True
+            if self._accept_failures:
+                log_event(logger, logging.WARNING, "accept_resumed",
+                          f"accepting again after {self._accept_failures} failed accepts",
+                          failed=self._accept_failures)
+                self._accept_failures = 0
+                self._accept_pause = 0.0
+            try:
+                self._admit(raw, addr)
+            except Exception:
+                # A bug admitting one connection costs that connection, not the thread.
+                logger.exception("admitting a connection failed")
+                with contextlib.suppress(OSError):
+                    raw.close()
+        return False
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """One log line per pause; pauses double while accept keeps failing."""
+        self._accept_failures += 1
+        self._accept_pause = (ACCEPT_PAUSE_MIN if not self._accept_pause
+                              else min(ACCEPT_PAUSE_MAX, self._accept_pause * 2))
+        self._accept_resume_at = time.monotonic() + self._accept_pause
+        code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        what = ("out of file descriptors" if exc.errno in _ACCEPT_OUT_OF_FDS
+                else exc.strerror or str(exc))
+        log_event(logger, logging.ERROR, "accept_paused",
+                  f"accept paused: {what} ({code}), {self._accept_failures} failed accepts",
+                  pause=self._accept_pause, failed=self._accept_failures)
 
     def _admit(self, raw: socket.socket, addr: Any) -> None:
         now = time.monotonic()
@@ -363,9 +459,21 @@ class Server:
         session.start()
 
     def _poll_tokens(self) -> None:
+        """In the accept thread. Nothing here may stop accepting: a bad file, or even a
+        bug, is logged (once, until a poll succeeds) and the tokens in force stay."""
         if self._watcher is None:
             return
-        store = self._watcher.poll()
+        try:
+            if self._inject_fault is not None:
+                self._inject_fault("tokens")
+            store = self._watcher.poll()
+        except Exception as exc:
+            fault = f"{type(exc).__name__}: {exc}"
+            if fault != self._token_fault:
+                self._token_fault = fault
+                logger.exception("token watcher failed; keeping the previous tokens")
+            return
+        self._token_fault = None
         if store is not None:
             removed = self._tokens.ids() - store.ids()
             self.tokens = store
@@ -375,6 +483,18 @@ class Server:
             log_event(logger, logging.ERROR, "tokens_reload_failed",
                       f"{self._watcher.last_error}; keeping the previous tokens")
             self._watcher.last_error = None
+
+    def _set_test_fault(self, where: str) -> None:
+        """Tests only (SECURECHAT_TEST_FAULT): raise RuntimeError in the accept thread
+        ("accept", on the next connection), the I/O loops ("io", on the next event) or
+        the token watcher ("tokens", on every poll)."""
+        def fault(point: str) -> None:
+            if point == where:
+                raise RuntimeError(f"injected test fault ({where})")
+        self._inject_fault = fault
+        if where == "io":
+            for loop in self._loops:
+                loop._inject_fault = lambda: fault("io")
 
     # ------------------------------------------------------------------ called by sessions
     def auth_retry_after(self, ip_key: str, now: float) -> float:

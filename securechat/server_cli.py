@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -19,12 +18,17 @@ from . import __version__
 from .config import ServerConfig
 from .errors import ConfigError, TokenError
 from .logs import setup_logging
-from .server import Server
+from .server import Server, ServerThreadDied
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
 ENV_PREFIX = "SECURECHAT_"
 EXIT_OK, EXIT_USAGE, EXIT_CONFIG = 0, 2, 1
+#: A server thread died of a bug (sysexits.h EX_SOFTWARE): restart the process.
+EXIT_SOFTWARE = 70
+#: Tests only: "accept", "io" or "tokens" makes that part of the server raise.
+TEST_FAULT_ENV = "SECURECHAT_TEST_FAULT"
+TEST_FAULTS = ("accept", "io", "tokens")
 
 DESCRIPTION = """\
 A TLS-secured, token-authenticated broadcast chat server.
@@ -41,7 +45,9 @@ examples:
   securechat-server --tokens tokens.json            # listen on 127.0.0.1:7443
 
 exit codes: 0 after a clean shutdown (SIGINT/SIGTERM), 1 on a configuration error
-(missing or bad certificate, key or tokens file), 2 on a usage error.
+(missing or bad certificate, key or tokens file) or when shutdown had to cut
+clients off, 2 on a usage error, 70 when a server thread died of a bug (its
+traceback is in the log): let a supervisor restart the server.
 """
 
 
@@ -115,13 +121,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "(add one with: securechat-token add NAME --tokens %s)", config.tokens)
     # Refusals in their TLS handshake hold descriptors too (--max-refusing).
     _raise_fd_limit(config.max_connections + config.max_refusing, log)
-    stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        server.interrupt()  # takes no lock: safe in a signal handler
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    fault = os.environ.get(TEST_FAULT_ENV)
+    if fault:
+        if fault not in TEST_FAULTS:
+            print(f"securechat-server: error: {TEST_FAULT_ENV}={fault!r}: not one of "
+                  f"{', '.join(TEST_FAULTS)} (tests only)", file=sys.stderr)
+            return EXIT_USAGE
+        server._set_test_fault(fault)
     try:
         server.start()
     except OSError as exc:
@@ -132,11 +144,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     # cyclic collector's full passes, which otherwise pause every connection.
     gc.freeze()
     host, port = server.address
-    print(f"securechat-server: listening on {host}:{port} (TLS {config.tls_min}+)",
-          file=sys.stderr, flush=True)
-    stop.wait()
+    _say(f"securechat-server: listening on {host}:{port} (TLS {config.tls_min}+)")
+    try:
+        server.serve_forever()
+    except ServerThreadDied as exc:
+        # Up but not accepting must not happen: say goodbye to whoever is still
+        # served, then exit non-zero so that a supervisor starts a fresh process.
+        server.shutdown()
+        _say(f"securechat-server: error: {exc}; exiting with status {EXIT_SOFTWARE} "
+             "so that a supervisor restarts the server")
+        return EXIT_SOFTWARE
     clean = server.shutdown()
     return EXIT_OK if clean else EXIT_CONFIG
+
+
+def _say(line: str) -> None:
+    """One line on stderr in one write: server threads log to the same stream, and
+    print() writes the text and the newline separately, so a log line could land
+    between them."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _raise_fd_limit(max_connections: int, log: logging.Logger) -> None:

@@ -586,6 +586,14 @@ class Session:
     def abort(self, reason: str) -> None:
         self._hard_close(reason, level=logging.DEBUG)
 
+    def internal_error(self) -> None:
+        """A handler raised (a server bug): send ``error internal_error``, flush, then
+        close_notify. A second failure while closing closes at once."""
+        if self.state is State.CLOSING:
+            self._hard_close("internal_error")
+        else:
+            self._fail("internal_error", "the server failed handling this connection")
+
     # ------------------------------------------------------------------ timers
     def tick(self, now: float) -> None:
         state = self.state

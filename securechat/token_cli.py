@@ -17,8 +17,9 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 EPILOG = """\
 The token is printed once, on standard output, and never stored: the file keeps
-only a salted SHA-256 of it, with mode 0600. A running server re-reads the file
-when it changes: a revoked token's live sessions are closed within 2 seconds.
+only a salted SHA-256 of it, with mode 0600 (a file you made 0640 stays 0640). A
+running server re-reads the file when it changes: a revoked token's live sessions
+are closed within 2 seconds.
 
 examples:
   securechat-token add alice --tokens tokens.json

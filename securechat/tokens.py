@@ -138,56 +138,118 @@ class TokenStore:
     # ------------------------------------------------------------------ file format
     @classmethod
     def from_json(cls, data: Any) -> TokenStore:
-        if not isinstance(data, dict) or data.get("version") != FILE_VERSION:
+        """Check every field's type and shape: the file is edited by hand too, and a
+        bad value must give a TokenError naming the entry, never another exception."""
+        if (not isinstance(data, dict) or type(data.get("version")) is not int
+                or data["version"] != FILE_VERSION):
             raise TokenError(f"not a securechat tokens file (version {FILE_VERSION})")
         items = data.get("tokens")
         if not isinstance(items, list):
             raise TokenError("tokens file: 'tokens' must be a list")
         records = []
-        for item in items:
+        seen: set[str] = set()
+        for index, item in enumerate(items):
             try:
-                digest = item["hash"]
-                if not digest.startswith("sha256:"):
-                    raise TokenError(f"tokens file: unknown hash scheme for id {item['id']}")
-                records.append(TokenRecord(
-                    id=item["id"], name=validate_name(item["name"]),
-                    salt=bytes.fromhex(item["salt"]), digest=bytes.fromhex(digest[7:]),
-                    created=str(item.get("created", "")),
-                ))
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                raise TokenError(f"tokens file: malformed entry {item!r:.80}") from exc
+                record = _record_from_json(item)
+            except TokenError as exc:
+                raise TokenError(f"tokens file: malformed entry {index}: {exc}") from None
+            if record.id in seen:
+                raise TokenError(f"tokens file: malformed entry {index}: duplicate id {record.id}")
+            seen.add(record.id)
+            records.append(record)
         return cls(records)
 
     def to_json(self) -> dict[str, Any]:
         return {"version": FILE_VERSION, "tokens": [r.to_json() for r in self]}
 
 
-def check_permissions(path: Path) -> None:
-    """Refuse a tokens file that other users can read or write."""
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRWXO):
+_HEX_RE: Final = re.compile(r"(?:[0-9a-f]{2})+")
+
+
+def _record_from_json(item: Any) -> TokenRecord:
+    if not isinstance(item, dict):
+        raise TokenError(f"expected an object, got {type(item).__name__}")
+    fields: dict[str, str] = {}
+    for key in ("id", "name", "salt", "hash"):
+        value = item.get(key)
+        if not isinstance(value, str):
+            raise TokenError(f"{key!r} must be a string")
+        fields[key] = value
+    created = item.get("created", "")
+    if not isinstance(created, str):
+        raise TokenError("'created' must be a string")
+    if not _ID_RE.fullmatch(fields["id"]):
+        raise TokenError("'id' must be 12 lowercase hex digits")
+    if not _NAME_RE.fullmatch(fields["name"]):
+        raise TokenError("'name' must be 1-32 of letters, digits, '_', '.' or '-'")
+    if not _HEX_RE.fullmatch(fields["salt"]):
+        raise TokenError("'salt' must be hex")
+    scheme, _, digest = fields["hash"].partition(":")
+    if scheme != "sha256" or len(digest) != 64 or not _HEX_RE.fullmatch(digest):
+        raise TokenError(f"unknown hash scheme for id {fields['id']} (want sha256:<64 hex>)")
+    return TokenRecord(id=fields["id"], name=fields["name"], salt=bytes.fromhex(fields["salt"]),
+                       digest=bytes.fromhex(digest), created=created)
+
+
+#: Refused above this size: ~150 bytes a token, so room for ~400,000 tokens.
+MAX_FILE_SIZE: Final = 64 * 1024 * 1024
+
+
+def _check_mode(path: Path, mode: int) -> None:
+    mode = stat.S_IMODE(mode)
+    problems = []
+    if mode & stat.S_IRWXO:
+        problems.append("accessible by other users")
+    if mode & stat.S_IWGRP:
+        problems.append("writable by its group")
+    if problems:
+        # A writer could add a token of their own; a reader could copy the hashes.
+        # Group-readable (0640) is fine: a secret shared with a service group.
         raise ConfigError(
-            f"{path} is accessible by other users (mode {stat.S_IMODE(mode):o}); "
+            f"tokens file {path} is {' and '.join(problems)} (mode {mode:04o}); "
             f"run: chmod 600 {path}"
         )
 
 
+def check_permissions(path: Path) -> None:
+    """Refuse a tokens file that other users can read or write, or its group can write
+    (0600 and 0640 are accepted)."""
+    _check_mode(path, path.stat().st_mode)
+
+
 def load_store(path: Path) -> TokenStore:
-    """Read and check a tokens file; a missing file is an error with a hint."""
+    """Read and check a tokens file. Every problem (missing, mode, not UTF-8, not JSON,
+    nested too deep, wrong types) is a ConfigError or TokenError with the reason."""
     try:
-        check_permissions(path)
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            _check_mode(path, st.st_mode)  # of the file read, not of a path raced with
+            raw = f.read(MAX_FILE_SIZE + 1)
     except FileNotFoundError as exc:
         raise ConfigError(
             f"tokens file {path} does not exist; create one with: "
             f"securechat-token add NAME --tokens {path}"
         ) from exc
     except OSError as exc:
-        raise ConfigError(f"cannot read tokens file {path}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read tokens file {path}: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_FILE_SIZE:
+        raise TokenError(f"tokens file {path} is larger than {MAX_FILE_SIZE} bytes")
     try:
-        return TokenStore.from_json(json.loads(text))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TokenError(f"tokens file {path} is not UTF-8 (byte {exc.start})") from None
+    try:
+        data = json.loads(text)
     except ValueError as exc:
-        raise TokenError(f"tokens file {path} is not valid JSON: {exc}") from exc
+        raise TokenError(f"tokens file {path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise TokenError(f"tokens file {path} is not valid JSON: nested too deeply") from None
+    try:
+        return TokenStore.from_json(data)
+    except TokenError as exc:
+        raise TokenError(f"{exc} (in {path})") from None
+    except RecursionError:  # pragma: no cover - from_json does not recurse; belt and braces
+        raise TokenError(f"tokens file {path}: nested too deeply") from None
 
 
 @contextlib.contextmanager
@@ -203,7 +265,14 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _write_store(path: Path, store: TokenStore) -> None:
-    """Write atomically (temp file + rename) with mode 0600, so readers never see half a file."""
+    """Write atomically (temp file + rename), so readers never see half a file. Mode 0600,
+    or 0640 and the same group if the file was group-readable (a server running as a
+    member of that group must still be able to read it after a revoke)."""
+    mode, group = 0o600, -1
+    with contextlib.suppress(OSError):
+        st = os.stat(path)
+        if st.st_mode & stat.S_IRGRP:
+            mode, group = 0o640, st.st_gid
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -212,7 +281,10 @@ def _write_store(path: Path, store: TokenStore) -> None:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
+        if group != -1:
+            with contextlib.suppress(OSError):  # not a member of that group: stays ours
+                os.chown(tmp, -1, group)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -251,29 +323,41 @@ def revoke_tokens(path: Path, name_or_id: str) -> list[TokenRecord]:
 class TokenFileWatcher:
     """Notices when the tokens file changes, by polling ``stat`` (works in Docker volumes
     and needs no signal). ``poll()`` returns a new store after a change, else None.
-    A change that does not parse keeps the old store and reports the error."""
+
+    A change that cannot be loaded keeps the old store: ``last_error`` then holds the
+    reason, set once per change (the caller logs it and clears it), not on every poll.
+    A read that failed with an OS error (EMFILE, EACCES) is tried again on the next
+    poll, since the file itself may be fine."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._signature = self._stat()
+        self._retry = False
+        self._reported: tuple[object, str] | None = None
         self.last_error: str | None = None
 
-    def _stat(self) -> tuple[int, int, int, int] | None:
+    def _stat(self) -> tuple[int, int, int, int, int] | None:
         try:
             st = os.stat(self.path)
         except OSError:
             return None
-        return (st.st_mtime_ns, st.st_ino, st.st_size, st.st_ctime_ns)
+        return (st.st_mtime_ns, st.st_ino, st.st_size, st.st_ctime_ns, st.st_mode)
 
     def poll(self) -> TokenStore | None:
         signature = self._stat()
-        if signature == self._signature:
+        if signature == self._signature and not self._retry:
             return None
         self._signature = signature
         try:
             store = load_store(self.path)
         except (ConfigError, TokenError) as exc:
-            self.last_error = str(exc)
+            message = str(exc)
+            self._retry = isinstance(exc.__cause__, OSError)
+            if (signature, message) != self._reported:
+                self._reported = (signature, message)
+                self.last_error = message
             return None
+        self._retry = False
+        self._reported = None
         self.last_error = None
         return store

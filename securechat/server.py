@@ -133,6 +133,7 @@ class Server:
         self._log_throttle = LogThrottle(LOG_BURST_PER_IP, LOG_WINDOW)
         self._conn_ids = itertools.count(1)
         self._stats: Counter[str] = Counter()
+        self._cut_at_shutdown = 0
         tick = min(0.25, config.heartbeat / 4, config.handshake_timeout / 4)
         self._loops = [IOLoop(f"securechat-io-{i}", tick_interval=tick,
                               on_crash=self._thread_died)
@@ -239,7 +240,8 @@ class Server:
     def shutdown(self, timeout: float | None = None) -> bool:
         """Stop accepting, send ``bye`` with a spread ``retry_after`` to everyone, flush,
         close every connection and join every thread. Returns True if all threads ended
-        within the deadline. Safe to call twice and from any thread but an I/O loop."""
+        within the deadline and no client had to be cut off with frames still queued.
+        Safe to call twice and from any thread but an I/O loop."""
         with self._shutdown_lock:
             if self._stopped.is_set() or not self._started:
                 self._stopped.set()
@@ -265,6 +267,13 @@ class Server:
                 self._listener.close()
             self._wake_r.close()
             self._wake_w.close()
+            with self._lock:
+                cut = self._cut_at_shutdown
+            if cut:
+                # A clean exit promises that everyone got what they were owed.
+                ok = False
+                log_event(logger, logging.WARNING, "shutdown_cut",
+                          f"{cut} clients were cut off with frames still queued", cut=cut)
             log_event(logger, logging.INFO, "stopped", clean=ok)
             self._stopped.set()
             self._serve_wakeup.set()
@@ -548,6 +557,16 @@ class Server:
                     self._user_sessions[session.user] = left
                 else:
                     del self._user_sessions[session.user]
+
+    def on_cut_off(self, session: Session) -> None:
+        """A closing session's linger ran out with frames still queued: they are lost."""
+        log_event(logger, logging.WARNING, "cut_off",
+                  "closed with frames still queued (the client did not read them in time)",
+                  reason=session.close_reason, **session.log_fields)
+        with self._lock:
+            self._stats["cut_off"] += 1
+            if self._stopping.is_set():
+                self._cut_at_shutdown += 1
 
     def log_admit(self, ip_key: str, now: float) -> int | None:
         """Per-address budget for log lines before auth (see :class:`LogThrottle`)."""

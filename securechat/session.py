@@ -617,6 +617,8 @@ class Session:
             if now >= self.handshake_deadline:
                 self._hard_close("handshake timeout", level=logging.DEBUG)
         elif state is State.CLOSING and now >= self.close_deadline:
+            if self.out or self.inbox:
+                self.server.on_cut_off(self)  # frames it was owed are lost
             self._finish_close(graceful=False)
 
 

@@ -38,12 +38,6 @@ DEFAULT_POLL = ServerConfig().tokens_poll
 DEFAULT_TICK = min(0.25, ServerConfig().heartbeat / 4, ServerConfig().handshake_timeout / 4)
 
 
-#: Promises found broken on 93779ed, skipped only to keep this branch green (see report).
-BROKEN_EXIT_1 = ("BROKEN: Server.shutdown() returns True after it cut a stalled client at "
-                 "the linger (Session.tick -> _finish_close(graceful=False)), so "
-                 "server_cli exits 0 where README promises 1")
-
-
 # --------------------------------------------------------------------------- helpers
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without SECURECHAT_* settings, plus ``extra``."""
@@ -295,7 +289,6 @@ def test_sigint_says_bye_and_exits_0(spawn: Spawner) -> None:
     assert any('"stopped"' in line or "event=stopped" in line for line in server.stderr)
 
 
-@pytest.mark.skip(reason=BROKEN_EXIT_1)
 def test_sigint_exits_1_when_a_stalled_client_had_to_be_cut(spawn: Spawner) -> None:
     """SIGINT with a stalled client that cannot be flushed in time: cut off, exit 1."""
     server = spawn.server("--shutdown-timeout", "1", "--max-pending", str(256 << 20),

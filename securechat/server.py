@@ -552,11 +552,7 @@ class Server:
                 self._connections -= 1
             if session.user_counted:
                 session.user_counted = False
-                left = self._user_sessions[session.user] - 1
-                if left > 0:
-                    self._user_sessions[session.user] = left
-                else:
-                    del self._user_sessions[session.user]
+                _decrement(self._user_sessions, session.user)
 
     def on_cut_off(self, session: Session) -> None:
         """A closing session's linger ran out with frames still queued: they are lost."""
@@ -631,11 +627,7 @@ class Server:
         if entry.ip_released:
             return
         entry.ip_released = True
-        left = self._unauth[entry.ip_key] - 1
-        if left > 0:
-            self._unauth[entry.ip_key] = left
-        else:
-            del self._unauth[entry.ip_key]
+        _decrement(self._unauth, entry.ip_key)
 
     # ------------------------------------------------------------------ shutdown
     def _say_bye(self, loop: IOLoop, linger: float) -> None:
@@ -647,6 +639,15 @@ class Server:
                 # Spread the comebacks so N clients do not all reconnect at once.
                 retry_after = round(random.uniform(0, spread), 1) if spread else 0.0
                 endpoint.say_bye(retry_after, linger)
+
+
+def _decrement(counts: Counter[str], key: str) -> None:
+    """Count one fewer, and forget keys that reach zero (so the table stays small)."""
+    left = counts[key] - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        del counts[key]
 
 
 def _tune_socket(sock: socket.socket, cfg: ServerConfig) -> None:

@@ -39,7 +39,7 @@ from securechat.errors import ConfigError
 from securechat.server import Server
 from securechat.tlsconfig import check_certificate, client_context, server_context
 from securechat.tokens import add_token
-from tests.support import seconds
+from tests.support import run_command, run_server_cli
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -368,11 +368,9 @@ def _check_config(directory: Path) -> subprocess.CompletedProcess[str]:
     tokens = directory / "tokens.json"
     if not tokens.exists():
         add_token(tokens, "alice")
-    return subprocess.run(
-        [sys.executable, "-m", "securechat.server_cli", "--check-config",
-         "--cert", str(directory / SERVER_CERT), "--key", str(directory / SERVER_KEY),
-         "--tokens", str(tokens)],
-        capture_output=True, text=True, timeout=seconds(30), check=False)
+    return run_server_cli("--check-config", "--cert", str(directory / SERVER_CERT),
+                          "--key", str(directory / SERVER_KEY), "--tokens", str(tokens),
+                          timeout=30)
 
 
 def test_server_cli_accepts_generated_files(out: Path) -> None:
@@ -433,10 +431,9 @@ def test_sslyze_mozilla_modern_certificate_checks(live_server: tuple[Server, Pat
     the server's TLS settings belong to the TLS configuration's own tests."""
     server, out = live_server
     host, port = server.address
-    result = subprocess.run(
+    result = run_command(
         [sys.executable, "-W", "ignore", "-m", "sslyze", "--mozilla_config=modern",
-         f"--certinfo_ca_file={out / CA_CERT}", f"{host}:{port}"],
-        capture_output=True, text=True, timeout=seconds(100), check=False)
+         f"--certinfo_ca_file={out / CA_CERT}", f"{host}:{port}"], timeout=100)
     text = result.stdout
     assert "COMPLIANCE AGAINST TLS CONFIGURATION" in text, text[-2000:] + result.stderr
     findings = re.findall(r"^\s+\* (\w+):", text.split("COMPLIANCE AGAINST")[1], re.M)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,11 +18,16 @@ from tests.client_support import (
     next_of,
     run_cli,
 )
-from tests.support import Certs, RunningServer, make_certs, seconds
+from tests.support import (
+    Certs,
+    MakeServer,
+    RunningServer,
+    make_certs,
+    seconds,
+    wrong_token,
+)
 
 pytest_plugins = ["tests.client_support"]
-
-Factory = Callable[..., RunningServer]
 
 
 def token_file(tmp_path: Path, running: RunningServer, name: str) -> Path:
@@ -118,11 +122,10 @@ def test_stdin_lines_are_sent_in_order(server: RunningServer, certs: Certs,
     assert bodies == ["one", "two", "three", "four"]
 
 
-def test_auth_refused_exits_3_without_retrying(make_server: Factory, certs: Certs) -> None:
+def test_auth_refused_exits_3_without_retrying(make_server: MakeServer, certs: Certs) -> None:
     running = make_server(auth_failures=0)
     token = running.add_user("alice")
-    wrong = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
-    done = run_cli(*base_args(running, certs), "--token", wrong, "--send", "x")
+    done = run_cli(*base_args(running, certs), "--token", wrong_token(token), "--send", "x")
     assert done.returncode == client_cli.EXIT_AUTH
     errors = [line for line in done.stderr.splitlines() if "error" in line]
     assert errors == ["securechat-client: error: auth_failed: unknown or revoked token"]
@@ -156,7 +159,8 @@ def test_bot_waits_for_its_peer_then_talks(server: RunningServer, certs: Certs,
     prints what arrives (JSON lines), lingers, exits 0."""
     bot_token = token_file(tmp_path, server, "bot")
     bot = CliProcess(*base_args(server, certs), "--token-file", str(bot_token), "--json",
-                     "--say", "beep", "--every", "0.1", "--count", "2", "--wait-for", "alice")
+                     "--say", "beep", "--every", f"{seconds(0.5):g}", "--count", "2",
+                     "--wait-for", "alice")
     procs.append(bot)
     bot.read_until(lambda line: '"connected"' in line)
     alice = clients.make(server.port, server.add_user("alice"))
@@ -174,7 +178,7 @@ def test_bot_waits_for_its_peer_then_talks(server: RunningServer, certs: Certs,
 
 
 def test_listen_survives_a_server_restart_and_stops_on_sigterm(
-        make_server: Factory, certs: Certs, clients: ClientPool, tmp_path: Path,
+        make_server: MakeServer, certs: Certs, clients: ClientPool, tmp_path: Path,
         procs: list[CliProcess]) -> None:
     """--listen prints messages (text lines), shows the reconnect on stderr, and
     SIGTERM makes it say bye and exit 143."""

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import seconds
+from tests.support import free_port, seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,12 +29,6 @@ pytestmark = [
     pytest.mark.timeout(600),
     pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _copy_work_tree(target: Path) -> None:
@@ -128,7 +121,7 @@ def _said(output: str, listener: str, speaker: str) -> list[int]:
 def test_make_run_on_a_fresh_copy_then_ctrl_c(fresh_copy: Path) -> None:
     """The README's ``make run``: venv, install, certificates, tokens, then alice and bob
     talk over TLS; Ctrl-C stops the server cleanly and leaves no process behind."""
-    make = Make(fresh_copy, "run", f"PORT={_free_port()}", "DEMO_COUNT=3")
+    make = Make(fresh_copy, "run", f"PORT={free_port()}", "DEMO_COUNT=3")
     try:
         make.wait_for("Ctrl-C stops the server", timeout=400)
         out = make.output
@@ -152,7 +145,7 @@ def test_make_demo_again_reuses_certificates_and_tokens(fresh_copy: Path) -> Non
     if not (fresh_copy / "run" / "alice.token").exists():
         pytest.skip("needs the first test's run")
     before = {p: (fresh_copy / p).read_bytes() for p in ("certs/ca.pem", "run/alice.token")}
-    make = Make(fresh_copy, "demo", f"PORT={_free_port()}", "DEMO_COUNT=2", "DEMO_EVERY=0.2")
+    make = Make(fresh_copy, "demo", f"PORT={free_port()}", "DEMO_COUNT=2", "DEMO_EVERY=0.2")
     try:
         assert make.proc.wait(timeout=seconds(120)) == 0, make.output[-3000:]
         assert make.group_gone(10)

@@ -203,7 +203,7 @@ def start_server(tmp: Path, certs: Certs, **overrides: Any) -> RunningServer:
         revoke_tokens(tokens_path, "nobody")
     settings: dict[str, Any] = {
         "host": "127.0.0.1", "port": 0, "cert": certs.cert_path, "key": certs.key_path,
-        "tokens": tokens_path, "tokens_poll": 0.05, "shutdown_timeout": 3.0,
+        "tokens": tokens_path, "tokens_poll": 0.05, "shutdown_timeout": seconds(3.0),
     }
     settings.update(overrides)
     config = ServerConfig(**settings)

@@ -16,6 +16,7 @@ import signal
 import stat
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,21 +95,23 @@ class Make:
 
     def group_gone(self, timeout: float) -> bool:
         """Whether every process of the group has exited (polled against a deadline)."""
-        done = threading.Event()
-        for _ in range(int(seconds(timeout) / 0.05)):
+        pause = threading.Event()
+        deadline = time.monotonic() + seconds(timeout)
+        while True:
             try:
                 os.killpg(self.proc.pid, 0)
             except ProcessLookupError:
                 return True
-            done.wait(0.05)
-        return False
+            if time.monotonic() > deadline:
+                return False
+            pause.wait(0.05)
 
     def close(self) -> None:
         if self.proc.poll() is None or not self.group_gone(0.1):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        self._reader.join(timeout=30)
+        self.proc.wait(timeout=seconds(30))
+        self._reader.join(timeout=seconds(30))
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 

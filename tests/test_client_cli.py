@@ -50,6 +50,7 @@ def json_lines(text: str) -> list[dict[str, object]]:
 # --------------------------------------------------------------------------- in process
 def test_help_documents_options_env_exit_codes_and_token_risk(
         capsys: pytest.CaptureFixture[str]) -> None:
+    """--help lists every option, its environment variable, the exit codes and the --token risk."""
     with pytest.raises(SystemExit) as info:
         client_cli.main(["--help"])
     assert info.value.code == 0
@@ -80,6 +81,7 @@ def test_help_documents_options_env_exit_codes_and_token_risk(
 ])
 def test_usage_errors_exit_2(argv: list[str], message: str, monkeypatch: pytest.MonkeyPatch,
                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Each usage mistake exits 2 with one error line saying what is wrong."""
     for name in ("SECURECHAT_TOKEN", "SECURECHAT_TOKEN_FILE"):
         monkeypatch.delenv(name, raising=False)
     assert client_cli.main(argv) == client_cli.EXIT_USAGE
@@ -123,6 +125,7 @@ def test_stdin_lines_are_sent_in_order(server: RunningServer, certs: Certs,
 
 
 def test_auth_refused_exits_3_without_retrying(make_server: MakeServer, certs: Certs) -> None:
+    """A wrong token exits 3 after one attempt, with one error line."""
     running = make_server(auth_failures=0)
     token = running.add_user("alice")
     done = run_cli(*base_args(running, certs), "--token", wrong_token(token), "--send", "x")
@@ -135,6 +138,7 @@ def test_auth_refused_exits_3_without_retrying(make_server: MakeServer, certs: C
 
 def test_untrusted_certificate_exits_4(server: RunningServer, tmp_path: Path,
                                        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A server certificate from another CA exits 4, pointing at --ca."""
     other = make_certs(tmp_path_factory.mktemp("other-ca"))
     alice = token_file(tmp_path, server, "alice")
     done = run_cli(*base_args(server, other), "--token-file", str(alice), "--send", "x")
@@ -144,6 +148,7 @@ def test_untrusted_certificate_exits_4(server: RunningServer, tmp_path: Path,
 
 
 def test_gives_up_with_exit_5(server: RunningServer, certs: Certs, tmp_path: Path) -> None:
+    """Nobody listening and --max-retries 2: two retries, then exit 5."""
     alice = token_file(tmp_path, server, "alice")
     done = run_cli(*base_args(server, certs, port=closed_port()), "--token-file", str(alice),
                    "--max-retries", "2", "--send", "x")
@@ -224,6 +229,7 @@ def test_fatal_error_ends_a_waiting_stdin_reader(server: RunningServer, certs: C
 
 
 def test_exit_code_mapping() -> None:
+    """Each error class maps to its documented exit code."""
     from securechat.errors import (
         AuthRefused,
         ClientError,

@@ -93,6 +93,17 @@ class Make:
         with self._lock:
             return "\n".join(self.lines)
 
+    def exit_code(self, timeout: float) -> int:
+        """Wait for make to exit; on timeout fail with what it printed and who is left."""
+        try:
+            return self.proc.wait(timeout=seconds(timeout))
+        except subprocess.TimeoutExpired:
+            left = subprocess.run(["ps", "-o", "pid,stat,wchan:20,args", "-g",
+                                   str(self.proc.pid)], capture_output=True, text=True,
+                                  timeout=seconds(10), check=False).stdout
+            pytest.fail(f"make still running after {timeout} s; processes:\n{left}\n"
+                        f"output:\n{self.output[-3000:]}")
+
     def group_gone(self, timeout: float) -> bool:
         """Whether every process of the group has exited (polled against a deadline)."""
         pause = threading.Event()
@@ -133,7 +144,7 @@ def test_make_run_on_a_fresh_copy_then_ctrl_c(fresh_copy: Path) -> None:
         assert _said(out, "bob", "alice") == [1, 2, 3], out[-3000:]
         assert re.search(r"^server \| .*event=auth .*user=alice", out, re.M)
         os.killpg(make.proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
-        make.proc.wait(timeout=seconds(30))
+        make.exit_code(timeout=30)
         assert make.group_gone(10), "processes left behind after Ctrl-C"
         assert "event=stopped clean=True" in make.output, make.output[-2000:]
     finally:
@@ -150,7 +161,7 @@ def test_make_demo_again_reuses_certificates_and_tokens(fresh_copy: Path) -> Non
     before = {p: (fresh_copy / p).read_bytes() for p in ("certs/ca.pem", "run/alice.token")}
     make = Make(fresh_copy, "demo", f"PORT={free_port()}", "DEMO_COUNT=2", "DEMO_EVERY=0.2")
     try:
-        assert make.proc.wait(timeout=seconds(120)) == 0, make.output[-3000:]
+        assert make.exit_code(timeout=120) == 0, make.output[-3000:]
         assert make.group_gone(10)
     finally:
         make.close()

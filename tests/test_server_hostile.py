@@ -44,6 +44,7 @@ def assert_serving(server: RunningServer) -> None:
 ])
 def test_bad_frames_get_an_error_and_keep_the_session(
         server: RunningServer, payload: bytes, code: str) -> None:
+    """Each malformed frame gets its error code (with the id if any); the session goes on."""
     alice, _ = server.user("alice")
     alice.send(payload)
     error = alice.expect("error")
@@ -116,6 +117,7 @@ def test_silent_handshake_does_not_block_others(make_server: MakeServer) -> None
 
 
 def test_tls12_refused_by_default(server: RunningServer) -> None:
+    """A TLS 1.2-only client is refused by default; the server keeps serving."""
     ctx = server.certs.client_context()
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     with pytest.raises((ssl.SSLError, ConnectionResetError)):
@@ -124,6 +126,7 @@ def test_tls12_refused_by_default(server: RunningServer) -> None:
 
 
 def test_tls12_allowed_with_tls_min_12(make_server: MakeServer) -> None:
+    """With tls_min 1.2 a TLS 1.2 client gets an AEAD suite."""
     server = make_server(tls_min="1.2")
     ctx = server.certs.client_context()
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
@@ -141,6 +144,7 @@ def test_untrusted_certificate_fails_on_the_client(server: RunningServer) -> Non
 
 
 def test_wrong_host_name_fails_on_the_client(server: RunningServer) -> None:
+    """A client asking for another host name refuses the certificate."""
     with pytest.raises(ssl.SSLCertVerificationError, match=r"Hostname mismatch|match"):
         server.tls_connect(server_hostname="chat.example.org")
 
@@ -165,6 +169,7 @@ def test_rate_limit_drops_excess_messages_with_their_id(make_server: MakeServer)
 
 
 def test_max_connections_answers_server_full(make_server: MakeServer) -> None:
+    """Past max_connections: server_full with spread retry_after hints; room frees on leave."""
     server = make_server(max_connections=2)
     _a, _ = server.user("a")
     b, _ = server.user("b")

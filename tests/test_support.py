@@ -4,11 +4,22 @@ the reader, and SECURECHAT_TEST_SCALE stretches pytest-timeout's limits."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.client_support import CliProcess, cli_env
-from tests.support import SCALE, Process, free_port, seconds, wrong_token
+from securechat.tokens import add_token
+from tests.client_support import ClientPool, CliProcess, cli_env
+from tests.support import (
+    SCALE,
+    Certs,
+    MakeServer,
+    Process,
+    free_port,
+    seconds,
+    wait_for,
+    wrong_token,
+)
 
 pytest_plugins = ["tests.client_support"]
 
@@ -40,6 +51,26 @@ def test_cli_process_kill_reaps_and_joins(procs: list[CliProcess]) -> None:
     assert proc.proc.returncode is not None
     assert not [r for r in proc._readers if r.is_alive()]
     proc.kill()  # idempotent
+
+
+def test_cli_process_is_not_blocked_by_a_chatty_stderr(
+        make_server: MakeServer, certs: Certs, clients: ClientPool, tmp_path: Path,
+        procs: list[CliProcess]) -> None:
+    """A client that has written more to stderr than a pipe holds (reconnect lines)
+    still connects and prints to stdout: the helper drains stderr as it goes."""
+    port = free_port()
+    token, _ = add_token(tmp_path / "tokens.json", "bob")  # the server started below uses it
+    listener = CliProcess("--host", "127.0.0.1", "--port", str(port), "--ca",
+                          str(certs.ca_path), "--server-name", "localhost", "--token", token,
+                          "--listen", "--retry-base", "0.0001", "--retry-cap", "0.0002")
+    procs.append(listener)
+    wait_for(lambda: len(listener.stderr) > 100_000, timeout=30, what="100 kB of stderr")
+    running = make_server(port=port)
+    alice = clients.make(port, running.add_user("alice"))
+    alice.connect(seconds(5))
+    assert alice.wait_for_member("bob", seconds(10))
+    alice.send("through").wait(seconds(5))
+    listener.read_until(lambda line: line.endswith(" alice: through"))
 
 
 @pytest.mark.timeout(7)

@@ -50,7 +50,7 @@ def test_server_pings_a_silent_client_and_closes_it_after_three_intervals(
 
 def test_a_client_that_answers_pings_stays(make_server: MakeServer) -> None:
     """Answering pings (or sending anything) counts as life: 6 intervals, still connected."""
-    heartbeat = seconds(0.1)
+    heartbeat = seconds(0.2)  # a ping at 1x silence, the cut at 3x: 0.4 s to answer
     server = make_server(heartbeat=heartbeat)
     alice, _ = server.user("alice")
     started = time.monotonic()

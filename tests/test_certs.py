@@ -39,7 +39,7 @@ from securechat.errors import ConfigError
 from securechat.server import Server
 from securechat.tlsconfig import check_certificate, client_context, server_context
 from securechat.tokens import add_token
-from tests.support import run_command, run_server_cli
+from tests.support import run_command, run_server_cli, seconds
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -427,7 +427,7 @@ def live_server(out: Path) -> Iterator[tuple[Server, Path]]:
     add_token(out / "tokens.json", "alice")
     config = ServerConfig(host="127.0.0.1", port=0, cert=out / SERVER_CERT,
                           key=out / SERVER_KEY, tokens=out / "tokens.json",
-                          shutdown_timeout=3.0)
+                          shutdown_timeout=seconds(3.0))
     server = Server(config)
     server.start()
     try:

@@ -72,7 +72,7 @@ def test_send_ack_receive_and_close_with_bye(server: RunningServer, clients: Cli
     assert (leave.user, leave.reason) == ("alice", "bye")
     assert not alice.thread.is_alive()
     assert alice.thread.name.startswith("securechat-client-io")
-    events = list(alice.events(timeout=1.0))
+    events = list(alice.events(timeout=seconds(1.0)))
     assert isinstance(events[-1], Closed) and events[-1].error is None
     alice.close()  # idempotent
     with pytest.raises(ClientClosed):

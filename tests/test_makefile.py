@@ -36,7 +36,7 @@ def _copy_work_tree(target: Path) -> None:
     """What a fresh clone holds: tracked files plus new files that are not ignored, as
     they are now (uncommitted edits included). Falls back to a filtered copy."""
     listed = subprocess.run(["git", "ls-files", "-z", "-c", "-o", "--exclude-standard"],
-                            cwd=ROOT, capture_output=True, timeout=60, check=False)
+                            cwd=ROOT, capture_output=True, timeout=seconds(60), check=False)
     if listed.returncode != 0:
         shutil.copytree(ROOT, target, ignore=shutil.ignore_patterns(
             ".git", ".venv", "run", "*.pem", "*.key", "__pycache__", ".*_cache", "wheels"))

@@ -25,7 +25,7 @@ import pytest
 
 from securechat.backoff import BackoffPolicy
 from securechat.client import Client, Event
-from tests.support import Certs, seconds
+from tests.support import Certs, Process, free_port, run_command, seconds
 
 E = TypeVar("E")
 
@@ -87,8 +87,9 @@ def next_of(client: Client, kind: type[E], timeout: float = 5.0,
 
 
 def collect(client: Client, duration: float) -> list[Event]:
-    """Every event that arrives within ``duration`` seconds (waits on the queue)."""
-    deadline = time.monotonic() + duration
+    """Every event that arrives within ``duration`` seconds, stretched by
+    SECURECHAT_TEST_SCALE like the server settings it is compared with (waits on the queue)."""
+    deadline = time.monotonic() + seconds(duration)
     got: list[Event] = []
     while (left := deadline - time.monotonic()) > 0:
         event = client.next_event(left)
@@ -99,10 +100,7 @@ def collect(client: Client, duration: float) -> list[Event]:
 
 def closed_port() -> int:
     """A localhost port with no listener (connections are refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    return free_port()
 
 
 class Relay:
@@ -243,58 +241,17 @@ def cli_command(*args: str) -> list[str]:
 def run_cli(*args: str, stdin: str = "", timeout: float = 20.0,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``securechat-client ARGS`` to completion with a deadline."""
-    return subprocess.run(cli_command(*args), input=stdin, capture_output=True, text=True,
-                          timeout=seconds(timeout), env=env or cli_env(), check=False)
+    return run_command(cli_command(*args), stdin=stdin, timeout=timeout, env=env or cli_env())
 
 
-class CliProcess:
-    """A running ``securechat-client`` whose stdout lines are read against deadlines."""
+class CliProcess(Process):
+    """A running ``securechat-client``; stdout and stderr are drained by threads (a
+    chatty stderr cannot block it), stdout lines are read against deadlines."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None,
                  open_stdin: bool = False) -> None:
         """``open_stdin``: give it a pipe that stays open and silent (no end of input)."""
-        self.proc = subprocess.Popen(cli_command(*args),
-                                     stdin=subprocess.PIPE if open_stdin else subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=env or cli_env())
-        self.lines: list[str] = []
-        self._buf = b""
-
-    def read_until(self, predicate: Callable[[str], bool], timeout: float = 10.0) -> str:
-        """Read stdout lines until one matches; AssertionError on timeout or EOF."""
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + seconds(timeout)
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while True:
-                while b"\n" in self._buf:
-                    raw, self._buf = self._buf.split(b"\n", 1)
-                    line = raw.decode()
-                    self.lines.append(line)
-                    if predicate(line):
-                        return line
-                left = deadline - time.monotonic()
-                if left <= 0 or not sel.select(left):
-                    break
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                self._buf += chunk
-        raise AssertionError(f"no matching line within {timeout} s; got {self.lines}")
-
-    def finish(self, timeout: float = 10.0) -> tuple[int, str, str]:
-        """Wait for the exit (stdin left as it is); return (code, rest of stdout, stderr)."""
-        self.proc.wait(timeout=seconds(timeout))
-        out, err = self.proc.communicate(timeout=seconds(timeout))
-        return self.proc.returncode, (self._buf + out).decode(), err.decode()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.communicate(timeout=seconds(5))
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
+        super().__init__(cli_command(*args), env=env or cli_env(), open_stdin=open_stdin)
 
 
 @pytest.fixture

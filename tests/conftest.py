@@ -1,5 +1,9 @@
 """Fixtures: trustme certificates and a real server on 127.0.0.1 port 0 that is always
-shut down (and its threads joined) at the end of the test."""
+shut down (and its threads joined) at the end of the test.
+
+SECURECHAT_TEST_SCALE stretches pytest-timeout's limits too (the ini/command-line
+timeout and every ``timeout`` marker), so that a slow machine gets more time overall
+and not only inside the tests."""
 
 from __future__ import annotations
 
@@ -9,7 +13,44 @@ from typing import Any
 
 import pytest
 
-from tests.support import Certs, RunningServer, make_certs, start_server, stop_server
+from tests.support import (
+    SCALE,
+    Certs,
+    MakeServer,
+    RunningServer,
+    make_certs,
+    start_server,
+    stop_server,
+)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Scale the default timeout pytest-timeout has just read (ini, --timeout, env)."""
+    base = getattr(config, "_env_timeout", None)
+    if SCALE != 1 and base:
+        config._env_timeout = base * SCALE  # type: ignore[attr-defined]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Scale every ``@pytest.mark.timeout(N)``: the scaled marker goes first, so it is
+    the one pytest-timeout reads."""
+    if SCALE == 1:
+        return
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        if marker is None:
+            continue
+        kwargs = dict(marker.kwargs)
+        args = list(marker.args)
+        value = kwargs.pop("timeout", args.pop(0) if args else None)
+        if value:
+            item.add_marker(pytest.mark.timeout(float(value) * SCALE, *args, **kwargs),
+                            append=False)
+
+
+def pytest_report_header() -> str:
+    return f"SECURECHAT_TEST_SCALE={SCALE:g} (deadlines and timeouts x{SCALE:g})"
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +59,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 
 @pytest.fixture
-def make_server(tmp_path: Path, certs: Certs) -> Iterator[Callable[..., RunningServer]]:
+def make_server(tmp_path: Path, certs: Certs) -> Iterator[MakeServer]:
     """Factory: ``make_server(heartbeat=0.2, ...)`` starts a server with those settings."""
     started: list[RunningServer] = []
 

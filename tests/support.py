@@ -9,17 +9,20 @@ import json
 import os
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import trustme
 
 from securechat.config import ServerConfig
 from securechat.server import Server
+from securechat.session import Session
 from securechat.tlsconfig import server_context
 from securechat.tokens import add_token, revoke_tokens
 
@@ -28,6 +31,8 @@ SCALE = float(os.environ.get("SECURECHAT_TEST_SCALE", "1"))
 
 
 def seconds(value: float) -> float:
+    """A deadline (an upper bound) stretched for slow machines. Never use it on a lower
+    bound: what must not happen *before* a time does not move with the machine."""
     return value * SCALE
 
 
@@ -177,6 +182,19 @@ class RunningServer:
         for client in self.clients:
             client.close()
 
+    def session_of(self, user: str) -> Session | None:
+        """The server's live session of ``user`` (the first found), or None. Read-only
+        use from the test thread: for state no event reports (write progress)."""
+        for loop in self.server._loops:
+            for endpoint in list(loop.endpoints):  # list(): one step under the GIL
+                if isinstance(endpoint, Session) and endpoint.user == user:
+                    return endpoint
+        return None
+
+
+#: The ``make_server`` fixture's type, for test signatures.
+MakeServer = Callable[..., RunningServer]
+
 
 def start_server(tmp: Path, certs: Certs, **overrides: Any) -> RunningServer:
     tokens_path = tmp / "tokens.json"
@@ -185,7 +203,7 @@ def start_server(tmp: Path, certs: Certs, **overrides: Any) -> RunningServer:
         revoke_tokens(tokens_path, "nobody")
     settings: dict[str, Any] = {
         "host": "127.0.0.1", "port": 0, "cert": certs.cert_path, "key": certs.key_path,
-        "tokens": tokens_path, "tokens_poll": 0.05, "shutdown_timeout": 3.0,
+        "tokens": tokens_path, "tokens_poll": 0.05, "shutdown_timeout": seconds(3.0),
     }
     settings.update(overrides)
     config = ServerConfig(**settings)
@@ -211,3 +229,144 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         event.wait(0.005)
+
+
+# --------------------------------------------------------------------------- tokens, ports
+def wrong_token(token: str) -> str:
+    """``token`` with the last character of its secret changed: well-formed, same id,
+    and always different (a random replacement is the same 1 time in 64)."""
+    return token[:-1] + ("B" if token.endswith("A") else "A")
+
+
+def free_port() -> int:
+    """A localhost TCP port nobody listens on right now (bound, then released): free to
+    give a child process, and refused when connected to."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+# --------------------------------------------------------------------------- commands
+def run_command(argv: Sequence[str], *, stdin: str = "", timeout: float = 20.0,
+                env: dict[str, str] | None = None, cwd: Path | None = None
+                ) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion, output captured as text, under a scaled deadline."""
+    return subprocess.run(list(argv), input=stdin, capture_output=True, text=True,
+                          timeout=seconds(timeout), env=env, cwd=cwd, check=False)
+
+
+def server_cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "securechat.server_cli", *args]
+
+
+def run_server_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 20.0
+                   ) -> subprocess.CompletedProcess[str]:
+    """Run ``securechat-server ARGS`` to completion with a deadline; ``env`` is added to
+    the test process environment."""
+    return run_command(server_cli_command(*args), timeout=timeout,
+                       env={**os.environ, **(env or {})})
+
+
+class Process:
+    """A child process whose stdout and stderr are both drained by reader threads, so it
+    can never block on a full pipe; lines are awaited against deadlines."""
+
+    def __init__(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
+                 open_stdin: bool = False, cwd: Path | None = None) -> None:
+        """``open_stdin``: give it a pipe that stays open and silent (no end of input)."""
+        self.proc = subprocess.Popen(list(argv),
+                                     stdin=subprocess.PIPE if open_stdin else subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=env, cwd=cwd)
+        #: Lines of each stream that ``read_until`` has consumed, in order.
+        self.lines: list[str] = []
+        self.err_lines: list[str] = []
+        self._data = {"out": b"", "err": b""}
+        self._taken = {"out": 0, "err": 0}
+        self._eof = {"out": False, "err": False}
+        self._cond = threading.Condition()
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self._readers = [
+            threading.Thread(target=self._drain, args=("out", self.proc.stdout),
+                             name=f"test-proc-{self.proc.pid}-out", daemon=True),
+            threading.Thread(target=self._drain, args=("err", self.proc.stderr),
+                             name=f"test-proc-{self.proc.pid}-err", daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _drain(self, stream: str, pipe: IO[bytes]) -> None:
+        fd = pipe.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            with self._cond:
+                if not chunk:
+                    self._eof[stream] = True
+                    self._cond.notify_all()
+                    return
+                self._data[stream] += chunk
+                self._cond.notify_all()
+
+    def read_until(self, predicate: Callable[[str], bool], timeout: float = 10.0, *,
+                   stream: str = "out") -> str:
+        """Consume lines of ``stream`` ("out" or "err") until one matches; AssertionError
+        on timeout or end of stream."""
+        seen = self.lines if stream == "out" else self.err_lines
+        deadline = time.monotonic() + seconds(timeout)
+        with self._cond:
+            while True:
+                data = self._data[stream]
+                while (end := data.find(b"\n", self._taken[stream])) >= 0:
+                    line = data[self._taken[stream]:end].decode(errors="replace")
+                    self._taken[stream] = end + 1
+                    seen.append(line)
+                    if predicate(line):
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or self._eof[stream]:
+                    break
+                self._cond.wait(left)
+        raise AssertionError(f"no matching line on std{stream} within {timeout} s; "
+                             f"got {seen}; stderr: {self.stderr[-2000:]!r}")
+
+    @property
+    def stderr(self) -> str:
+        """Everything written to stderr so far."""
+        with self._cond:
+            return self._data["err"].decode(errors="replace")
+
+    def _rest(self, stream: str) -> str:
+        with self._cond:
+            return self._data[stream][self._taken[stream]:].decode(errors="replace")
+
+    def _join_readers(self, timeout: float) -> None:
+        for reader in self._readers:
+            reader.join(timeout)
+        alive = [r.name for r in self._readers if r.is_alive()]
+        assert not alive, f"pipe readers still running (a grandchild holds them?): {alive}"
+
+    def finish(self, timeout: float = 10.0) -> tuple[int, str, str]:
+        """Wait for the exit (stdin left as it is); return (code, the stdout not consumed
+        by ``read_until``, all of stderr)."""
+        code = self.proc.wait(timeout=seconds(timeout))
+        self._join_readers(seconds(timeout))
+        self._close_pipes()
+        return code, self._rest("out"), self.stderr
+
+    def kill(self) -> None:
+        """Kill it if it still runs, reap it and join the readers (idempotent)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=seconds(5))
+        self._join_readers(seconds(5))
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()

@@ -77,6 +77,7 @@ def test_real_random_stays_in_bounds_and_spreads() -> None:
 
 
 def test_huge_attempt_numbers_do_not_overflow() -> None:
+    """Attempt 5000 gives the cap, not an OverflowError from 2**n."""
     policy = BackoffPolicy(base=0.5, cap=30.0)
     assert policy.ceiling(5000) == 30.0
     assert policy.ceiling(61) == 30.0
@@ -130,6 +131,7 @@ def test_a_link_that_never_proved_healthy_does_not_reset() -> None:
 
 
 def test_max_retries_gives_up_and_none_retries_forever() -> None:
+    """max_retries=N allows N retries then gives up; None never gives up."""
     forever, _, _ = make(BackoffPolicy(max_retries=None))
     assert all(forever.next_delay() is not None for _ in range(500))
     never, _, _ = make(BackoffPolicy(max_retries=0))
@@ -147,6 +149,7 @@ def test_max_retries_gives_up_and_none_retries_forever() -> None:
     {"max_retries": -1},
 ])
 def test_policy_rejects_nonsense(kwargs: dict[str, float]) -> None:
+    """A zero or negative base, a cap below base, negative counts: ConfigError."""
     with pytest.raises(ConfigError):
         BackoffPolicy(**kwargs)  # type: ignore[arg-type]
 

@@ -39,7 +39,7 @@ from securechat.errors import ConfigError
 from securechat.server import Server
 from securechat.tlsconfig import check_certificate, client_context, server_context
 from securechat.tokens import add_token
-from tests.support import seconds
+from tests.support import run_command, run_server_cli, seconds
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -159,6 +159,7 @@ def test_parse_names() -> None:
 
 @pytest.mark.parametrize("bad", ["", "-x", "under_score", "sp ace", "é.example", "a..b"])
 def test_parse_names_rejects(bad: str) -> None:
+    """Anything neither an IP nor a valid host name is refused with a clear message."""
     with pytest.raises(ValueError, match="neither an IP address nor a host name"):
         parse_names([bad])
 
@@ -174,6 +175,7 @@ def test_handshake_with_generated_certificates(out: Path, hostname: str) -> None
 
 
 def test_handshake_refused_for_other_name(out: Path) -> None:
+    """A client asking for a name not in the certificate refuses it."""
     server = server_context(out / SERVER_CERT, out / SERVER_KEY)
     with pytest.raises(ssl.SSLCertVerificationError, match="mismatch"):
         _handshake(server, client_context(out / CA_CERT), "example.org")
@@ -205,6 +207,7 @@ def test_key_mode_does_not_depend_on_umask(tmp_path: Path) -> None:
 
 
 def test_write_file_never_replaces_without_force(tmp_path: Path) -> None:
+    """An existing file is kept unless force; with force it is replaced."""
     target = tmp_path / "k"
     target.write_bytes(b"old")
     with pytest.raises(FileExistsError):
@@ -238,6 +241,7 @@ def test_force_renews_server_certificate_with_same_ca(out: Path) -> None:
 
 
 def test_new_ca_needs_force(out: Path) -> None:
+    """Replacing the CA needs --new-ca and --force, and then makes a new one."""
     ca_before = (out / CA_CERT).read_bytes()
     with pytest.raises(ConfigError, match="--new-ca --force"):
         generate(out, DEFAULT_NAMES, new_ca=True)
@@ -254,6 +258,7 @@ def test_half_a_ca_is_not_reused(out: Path) -> None:
 
 
 def test_if_missing_keeps_valid_files(out: Path) -> None:
+    """--if-missing with valid files writes nothing."""
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     outcome = generate(out, DEFAULT_NAMES, if_missing=True)
     assert outcome.server is None and outcome.written == []
@@ -282,6 +287,7 @@ def test_if_missing_leaves_a_foreign_certificate_alone(tmp_path: Path, ca: Issue
 
 # ---------------------------------------------------------------------- command line
 def test_cli_creates_then_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Creates, then refuses to overwrite, skips with --if-missing, renews with --force."""
     target = tmp_path / "certs"
     assert certs_cli.main(["--out", str(target), "--name", "chat.lan", "--ip", "10.9.8.7"]) == 0
     shown = capsys.readouterr().out
@@ -302,6 +308,7 @@ def test_cli_creates_then_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[
                                   ["--name", "bad name"], ["--no-default-names"],
                                   ["--ca-days", "10", "--days", "30"]])
 def test_cli_usage_errors(tmp_path: Path, argv: list[str]) -> None:
+    """Bad options exit 2 and create nothing."""
     with pytest.raises(SystemExit) as info:
         certs_cli.main(["--out", str(tmp_path / "c"), *argv])
     assert info.value.code == 2
@@ -309,6 +316,7 @@ def test_cli_usage_errors(tmp_path: Path, argv: list[str]) -> None:
 
 
 def test_cli_help_documents_files() -> None:
+    """--help names the files, their modes and the renewal options."""
     text = certs_cli.build_parser().format_help()
     for word in ("ca.pem", "server.key", "0600", "--force", "--new-ca", "90 days"):
         assert word in text
@@ -316,6 +324,7 @@ def test_cli_help_documents_files() -> None:
 
 # ---------------------------------------------------------------------- server errors
 def test_check_certificate_missing(tmp_path: Path) -> None:
+    """A missing certificate says how to create one."""
     with pytest.raises(ConfigError, match="does not exist; create one with: securechat-certs"):
         check_certificate(tmp_path / "nope.pem")
 
@@ -328,6 +337,7 @@ def test_check_certificate_unreadable(tmp_path: Path) -> None:
 
 
 def test_check_certificate_expired(tmp_path: Path, ca: Issued) -> None:
+    """An expired certificate says when and how to renew."""
     old = make_server_cert(ca, ["localhost"], days=1, not_before=NOW - dt.timedelta(days=3))
     path = tmp_path / SERVER_CERT
     path.write_bytes(old.cert_pem())
@@ -336,6 +346,7 @@ def test_check_certificate_expired(tmp_path: Path, ca: Issued) -> None:
 
 
 def test_check_certificate_not_yet_valid(tmp_path: Path, ca: Issued) -> None:
+    """A certificate from the future says from when it is valid."""
     early = make_server_cert(ca, ["localhost"], days=1, not_before=NOW + dt.timedelta(days=2))
     path = tmp_path / SERVER_CERT
     path.write_bytes(early.cert_pem())
@@ -344,6 +355,7 @@ def test_check_certificate_not_yet_valid(tmp_path: Path, ca: Issued) -> None:
 
 
 def test_check_certificate_not_pem(tmp_path: Path) -> None:
+    """A file that is not PEM is named as such."""
     path = tmp_path / SERVER_CERT
     path.write_text("hello\n")
     with pytest.raises(ConfigError, match="does not hold a PEM certificate"):
@@ -351,6 +363,7 @@ def test_check_certificate_not_pem(tmp_path: Path) -> None:
 
 
 def test_server_context_mismatched_key(tmp_path: Path, ca: Issued) -> None:
+    """A key from another certificate is reported as not belonging to it."""
     one, other = make_server_cert(ca, ["localhost"]), make_server_cert(ca, ["localhost"])
     (tmp_path / SERVER_CERT).write_bytes(one.cert_pem())
     write_file(tmp_path / SERVER_KEY, other.key_pem(), mode=0o600)
@@ -359,6 +372,7 @@ def test_server_context_mismatched_key(tmp_path: Path, ca: Issued) -> None:
 
 
 def test_server_context_missing_key(out: Path) -> None:
+    """A missing key file is named."""
     (out / SERVER_KEY).unlink()
     with pytest.raises(ConfigError, match=r"key file .* does not exist"):
         server_context(out / SERVER_CERT, out / SERVER_KEY)
@@ -368,11 +382,9 @@ def _check_config(directory: Path) -> subprocess.CompletedProcess[str]:
     tokens = directory / "tokens.json"
     if not tokens.exists():
         add_token(tokens, "alice")
-    return subprocess.run(
-        [sys.executable, "-m", "securechat.server_cli", "--check-config",
-         "--cert", str(directory / SERVER_CERT), "--key", str(directory / SERVER_KEY),
-         "--tokens", str(tokens)],
-        capture_output=True, text=True, timeout=seconds(30), check=False)
+    return run_server_cli("--check-config", "--cert", str(directory / SERVER_CERT),
+                          "--key", str(directory / SERVER_KEY), "--tokens", str(tokens),
+                          timeout=30)
 
 
 def test_server_cli_accepts_generated_files(out: Path) -> None:
@@ -415,7 +427,7 @@ def live_server(out: Path) -> Iterator[tuple[Server, Path]]:
     add_token(out / "tokens.json", "alice")
     config = ServerConfig(host="127.0.0.1", port=0, cert=out / SERVER_CERT,
                           key=out / SERVER_KEY, tokens=out / "tokens.json",
-                          shutdown_timeout=3.0)
+                          shutdown_timeout=seconds(3.0))
     server = Server(config)
     server.start()
     try:
@@ -433,10 +445,9 @@ def test_sslyze_mozilla_modern_certificate_checks(live_server: tuple[Server, Pat
     the server's TLS settings belong to the TLS configuration's own tests."""
     server, out = live_server
     host, port = server.address
-    result = subprocess.run(
+    result = run_command(
         [sys.executable, "-W", "ignore", "-m", "sslyze", "--mozilla_config=modern",
-         f"--certinfo_ca_file={out / CA_CERT}", f"{host}:{port}"],
-        capture_output=True, text=True, timeout=seconds(100), check=False)
+         f"--certinfo_ca_file={out / CA_CERT}", f"{host}:{port}"], timeout=100)
     text = result.stdout
     assert "COMPLIANCE AGAINST TLS CONFIGURATION" in text, text[-2000:] + result.stderr
     findings = re.findall(r"^\s+\* (\w+):", text.split("COMPLIANCE AGAINST")[1], re.M)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -28,11 +28,18 @@ from securechat.errors import (
     TLSVerificationFailed,
 )
 from tests.client_support import ClientPool, Relay, closed_port, collect, next_of
-from tests.support import Certs, RunningServer, make_certs, seconds, wait_for
+from tests.support import (
+    Certs,
+    MakeServer,
+    RunningServer,
+    make_certs,
+    seconds,
+    wait_for,
+    wrong_token,
+)
 
 pytest_plugins = ["tests.client_support"]
 
-Factory = Callable[..., RunningServer]
 
 
 class Longest(random.Random):
@@ -65,7 +72,7 @@ def test_send_ack_receive_and_close_with_bye(server: RunningServer, clients: Cli
     assert (leave.user, leave.reason) == ("alice", "bye")
     assert not alice.thread.is_alive()
     assert alice.thread.name.startswith("securechat-client-io")
-    events = list(alice.events(timeout=1.0))
+    events = list(alice.events(timeout=seconds(1.0)))
     assert isinstance(events[-1], Closed) and events[-1].error is None
     alice.close()  # idempotent
     with pytest.raises(ClientClosed):
@@ -73,7 +80,7 @@ def test_send_ack_receive_and_close_with_bye(server: RunningServer, clients: Cli
 
 
 def test_reconnects_after_server_restart_and_keeps_receiving(
-        make_server: Factory, clients: ClientPool) -> None:
+        make_server: MakeServer, clients: ClientPool) -> None:
     """Stop the server, start another on the same port: both clients come back by themselves."""
     first = make_server(retry_spread=0.2)
     port = first.port
@@ -96,13 +103,14 @@ def test_reconnects_after_server_restart_and_keeps_receiving(
 
 
 def test_messages_typed_during_the_outage_arrive_in_order(
-        make_server: Factory, clients: ClientPool) -> None:
+        make_server: MakeServer, clients: ClientPool) -> None:
     """Messages sent while disconnected are queued and delivered after the reconnect."""
     first = make_server(retry_spread=0.1)
     port = first.port
-    # Alice waits a full second before coming back, so bob is there to receive.
+    # Alice waits 2 s (scaled) before coming back, so bob is there to receive; should
+    # she still come first, the assertion below says so plainly.
     alice = clients.make(port, first.add_user("alice"), rng=Longest(),
-                         backoff=BackoffPolicy(base=1.0, cap=1.0))
+                         backoff=BackoffPolicy(base=seconds(2.0), cap=seconds(2.0)))
     bob = clients.make(port, first.add_user("bob"))
     alice.connect(seconds(5))
     bob.connect(seconds(5))
@@ -113,7 +121,7 @@ def test_messages_typed_during_the_outage_arrive_in_order(
     assert not any(h.done() for h in handles)
     make_server(port=port, retry_spread=0.1)
     next_of(bob, Connected, timeout=10)
-    assert not alice.connected
+    assert not alice.connected, "alice came back before bob: her backoff was too short"
     seqs = [h.wait(seconds(10)) for h in handles]
     assert seqs == sorted(seqs) and len(set(seqs)) == 5
     got = messages(bob, 5, timeout=10)
@@ -121,7 +129,7 @@ def test_messages_typed_during_the_outage_arrive_in_order(
     assert alice.stats()["queued"] == 0
 
 
-def test_bye_retry_after_is_honoured(make_server: Factory, clients: ClientPool) -> None:
+def test_bye_retry_after_is_honoured(make_server: MakeServer, clients: ClientPool) -> None:
     """After bye/shutdown the client waits at least the server's retry_after."""
     first = make_server(retry_spread=0.6)
     alice = clients.make(first.port, first.add_user("alice"),
@@ -137,8 +145,7 @@ def test_auth_failure_is_fatal_and_not_retried(server: RunningServer, clients: C
                                                ) -> None:
     """An unknown token ends the client with AuthRefused after exactly one attempt."""
     token = server.add_user("mallory")
-    wrong = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
-    client = clients.make(server.port, wrong)
+    client = clients.make(server.port, wrong_token(token))
     with pytest.raises(AuthRefused) as info:
         client.connect(seconds(5))
     assert info.value.code == "auth_failed"
@@ -151,6 +158,7 @@ def test_auth_failure_is_fatal_and_not_retried(server: RunningServer, clients: C
 
 def test_revocation_while_connected_is_fatal(server: RunningServer, clients: ClientPool
                                              ) -> None:
+    """A token revoked while connected ends the client with AuthRefused, no retry."""
     client = clients.make(server.port, server.add_user("eve"))
     client.connect(seconds(5))
     server.revoke("eve")
@@ -170,6 +178,7 @@ def test_untrusted_certificate_is_fatal(server: RunningServer, clients: ClientPo
 
 
 def test_wrong_server_name_is_fatal(server: RunningServer, clients: ClientPool) -> None:
+    """A certificate that does not name the server ends the client, naming the name."""
     client = clients.make(server.port, server.add_user("alice"), server_name="example.org")
     with pytest.raises(TLSVerificationFailed, match=r"example\.org"):
         client.connect(seconds(5))
@@ -203,7 +212,7 @@ def test_queue_is_bounded_while_offline(clients: ClientPool) -> None:
             handle.wait(seconds(1))
 
 
-def test_oversized_and_empty_bodies_are_refused_locally(make_server: Factory,
+def test_oversized_and_empty_bodies_are_refused_locally(make_server: MakeServer,
                                                         clients: ClientPool) -> None:
     """The server would close the connection for frame_too_large: refuse before sending."""
     running = make_server(max_frame=4096)
@@ -217,7 +226,7 @@ def test_oversized_and_empty_bodies_are_refused_locally(make_server: Factory,
     assert client.connected
 
 
-def test_rate_limited_messages_are_resent_not_lost(make_server: Factory,
+def test_rate_limited_messages_are_resent_not_lost(make_server: MakeServer,
                                                    clients: ClientPool) -> None:
     """Messages the server drops with rate_limited are resent after retry_after, in order."""
     running = make_server(msg_rate=20, msg_burst=3)
@@ -233,12 +242,12 @@ def test_rate_limited_messages_are_resent_not_lost(make_server: Factory,
     assert [m.body for m in got] == [f"burst {i}" for i in range(10)]
 
 
-def test_idle_client_keeps_the_link_alive(make_server: Factory, clients: ClientPool) -> None:
+def test_idle_client_keeps_the_link_alive(make_server: MakeServer, clients: ClientPool) -> None:
     """With a 0.2 s heartbeat an idle client pings, so the server never times it out."""
-    running = make_server(heartbeat=0.2)
+    running = make_server(heartbeat=seconds(0.2))
     client = clients.make(running.port, running.add_user("alice"))
     client.connect(seconds(5))
-    stray = collect(client, 1.5)  # over seven heartbeat intervals
+    stray = collect(client, 1.5)  # over seven heartbeat intervals (both scaled)
     assert not [e for e in stray if isinstance(e, Disconnected | protocol.ErrorFrame)], stray
     assert client.connected
     assert client.stats()["connects"] == 1
@@ -255,8 +264,8 @@ class Relayed:
 
 
 @pytest.fixture
-def relayed(make_server: Factory, clients: ClientPool) -> Iterator[Relayed]:
-    running = make_server(heartbeat=0.2)
+def relayed(make_server: MakeServer, clients: ClientPool) -> Iterator[Relayed]:
+    running = make_server(heartbeat=seconds(0.2))
     relay = Relay((running.host, running.port))
     try:
         via_relay = clients.make(relay.port, running.add_user("alice"))
@@ -281,16 +290,16 @@ def test_silent_server_is_detected_by_heartbeat(relayed: Relayed) -> None:
 
 
 def test_own_heartbeat_pings_and_detects(server: RunningServer, clients: ClientPool) -> None:
-    """With the server's default 20 s heartbeat, a client set to 0.1 s pings by itself
-    (the pongs keep it alive) and still notices a hung link within a second."""
+    """With the server's default 20 s heartbeat, a client set to 0.2 s pings by itself
+    (the pongs keep it alive) and still notices a hung link within a few intervals."""
     relay = Relay((server.host, server.port))
     try:
-        client = clients.make(relay.port, server.add_user("alice"), heartbeat=0.1)
+        client = clients.make(relay.port, server.add_user("alice"), heartbeat=seconds(0.2))
         assert client.connect(seconds(5)).heartbeat == 20.0
-        stray = collect(client, 0.5)  # five of its intervals: pongs keep it alive
+        stray = collect(client, 1.0)  # five of its intervals (both scaled): pongs keep it alive
         assert not [e for e in stray if isinstance(e, Disconnected)], stray
         relay.freeze()
-        gone = next_of(client, Disconnected, timeout=2)
+        gone = next_of(client, Disconnected, timeout=3)
         assert "heartbeat" in gone.reason
     finally:
         relay.close()
@@ -329,6 +338,7 @@ def test_gap_is_reported_after_an_outage(relayed: Relayed) -> None:
 
 
 def test_members_and_wait_for_member(server: RunningServer, clients: ClientPool) -> None:
+    """members follows joins and leaves; wait_for_member waits for a join."""
     alice = clients.make(server.port, server.add_user("alice"))
     alice.connect(seconds(5))
     assert not alice.wait_for_member("bob", 0.05)
@@ -356,7 +366,7 @@ def test_close_before_start_and_while_reconnecting(clients: ClientPool) -> None:
         waiting.wait_connected(0)
 
 
-def test_many_clients_reconnect_after_restart(make_server: Factory, clients: ClientPool
+def test_many_clients_reconnect_after_restart(make_server: MakeServer, clients: ClientPool
                                               ) -> None:
     """Thirty clients all come back after a restart (a small storm)."""
     first = make_server(retry_spread=0.3)
@@ -375,6 +385,7 @@ def test_many_clients_reconnect_after_restart(make_server: Factory, clients: Cli
 
 
 def test_context_manager_starts_and_closes(server: RunningServer, certs: Certs) -> None:
+    """``with Client(...)`` starts it, and closes and joins it on the way out."""
     with Client("127.0.0.1", server.port, token=server.add_user("alice"),
                 cafile=certs.ca_path, server_name="localhost") as client:
         assert client.wait_connected(seconds(5)).user == "alice"

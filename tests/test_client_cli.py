@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,11 +18,16 @@ from tests.client_support import (
     next_of,
     run_cli,
 )
-from tests.support import Certs, RunningServer, make_certs, seconds
+from tests.support import (
+    Certs,
+    MakeServer,
+    RunningServer,
+    make_certs,
+    seconds,
+    wrong_token,
+)
 
 pytest_plugins = ["tests.client_support"]
-
-Factory = Callable[..., RunningServer]
 
 
 def token_file(tmp_path: Path, running: RunningServer, name: str) -> Path:
@@ -46,6 +50,7 @@ def json_lines(text: str) -> list[dict[str, object]]:
 # --------------------------------------------------------------------------- in process
 def test_help_documents_options_env_exit_codes_and_token_risk(
         capsys: pytest.CaptureFixture[str]) -> None:
+    """--help lists every option, its environment variable, the exit codes and the --token risk."""
     with pytest.raises(SystemExit) as info:
         client_cli.main(["--help"])
     assert info.value.code == 0
@@ -76,6 +81,7 @@ def test_help_documents_options_env_exit_codes_and_token_risk(
 ])
 def test_usage_errors_exit_2(argv: list[str], message: str, monkeypatch: pytest.MonkeyPatch,
                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Each usage mistake exits 2 with one error line saying what is wrong."""
     for name in ("SECURECHAT_TOKEN", "SECURECHAT_TOKEN_FILE"):
         monkeypatch.delenv(name, raising=False)
     assert client_cli.main(argv) == client_cli.EXIT_USAGE
@@ -118,11 +124,11 @@ def test_stdin_lines_are_sent_in_order(server: RunningServer, certs: Certs,
     assert bodies == ["one", "two", "three", "four"]
 
 
-def test_auth_refused_exits_3_without_retrying(make_server: Factory, certs: Certs) -> None:
+def test_auth_refused_exits_3_without_retrying(make_server: MakeServer, certs: Certs) -> None:
+    """A wrong token exits 3 after one attempt, with one error line."""
     running = make_server(auth_failures=0)
     token = running.add_user("alice")
-    wrong = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
-    done = run_cli(*base_args(running, certs), "--token", wrong, "--send", "x")
+    done = run_cli(*base_args(running, certs), "--token", wrong_token(token), "--send", "x")
     assert done.returncode == client_cli.EXIT_AUTH
     errors = [line for line in done.stderr.splitlines() if "error" in line]
     assert errors == ["securechat-client: error: auth_failed: unknown or revoked token"]
@@ -132,6 +138,7 @@ def test_auth_refused_exits_3_without_retrying(make_server: Factory, certs: Cert
 
 def test_untrusted_certificate_exits_4(server: RunningServer, tmp_path: Path,
                                        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A server certificate from another CA exits 4, pointing at --ca."""
     other = make_certs(tmp_path_factory.mktemp("other-ca"))
     alice = token_file(tmp_path, server, "alice")
     done = run_cli(*base_args(server, other), "--token-file", str(alice), "--send", "x")
@@ -141,6 +148,7 @@ def test_untrusted_certificate_exits_4(server: RunningServer, tmp_path: Path,
 
 
 def test_gives_up_with_exit_5(server: RunningServer, certs: Certs, tmp_path: Path) -> None:
+    """Nobody listening and --max-retries 2: two retries, then exit 5."""
     alice = token_file(tmp_path, server, "alice")
     done = run_cli(*base_args(server, certs, port=closed_port()), "--token-file", str(alice),
                    "--max-retries", "2", "--send", "x")
@@ -156,7 +164,8 @@ def test_bot_waits_for_its_peer_then_talks(server: RunningServer, certs: Certs,
     prints what arrives (JSON lines), lingers, exits 0."""
     bot_token = token_file(tmp_path, server, "bot")
     bot = CliProcess(*base_args(server, certs), "--token-file", str(bot_token), "--json",
-                     "--say", "beep", "--every", "0.1", "--count", "2", "--wait-for", "alice")
+                     "--say", "beep", "--every", f"{seconds(0.5):g}", "--count", "2",
+                     "--wait-for", "alice")
     procs.append(bot)
     bot.read_until(lambda line: '"connected"' in line)
     alice = clients.make(server.port, server.add_user("alice"))
@@ -174,7 +183,7 @@ def test_bot_waits_for_its_peer_then_talks(server: RunningServer, certs: Certs,
 
 
 def test_listen_survives_a_server_restart_and_stops_on_sigterm(
-        make_server: Factory, certs: Certs, clients: ClientPool, tmp_path: Path,
+        make_server: MakeServer, certs: Certs, clients: ClientPool, tmp_path: Path,
         procs: list[CliProcess]) -> None:
     """--listen prints messages (text lines), shows the reconnect on stderr, and
     SIGTERM makes it say bye and exit 143."""
@@ -220,6 +229,7 @@ def test_fatal_error_ends_a_waiting_stdin_reader(server: RunningServer, certs: C
 
 
 def test_exit_code_mapping() -> None:
+    """Each error class maps to its documented exit code."""
     from securechat.errors import (
         AuthRefused,
         ClientError,

@@ -3,7 +3,6 @@ message is printed above the prompt and the half-typed line survives intact."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pexpect
 import pytest
 
 from securechat import protocol
-from tests.client_support import ClientPool, cli_env, next_of
+from tests.client_support import ClientPool, cli_command, cli_env, next_of
 from tests.support import Certs, RunningServer, seconds, wait_for
 
 pytest_plugins = ["tests.client_support"]
@@ -27,12 +26,12 @@ def spawn(certs: Certs, tmp_path: Path) -> Iterator[Callable[[RunningServer], pe
         token.write_text(running.add_user("alice"))
         # No cursor-position requests: nothing on the other side of this pty answers them.
         env = cli_env(PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm")
-        child = pexpect.spawn(
-            sys.executable,
-            ["-m", "securechat.client_cli", "--host", "127.0.0.1", "--port",
-             str(running.port), "--ca", str(certs.ca_path), "--server-name", "localhost",
-             "--token-file", str(token), "--retry-base", "0.05", "--retry-cap", "0.2"],
-            env=env, encoding="utf-8", timeout=seconds(10), dimensions=(24, 100))
+        program, *args = cli_command(
+            "--host", "127.0.0.1", "--port", str(running.port), "--ca", str(certs.ca_path),
+            "--server-name", "localhost", "--token-file", str(token), "--retry-base", "0.05",
+            "--retry-cap", "0.2")
+        child = pexpect.spawn(program, args, env=env, encoding="utf-8", timeout=seconds(10),
+                              dimensions=(24, 100))
         children.append(child)
         return child
 
@@ -51,6 +50,7 @@ def terminal(server: RunningServer, spawn: Callable[[RunningServer], pexpect.spa
 
 def test_incoming_message_does_not_corrupt_the_typed_line(
         terminal: pexpect.spawn, server: RunningServer, clients: ClientPool) -> None:
+    """A message arriving mid-typing prints above the prompt and the typed text survives."""
     terminal.expect("connected to 127.0.0.1")
     terminal.expect("alice>")
     terminal.send("hello wor")

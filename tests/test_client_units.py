@@ -28,6 +28,7 @@ from securechat.errors import ClientClosed, GaveUp, TLSVerificationFailed
 
 # --------------------------------------------------------------------------- SeqTracker
 def test_no_gap_when_every_number_is_seen() -> None:
+    """Consecutive seqs after the welcome report no gap."""
     tracker = SeqTracker()
     assert tracker.welcome(10) is None
     for seq in (11, 12, 13):
@@ -47,6 +48,7 @@ def test_own_ack_arriving_late_is_not_a_gap() -> None:
 
 
 def test_hole_with_nothing_in_flight_is_a_gap() -> None:
+    """A hole in the numbering with nothing of ours in flight is a Gap, reported once."""
     tracker = SeqTracker()
     tracker.welcome(10)
     tracker.seen(11)
@@ -56,6 +58,7 @@ def test_hole_with_nothing_in_flight_is_a_gap() -> None:
 
 
 def test_reconnect_reports_what_was_numbered_meanwhile() -> None:
+    """A welcome seq past the last seen one reports what was missed."""
     tracker = SeqTracker()
     tracker.welcome(5)
     tracker.seen(6)
@@ -74,6 +77,7 @@ def test_new_epoch_means_a_new_numbering() -> None:
 
 
 def test_restarted_server_numbering_starts_again() -> None:
+    """A welcome seq below the last seen one means a restart: all of it is new."""
     tracker = SeqTracker()
     tracker.welcome(40)
     assert tracker.welcome(3) == Gap(0, 4, 3, restarted=True)
@@ -92,6 +96,7 @@ def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_message_line_format(utc: None) -> None:
+    """A message prints as HH:MM:SS sender: body in local time."""
     msg = protocol.Message("alice", "hi", 7, "2026-11-26T12:01:03.456Z")
     assert client_cli.event_text(msg) == "12:01:03 alice: hi"
 
@@ -130,12 +135,14 @@ EVERY_EVENT: list[Event] = [
 
 @pytest.mark.parametrize("event", EVERY_EVENT, ids=lambda e: type(e).__name__)
 def test_every_event_has_a_json_line(event: Event) -> None:
+    """Every event type has a JSON form that round-trips."""
     obj = client_cli.event_json(event)
     assert isinstance(obj["type"], str)
     assert json.loads(json.dumps(obj)) == obj
 
 
 def test_state_lines() -> None:
+    """Connection state changes print as short human lines; acks print nothing."""
     welcome = protocol.Welcome("alice", "lobby", ("alice", "bob"), 20.0, 0)
     assert client_cli.status_text(Connected(welcome, "h:1", True)) == \
         "reconnected to h:1 as alice; here: bob"
@@ -158,6 +165,7 @@ def parse(argv: list[str], env: dict[str, str] | None = None, *, tty: bool = Fal
 
 
 def test_defaults_and_environment(tmp_path: Path) -> None:
+    """Defaults, then environment variables, then flags, in that order of precedence."""
     opts = parse(["--token", "t"])
     assert (opts.host, opts.port, opts.ca, opts.server_name) == ("127.0.0.1", 7443, None, None)
     assert opts.backoff.base == 0.5 and opts.backoff.cap == 30.0
@@ -177,6 +185,7 @@ def test_defaults_and_environment(tmp_path: Path) -> None:
 
 
 def test_mode_selection() -> None:
+    """The mode follows the flags and whether stdin is a terminal."""
     assert parse(["--token", "t"], tty=True).mode == "interactive"
     assert parse(["--token", "t"], tty=False).mode == "lines"
     assert parse(["--token", "t", "--json"], tty=True).mode == "lines"

@@ -153,12 +153,12 @@ def _compose(engine: Engine, project: str, *args: str, timeout: float = 120
              ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["docker-compose", "-f", str(COMPOSE_FILE), "-p", project, *args],
-        capture_output=True, text=True, timeout=timeout, check=False, env=engine.env)
+        capture_output=True, text=True, timeout=seconds(timeout), check=False, env=engine.env)
 
 
 def _docker(engine: Engine, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout,
-                          check=False, env=engine.env)
+    return subprocess.run(["docker", *args], capture_output=True, text=True,
+                          timeout=seconds(timeout), check=False, env=engine.env)
 
 
 def _inspect(engine: Engine, run: Run, service: str) -> None:

@@ -13,16 +13,16 @@ import os
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import seconds
+from tests.support import free_port, seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,17 +32,11 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _copy_work_tree(target: Path) -> None:
     """What a fresh clone holds: tracked files plus new files that are not ignored, as
     they are now (uncommitted edits included). Falls back to a filtered copy."""
     listed = subprocess.run(["git", "ls-files", "-z", "-c", "-o", "--exclude-standard"],
-                            cwd=ROOT, capture_output=True, timeout=60, check=False)
+                            cwd=ROOT, capture_output=True, timeout=seconds(60), check=False)
     if listed.returncode != 0:
         shutil.copytree(ROOT, target, ignore=shutil.ignore_patterns(
             ".git", ".venv", "run", "*.pem", "*.key", "__pycache__", ".*_cache", "wheels"))
@@ -99,23 +93,36 @@ class Make:
         with self._lock:
             return "\n".join(self.lines)
 
+    def exit_code(self, timeout: float) -> int:
+        """Wait for make to exit; on timeout fail with what it printed and who is left."""
+        try:
+            return self.proc.wait(timeout=seconds(timeout))
+        except subprocess.TimeoutExpired:
+            left = subprocess.run(["ps", "-o", "pid,stat,wchan:20,args", "-g",
+                                   str(self.proc.pid)], capture_output=True, text=True,
+                                  timeout=seconds(10), check=False).stdout
+            pytest.fail(f"make still running after {timeout} s; processes:\n{left}\n"
+                        f"output:\n{self.output[-3000:]}")
+
     def group_gone(self, timeout: float) -> bool:
         """Whether every process of the group has exited (polled against a deadline)."""
-        done = threading.Event()
-        for _ in range(int(seconds(timeout) / 0.05)):
+        pause = threading.Event()
+        deadline = time.monotonic() + seconds(timeout)
+        while True:
             try:
                 os.killpg(self.proc.pid, 0)
             except ProcessLookupError:
                 return True
-            done.wait(0.05)
-        return False
+            if time.monotonic() > deadline:
+                return False
+            pause.wait(0.05)
 
     def close(self) -> None:
         if self.proc.poll() is None or not self.group_gone(0.1):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        self._reader.join(timeout=30)
+        self.proc.wait(timeout=seconds(30))
+        self._reader.join(timeout=seconds(30))
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 
@@ -128,7 +135,7 @@ def _said(output: str, listener: str, speaker: str) -> list[int]:
 def test_make_run_on_a_fresh_copy_then_ctrl_c(fresh_copy: Path) -> None:
     """The README's ``make run``: venv, install, certificates, tokens, then alice and bob
     talk over TLS; Ctrl-C stops the server cleanly and leaves no process behind."""
-    make = Make(fresh_copy, "run", f"PORT={_free_port()}", "DEMO_COUNT=3")
+    make = Make(fresh_copy, "run", f"PORT={free_port()}", "DEMO_COUNT=3")
     try:
         make.wait_for("Ctrl-C stops the server", timeout=400)
         out = make.output
@@ -137,7 +144,7 @@ def test_make_run_on_a_fresh_copy_then_ctrl_c(fresh_copy: Path) -> None:
         assert _said(out, "bob", "alice") == [1, 2, 3], out[-3000:]
         assert re.search(r"^server \| .*event=auth .*user=alice", out, re.M)
         os.killpg(make.proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
-        make.proc.wait(timeout=seconds(30))
+        make.exit_code(timeout=30)
         assert make.group_gone(10), "processes left behind after Ctrl-C"
         assert "event=stopped clean=True" in make.output, make.output[-2000:]
     finally:
@@ -152,9 +159,9 @@ def test_make_demo_again_reuses_certificates_and_tokens(fresh_copy: Path) -> Non
     if not (fresh_copy / "run" / "alice.token").exists():
         pytest.skip("needs the first test's run")
     before = {p: (fresh_copy / p).read_bytes() for p in ("certs/ca.pem", "run/alice.token")}
-    make = Make(fresh_copy, "demo", f"PORT={_free_port()}", "DEMO_COUNT=2", "DEMO_EVERY=0.2")
+    make = Make(fresh_copy, "demo", f"PORT={free_port()}", "DEMO_COUNT=2", "DEMO_EVERY=0.2")
     try:
-        assert make.proc.wait(timeout=seconds(120)) == 0, make.output[-3000:]
+        assert make.exit_code(timeout=120) == 0, make.output[-3000:]
         assert make.group_gone(10)
     finally:
         make.close()

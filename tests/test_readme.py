@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import RunningServer, seconds
+from tests.support import RunningServer, run_command
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -68,9 +68,7 @@ def test_every_readme_command_is_exercised() -> None:
 def _run(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     argv = shlex.split(command)
     argv[0] = str(BIN / argv[0])
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True,
-                          timeout=seconds(60), check=False,
-                          env={**os.environ, "SECURECHAT_TOKENS": ""})
+    return run_command(argv, cwd=cwd, timeout=60, env={**os.environ, "SECURECHAT_TOKENS": ""})
 
 
 def test_operating_commands_work_as_written(tmp_path: Path) -> None:
@@ -108,9 +106,7 @@ def test_scripted_client_commands_work_as_written(tmp_path: Path, server: Runnin
            "SECURECHAT_PORT": str(server.port), "SECURECHAT_HOST": "127.0.0.1",
            "SECURECHAT_SERVER_NAME": "localhost"}
     for command in commands:
-        result = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env,
-                                capture_output=True, text=True, timeout=seconds(30),
-                                check=False)
+        result = run_command(["bash", "-c", command], cwd=tmp_path, env=env, timeout=30)
         assert result.returncode == 0, f"{command}: {result.stderr}"
     bodies = [watcher.expect("msg", skip=("ping", "join", "leave"))["body"] for _ in commands]
     assert bodies == ["deploy finished", "build green"]
@@ -121,10 +117,9 @@ def test_scripted_client_commands_work_as_written(tmp_path: Path, server: Runnin
 @pytest.mark.timeout(300)
 def test_make_bench_runs() -> None:
     """``make bench`` works; run with --quick so it takes seconds, not minutes."""
-    result = subprocess.run(
+    result = run_command(
         ["make", "--no-print-directory", "bench",
          "ARGS=--quick --no-pin --only fanout100,storm500"],
-        cwd=ROOT, capture_output=True, text=True, timeout=seconds(240), check=False,
-        env={**os.environ, "VENV": str(BIN.parent)})
+        cwd=ROOT, timeout=240, env={**os.environ, "VENV": str(BIN.parent)})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "delivered_per_s=" in result.stdout and "all_auth_s=" in result.stdout

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import subprocess
 import sys
-from collections.abc import Callable
 
 import pytest
 
-from tests.support import RunningServer, seconds
+from tests.support import MakeServer, RunningServer, run_command
 
-MakeServer = Callable[..., RunningServer]
 TEST_CERT_FINDINGS = {"certificate_path_validation", "maximum_certificate_lifespan"}
 
 pytestmark = [
@@ -27,10 +24,9 @@ pytestmark = [
 
 
 def sslyze_findings(server: RunningServer, profile: str) -> set[str]:
-    result = subprocess.run(
+    result = run_command(
         [sys.executable, "-W", "ignore", "-m", "sslyze", f"--mozilla_config={profile}",
-         f"{server.host}:{server.port}"],
-        capture_output=True, text=True, timeout=seconds(100), check=False)
+         f"{server.host}:{server.port}"], timeout=100)
     text = result.stdout
     assert "COMPLIANCE AGAINST" in text, text[-2000:] + result.stderr[-2000:]
     compliance = text.split("COMPLIANCE AGAINST", 1)[1]

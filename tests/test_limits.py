@@ -1,0 +1,35 @@
+"""securechat.limits: the token bucket and the bounded per-key buckets (pure, no clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from securechat.limits import KeyedBuckets, TokenBucket
+
+
+def test_token_bucket_burst_then_rate() -> None:
+    """A burst is allowed at once, then tokens come back at the rate, capped at the burst."""
+    bucket = TokenBucket(rate=2.0, burst=3, now=0.0)
+    assert [bucket.take(0.0) for _ in range(4)] == [True, True, True, False]
+    assert bucket.retry_after(0.0) == pytest.approx(0.5)
+    assert bucket.take(0.5) is True
+    assert bucket.take(0.5) is False
+    assert bucket.take(100.0) and bucket.take(100.0) and bucket.take(100.0)
+    assert not bucket.take(100.0)  # refill is capped at the burst
+
+
+def test_token_bucket_zero_rate_is_unlimited() -> None:
+    """Rate 0 turns the limit off."""
+    bucket = TokenBucket(rate=0, burst=1, now=0.0)
+    assert all(bucket.take(0.0) for _ in range(1000))
+
+
+def test_keyed_buckets_forget_least_recently_used() -> None:
+    """Past max_keys the least recently used key is forgotten (bounded memory)."""
+    buckets = KeyedBuckets(rate=1.0, burst=1, max_keys=2)
+    assert buckets.take("a", 0.0)
+    assert not buckets.allowed("a", 0.0)
+    buckets.take("b", 0.0)
+    buckets.take("c", 0.0)  # evicts "a"
+    assert len(buckets) == 2
+    assert buckets.allowed("a", 0.0)

@@ -582,7 +582,7 @@ class Soak:
         self.work = work
         self.rng = random.Random(args.seed)
         self.deadline: float = time.monotonic() + float(args.max_seconds)
-        self.port = _pick_port(self.rng)
+        self.port = _pick_port(random.SystemRandom())  # not the seed: two runs, two ports
         self.server: subprocess.Popen[bytes] | None = None
         self.gens: list[Generation] = []
         self.relay: Relay | None = None
@@ -603,10 +603,11 @@ class Soak:
 
     # ------------------------------------------------------------------ server
     def prepare(self) -> list[str]:
-        subprocess.run([sys.executable, "-m", "securechat.certs_cli", "--out",
+        subprocess.run([sys.executable, "-m", "securechat.certs_cli", "--if-missing", "--out",
                         str(self.work / "certs")], check=True, capture_output=True,
                        timeout=60)
         from securechat.tokens import add_token
+        (self.work / "tokens.json").unlink(missing_ok=True)  # a --workdir used before
         users = [add_token(self.work / "tokens.json", f"soak{i}")[0]
                  for i in range(self.args.users)]
         return [users[i % len(users)] for i in range(self.args.clients)]
@@ -1075,6 +1076,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     with contextlib.ExitStack() as stack:
         if args.workdir is not None:
             args.workdir.mkdir(parents=True, exist_ok=True)

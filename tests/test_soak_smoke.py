@@ -35,7 +35,7 @@ def test_tiny_soak_with_a_graceful_restart_and_a_freeze_loses_nothing() -> None:
     """6 clients, 2 workers, ~15 s, one SIGTERM restart and one freeze: exit 0, nothing lost."""
     cmd = [sys.executable, str(SOAK), "--clients", "6", "--procs", "2", "--minutes", "0.25",
            "--rate", "2", "--terms", "1", "--kills", "0", "--freezes", "1", "--cuts", "1",
-           "--seed", "7", "--drain-seconds", "10", "--max-seconds", str(seconds(50))]
+           "--seed", "7", "--drain-seconds", str(seconds(10)), "--max-seconds", str(seconds(50))]
     done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=seconds(55))
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("soak: clients=")]
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"

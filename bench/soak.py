@@ -53,6 +53,9 @@ What is counted (the server keeps history in memory only and has no replay yet):
 - ``reordered``: a sender's counter arrived at a client after a higher one. Counted
   unless the higher one was such an unacknowledged copy (``reordered_sigkill``,
   ``reordered_cut``). Must be 0.
+- ``never_received``: (client, acknowledged message of another client) pairs that
+  client never got in any session, whatever the cause (offline during a restart, a
+  freeze or a cut): what having no replay costs today.
 
 The summary line goes to stdout; details (first examples of each failure, session
 end reasons) to stderr. Exit status: 0, or 1 if ``lost_graceful``, ``dup`` or
@@ -262,6 +265,8 @@ class Tracker:
             "unacked": len(self.handles) - len(done),
             "queue_full": self.queue_full,
             "delivered": self.delivered,
+            "distinct": sum(1 for sender, got in self.seen.items() if sender != self.gid
+                            for packed in got if packed),
             "canonical": acked,
             "sessions": [[self.epochs[s.epoch], s.welcome_seq, round(s.start, 4),
                           round(s.end, 4), s.end_kind or "open", s.last, s.gaps, s.received,
@@ -957,9 +962,10 @@ def analyse(gens: list[Generation], results: list[dict[str, Any]],
     errors: Counter[str] = Counter()
     for r in results:
         errors.update(r["errors"])
+    acked = sum(r["acked"] for r in results)
     summary = {
         "sent": sum(r["sent"] for r in results),
-        "acked": sum(r["acked"] for r in results),
+        "acked": acked,
         "delivered": sum(r["delivered"] for r in results),
         "lost_graceful": out["lost_graceful"], "dup": out["dup"],
         "reordered": out["reordered"],
@@ -977,6 +983,8 @@ def analyse(gens: list[Generation], results: list[dict[str, Any]],
         "timeouts": ends["heartbeat"] + ends["idle_timeout"],
         "sessions": sum(ends.values()),
         "unacked": sum(r["unacked"] + r["failed"] for r in results),
+        "never_received": sum(max(0, acked - r["acked"] - r.get("distinct", 0))
+                              for r in results),
     }
     return {"summary": summary, "examples": examples, "ends": dict(ends),
             "errors": dict(errors), "servers": [

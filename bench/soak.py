@@ -65,8 +65,10 @@ end reasons) to stderr. Exit status: 0, or 1 if ``lost_graceful``, ``dup`` or
     python bench/soak.py --clients 6 --procs 2 --minutes 0.25 --terms 1 --kills 0
 
 The run is bounded by ``--max-seconds``; every process it starts (server, workers) is
-stopped by PID at the end, Ctrl-C included. The criterion assumes one server I/O
-thread (the default), which says ``bye`` to every session in one step.
+stopped by PID at the end, Ctrl-C and SIGTERM included (a SIGKILL of this script
+cannot: its workers then see their stdin close and stop, the server does not). The
+criterion assumes one server I/O thread (the default), which says ``bye`` to every
+session in one step.
 """
 
 from __future__ import annotations

@@ -724,7 +724,7 @@ class Soak:
                 raise SoakError(f"workers did not report {event!r} in {limit:g} s") from None
             if msg.get("event") == event:
                 got[w] = msg
-            elif msg.get("event") == "exit":
+            elif msg.get("event") == "exit" and w not in got:  # after "done" it is normal
                 raise SoakError(f"worker {w} exited before {event!r}")
         return list(got.values())
 

@@ -756,8 +756,18 @@ class Client:
         if interval > 0:
             dead_at = self._last_rx + DEAD_AFTER_INTERVALS * interval
             if now >= dead_at:
-                raise _LinkFailure(
-                    f"no answer from the server for {now - self._last_rx:.1f} s (heartbeat)")
+                # The process may have been frozen (SIGSTOP, a slow on_event callback):
+                # what the server sent meanwhile, a bye say, waits in the socket. Read it
+                # before calling the link dead, or its acks and its retry_after are lost.
+                self._read()
+                if self._phase != _Phase.ACTIVE:
+                    return 0.0
+                now = time.monotonic()
+                dead_at = self._last_rx + DEAD_AFTER_INTERVALS * interval
+                if now >= dead_at:
+                    raise _LinkFailure(
+                        f"no answer from the server for {now - self._last_rx:.1f} s "
+                        "(heartbeat)")
             wakeups.append(dead_at)
             ping_at = self._last_tx + interval
             if now < ping_at:

@@ -1,0 +1,50 @@
+"""A client whose process was frozen past the dead-link deadline reads what the server
+sent meanwhile before it calls the link dead (found by bench/soak.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from securechat.client import Client, Disconnected, Event
+from securechat.protocol import Message
+from tests.support import Certs, MakeServer, seconds
+
+
+def test_a_bye_that_arrived_while_the_client_was_frozen_is_read(make_server: MakeServer,
+                                                               certs: Certs) -> None:
+    """Frozen for 4 heartbeats while the server said bye: the client reports the bye."""
+    heartbeat = seconds(0.5)
+    running = make_server(heartbeat=heartbeat, shutdown_timeout=seconds(3))
+    reasons: list[str] = []
+    disconnected = threading.Event()
+    stopper: list[threading.Thread] = []
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, Message) and event.body == "freeze":
+            stop = threading.Thread(target=running.server.shutdown)
+            stopper.append(stop)
+            stop.start()  # the server says bye while this I/O thread is stuck here
+            stop.join(seconds(5))
+            time.sleep(4 * heartbeat)  # the freeze itself: past 3 heartbeats of silence
+        elif isinstance(event, Disconnected):
+            reasons.append(event.reason)
+            disconnected.set()
+
+    frozen = Client("127.0.0.1", running.port, token=running.add_user("frozen"),
+                    cafile=certs.ca_path, server_name="localhost", on_event=on_event,
+                    max_events=0)
+    sender = Client("127.0.0.1", running.port, token=running.add_user("sender"),
+                    cafile=certs.ca_path, server_name="localhost")
+    try:
+        frozen.connect(seconds(5))
+        sender.connect(seconds(5))
+        sender.send("freeze").wait(seconds(5))
+        assert disconnected.wait(seconds(10)), "the frozen client never reported the link"
+        assert "shutting down" in reasons[0], reasons
+        assert "heartbeat" not in reasons[0], reasons
+    finally:
+        frozen.close()
+        sender.close()
+        for thread in stopper:
+            thread.join(seconds(5))

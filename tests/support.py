@@ -238,6 +238,11 @@ def wrong_token(token: str) -> str:
     return token[:-1] + ("B" if token.endswith("A") else "A")
 
 
+def error_codes(frames: list[dict[str, Any]]) -> list[Any]:
+    """The ``code`` of every error frame in ``frames``, in order."""
+    return [f.get("code") for f in frames if f.get("type") == "error"]
+
+
 def free_port() -> int:
     """A localhost TCP port nobody listens on right now (bound, then released): free to
     give a child process, and refused when connected to."""
@@ -248,6 +253,13 @@ def free_port() -> int:
 
 
 # --------------------------------------------------------------------------- commands
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test process environment without SECURECHAT_* settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECHAT_")}
+    env.update(extra)
+    return env
+
+
 def run_command(argv: Sequence[str], *, stdin: str = "", timeout: float = 20.0,
                 env: dict[str, str] | None = None, cwd: Path | None = None
                 ) -> subprocess.CompletedProcess[str]:

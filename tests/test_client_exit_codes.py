@@ -7,19 +7,15 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from securechat import client_cli
 from tests.client_support import cli_command, cli_env, closed_port, run_cli
-from tests.support import Certs, RunningServer, seconds, wait_for
+from tests.support import Certs, MakeServer, RunningServer, seconds, wait_for, wrong_token
 
 pytest_plugins = ["tests.client_support"]
-
-Factory = Callable[..., RunningServer]
-
 
 def args_for(port: int, certs: Certs | None, *extra: str) -> list[str]:
     """Fast retries; ``certs=None`` leaves out --ca (the system trust store)."""
@@ -33,11 +29,6 @@ def token_file(tmp_path: Path, running: RunningServer, name: str = "alice") -> P
     path.write_text(running.add_user(name) + "\n")
     path.chmod(0o600)
     return path
-
-
-def wrong_token(running: RunningServer) -> str:
-    token = running.add_user("alice")
-    return token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
 
 
 def closed_event(stdout: str) -> dict[str, object]:
@@ -111,11 +102,11 @@ def test_usage_errors_exit_2_in_json_mode(extra: list[str], message: str) -> Non
 # --------------------------------------------------------------------------- 3
 @pytest.mark.parametrize("mode", [["--json"], [], ["--json", "--listen"], ["--send", "x"]],
                          ids=["json", "lines", "json-listen", "send"])
-def test_wrong_token_exits_3(make_server: Factory, certs: Certs, mode: list[str]) -> None:
+def test_wrong_token_exits_3(make_server: MakeServer, certs: Certs, mode: list[str]) -> None:
     """A refused token is exit 3 in every scripted mode, even with nothing to send."""
     running = make_server(auth_failures=0)
-    done = run_cli(*args_for(running.port, certs, "--token", wrong_token(running), *mode),
-                   stdin="")
+    wrong = wrong_token(running.add_user("alice"))
+    done = run_cli(*args_for(running.port, certs, "--token", wrong, *mode), stdin="")
     assert done.returncode == client_cli.EXIT_AUTH, done.stderr
     assert "auth_failed" in done.stderr and "reconnecting" not in done.stderr
     if "--json" in mode:

@@ -5,7 +5,6 @@ why the client stopped, no ``--ca`` against a private CA exits 4, and
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,19 +12,12 @@ import pytest
 from securechat import client_cli, protocol
 from securechat.client import SendHandle
 from tests.client_support import ClientPool, cli_env, closed_port, next_of, run_cli
-from tests.support import Certs, RunningServer, make_certs, seconds
+from tests.support import Certs, MakeServer, RunningServer, make_certs, seconds, wrong_token
 
 pytest_plugins = ["tests.client_support"]
 
-MakeServer = Callable[..., RunningServer]
-
 #: Lines --quiet hides: connection state changes.
 STATE_WORDS = ("connected to", "reconnecting in", "disconnected:")
-
-
-def _wrong(token: str) -> str:
-    """A token of the right shape that is certainly not ``token``."""
-    return token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
 
 
 def _address(port: int, ca: Path | None) -> list[str]:
@@ -45,7 +37,7 @@ def test_quiet_still_says_why_the_client_stopped(
     ca: Path = certs.ca_path
     port = running.port
     if case == "auth_failed":
-        token = _wrong(token)
+        token = wrong_token(token)
         expected, reason = client_cli.EXIT_AUTH, "auth_failed: unknown or revoked token"
     elif case == "untrusted":
         ca = make_certs(tmp_path_factory.mktemp("other-ca")).ca_path
@@ -72,7 +64,7 @@ def test_quiet_says_why_in_every_scripted_mode(make_server: MakeServer, certs: C
                                                mode: list[str], stdin: str) -> None:
     """In every scripted mode, --quiet still prints why the token was refused; exit 3."""
     running = make_server(auth_failures=0)
-    wrong = _wrong(running.add_user("alice"))
+    wrong = wrong_token(running.add_user("alice"))
     done = run_cli(*_address(running.port, certs.ca_path), "--quiet", *mode, stdin=stdin,
                    env=cli_env(SECURECHAT_TOKEN=wrong))
     assert done.returncode == client_cli.EXIT_AUTH, done.stderr

@@ -29,9 +29,7 @@ from securechat.room import InProcessRoom
 from securechat.server_cli import build_parser, config_from_args
 from securechat.tlsconfig import server_context
 from securechat.tokens import add_token, load_store
-from tests.support import Certs, RunningServer, WireClient, seconds
-
-MakeServer = Callable[..., RunningServer]
+from tests.support import Certs, MakeServer, RunningServer, WireClient, seconds
 
 #: ServerConfig().tokens_poll and the I/O loop's tick with the default heartbeat.
 DEFAULT_POLL = ServerConfig().tokens_poll

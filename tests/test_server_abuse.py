@@ -7,13 +7,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from tests.support import RunningServer, WireClient, seconds, wait_for
-
-MakeServer = Callable[..., RunningServer]
+from tests.support import MakeServer, RunningServer, WireClient, error_codes, seconds, wait_for
 
 
 class _Records(logging.Handler):
@@ -45,10 +43,6 @@ def server_log() -> Iterator[_Records]:
         root.setLevel(old_level)
 
 
-def _codes(frames: list[dict[str, object]]) -> list[object]:
-    return [f.get("code") for f in frames if f.get("type") == "error"]
-
-
 # ------------------------------------------------------------------ 4: auth frames
 BAD_AUTH = {
     "wrong type": b'{"type":"auth","token":42}\n',
@@ -72,13 +66,13 @@ def test_malformed_auth_is_refused_closed_and_throttled(
     for _ in range(3):
         client = server.tls_connect()
         client.send(payload)
-        codes = _codes(client.expect_closed())
+        codes = error_codes(client.expect_closed())
         assert len(codes) == 1 and codes[0] in ("auth_failed", "bad_frame",
                                                 "frame_too_large"), codes
     client = server.tls_connect()
     client.send({"type": "auth", "token": good})
     frames = client.expect_closed()
-    assert _codes(frames) == ["auth_throttled"]
+    assert error_codes(frames) == ["auth_throttled"]
     assert server.server.stats()["auth_failed"] == 3
     assert not [r for r in server_log.records if r.exc_info], "a traceback was logged"
 
@@ -92,7 +86,7 @@ def test_ping_flood_is_rate_limited_then_cut(make_server: MakeServer) -> None:
     alice.send(b'{"type":"ping"}\n' * 50)
     frames = alice.expect_closed()
     assert [f["type"] for f in frames[:5]] == ["pong"] * 5
-    assert _codes(frames) == ["rate_limited"] * 3 + ["too_many_errors"]
+    assert error_codes(frames) == ["rate_limited"] * 3 + ["too_many_errors"]
     assert all(f["retry_after"] > 0 for f in frames if f.get("code") == "rate_limited")
 
 
@@ -119,7 +113,7 @@ def test_bad_frames_end_the_session_after_max_errors(make_server: MakeServer) ->
     assert alice.recv() == {"type": "pong"}
     alice.send(b"{}\n" * 100)
     frames = alice.expect_closed()
-    assert _codes(frames) == ["too_many_errors"]
+    assert error_codes(frames) == ["too_many_errors"]
     assert bob.expect("leave") == {"type": "leave", "user": "alice",
                                    "reason": "too_many_errors"}
     bob.send({"type": "ping"})
@@ -135,7 +129,7 @@ def test_repeated_auth_counts_as_an_error(make_server: MakeServer) -> None:
         alice.send({"type": "auth", "token": token})
         assert alice.recv()["code"] == "already_authenticated"
     alice.send({"type": "auth", "token": token})
-    assert _codes(alice.expect_closed()) == ["too_many_errors"]
+    assert error_codes(alice.expect_closed()) == ["too_many_errors"]
 
 
 def test_default_error_budget_cuts_a_garbage_flood(server: RunningServer) -> None:
@@ -143,7 +137,7 @@ def test_default_error_budget_cuts_a_garbage_flood(server: RunningServer) -> Non
     (One TLS record's worth, so the client is not still writing when the server closes.)"""
     alice, _ = server.user("alice")
     alice.send(b"{}\n" * 5000)
-    assert _codes(alice.expect_closed()) == ["bad_frame"] * 10 + ["too_many_errors"]
+    assert error_codes(alice.expect_closed()) == ["bad_frame"] * 10 + ["too_many_errors"]
 
 
 # ------------------------------------------------------------------ 8: logs
@@ -173,7 +167,7 @@ def test_failed_logins_from_one_address_log_a_bounded_number_of_lines(
     for _ in range(40):
         client = server.tls_connect()
         client.send({"type": "auth", "token": "sct1.000000000000.nope"})
-        assert _codes(client.expect_closed()) == ["auth_failed"]
+        assert error_codes(client.expect_closed()) == ["auth_failed"]
         client.close()
     assert server.server.stats()["auth_failed"] == 40
     lines = [e for e in server_log.events() if e != "listen"]

@@ -22,9 +22,7 @@ import pytest
 import securechat.server as server_module
 from securechat.session import Session
 from securechat.tokens import add_token, revoke_tokens
-from tests.support import Certs, RunningServer, WireClient, seconds, wait_for
-
-MakeServer = Callable[..., RunningServer]
+from tests.support import Certs, MakeServer, RunningServer, WireClient, seconds, wait_for
 
 
 def _records(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:

@@ -18,8 +18,6 @@ import pytest
 from securechat import tlsconfig
 from tests.support import RunningServer, seconds
 
-MakeServer = Callable[..., RunningServer]
-
 needs_ctypes_route = pytest.mark.skipif(
     hasattr(ssl.SSLContext, "set_groups") or sys.implementation.name != "cpython",
     reason="this Python sets groups through the standard API")

@@ -7,11 +7,8 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +19,17 @@ import pytest
 import securechat.server as server_module
 from securechat.session import Session
 from securechat.tokens import add_token, revoke_tokens
-from tests.support import Certs, MakeServer, RunningServer, WireClient, seconds, wait_for
+from tests.support import (
+    Certs,
+    MakeServer,
+    RunningServer,
+    ServerProcess,
+    WireClient,
+    seconds,
+    server_argv,
+    tls_connect,
+    wait_for,
+)
 
 
 def _records(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:
@@ -214,90 +221,22 @@ def test_serve_forever_returns_on_interrupt(make_server: MakeServer) -> None:
         assert outcome == [None]
 
 
-class ServerProcess:
-    """The real ``securechat-server`` as a subprocess, its JSON log read by a thread."""
-
-    def __init__(self, tmp: Path, certs: Certs, *args: str, env: dict[str, str] | None = None,
-                 nofile: int | None = None) -> None:
-        self.tokens = tmp / "tokens.json"
-        if not self.tokens.exists():
-            add_token(self.tokens, "nobody")
-        self.lines: list[str] = []
-        self._lock = threading.Lock()
-
-        # With nofile, a lower open-files limit (soft and hard) is set in the child before
-        # the server starts (not with preexec_fn: unsafe in a process with threads).
-        launcher = ["-m", "securechat.server_cli"] if nofile is None else [
-            "-c", "import resource, runpy, sys; "
-                  f"resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile})); "
-                  "sys.argv[0] = 'securechat-server'; "
-                  "runpy.run_module('securechat.server_cli', run_name='__main__')"]
-        self.proc = subprocess.Popen(
-            [sys.executable, *launcher, "--port", "0", "--cert",
-             str(certs.cert_path), "--key", str(certs.key_path), "--tokens", str(self.tokens),
-             "--log-format", "json", "--tokens-poll", "0.05", *args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, env={**os.environ, **(env or {})})
-        self._reader = threading.Thread(target=self._read, name="test-server-stderr")
-        self._reader.start()
-        self.port = int(self.wait_event("listen")["port"])
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._lock:
-                self.lines.append(line)
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        with self._lock:
-            lines = list(self.lines)
-        found = []
-        for line in lines:
-            if line.startswith("{"):
-                obj = json.loads(line)
-                if obj.get("event") == name:
-                    found.append(obj)
-        return found
-
-    def wait_event(self, name: str, timeout: float = 15) -> dict[str, Any]:
-        wait_for(lambda: bool(self.events(name)) or self.proc.poll() is not None,
-                 timeout, what=f"event {name}")
-        found = self.events(name)
-        assert found, f"server exited before {name}: {self.text()}"
-        return found[0]
-
-    def text(self) -> str:
-        with self._lock:
-            return "".join(self.lines)
-
-    def cpu_seconds(self) -> float:
-        """utime + stime of the whole server process (/proc/PID/stat)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=seconds(10))
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(10)
-            self._reader.join(seconds(10))
-            assert self.proc.stderr is not None
-            self.proc.stderr.close()
-        return code
-
-
 @pytest.fixture
 def server_process(tmp_path: Path, certs: Certs) -> Iterator[Callable[..., ServerProcess]]:
-    """Factory for real server processes; every one is stopped and reaped."""
+    """Factory for real server processes (JSON log, fast tokens poll); every one is
+    stopped and reaped."""
     started: list[ServerProcess] = []
+    tokens = tmp_path / "tokens.json"
 
-    def factory(*args: str, **kwargs: Any) -> ServerProcess:
-        proc = ServerProcess(tmp_path, certs, *args, **kwargs)
+    def factory(*args: str, env: dict[str, str] | None = None,
+                nofile: int | None = None) -> ServerProcess:
+        if not tokens.exists():
+            add_token(tokens, "nobody")
+        proc = ServerProcess(*server_argv(certs, tokens, "--log-format", "json",
+                                          "--tokens-poll", "0.05", *args),
+                             env={**os.environ, **(env or {})}, nofile=nofile)
         started.append(proc)
+        proc.wait_event("listen")  # started, or fail here
         return proc
     yield factory
     for proc in started:
@@ -305,13 +244,8 @@ def server_process(tmp_path: Path, certs: Certs) -> Iterator[Callable[..., Serve
 
 
 def _tls_login(port: int, certs: Certs, token: str) -> WireClient:
-    raw = socket.create_connection(("127.0.0.1", port), timeout=seconds(5))
-    try:
-        client = WireClient(certs.client_context().wrap_socket(raw,
-                                                               server_hostname="localhost"))
-    except BaseException:
-        raw.close()
-        raise
+    """Connect and send auth (the answer is the test's to read)."""
+    client = tls_connect(port, certs.client_context())
     try:
         client.send({"type": "auth", "token": token})
     except BaseException:
@@ -336,7 +270,7 @@ def test_server_command_exits_70_when_a_thread_dies(
             client.close()
     assert proc.proc.wait(timeout=seconds(10)) == 70
     proc.stop()
-    text = proc.text()
+    text = proc.stderr
     assert text.count("Traceback") == 1, text
     assert f"injected test fault ({where})" in text
     assert len(proc.events("thread_died")) == 1
@@ -349,12 +283,12 @@ def test_server_command_with_a_watcher_fault_keeps_serving(
     and exits 0 on SIGTERM."""
     token, _ = add_token(tmp_path / "tokens.json", "alice")
     proc = server_process(env={"SECURECHAT_TEST_FAULT": "tokens"})
-    wait_for(lambda: "token watcher failed" in proc.text(), what="the watcher fault log")
+    wait_for(lambda: "token watcher failed" in proc.stderr, what="the watcher fault log")
     client = _tls_login(proc.port, certs, token)
     assert client.expect("welcome")["user"] == "alice"
     client.close()
     assert proc.stop() == 0
-    assert proc.text().count("Traceback") == 1
+    assert proc.stderr.count("Traceback") == 1
 
 
 # ------------------------------------------------------------------ item 3: internal_error
@@ -374,10 +308,8 @@ def test_a_bug_handling_one_connection_sends_internal_error_and_closes_cleanly(
             raise RuntimeError("simulated bug")
         real(self, frame)
     monkeypatch.setattr(Session, "_on_message", buggy)
-    raw = socket.create_connection((server.host, server.port), timeout=seconds(5))
-    sock = server.certs.client_context().wrap_socket(
-        raw, server_hostname="localhost", suppress_ragged_eofs=False)
-    mallory = WireClient(sock)
+    mallory = server.tls_connect(ragged_eofs=False)
+    sock = mallory.sock
     mallory.send({"type": "auth", "token": token})
     mallory.expect("welcome")
     bob.expect("join")
@@ -433,4 +365,4 @@ def test_out_of_file_descriptors_pauses_accept_without_spinning(
     assert client.expect("welcome", timeout=10)["user"] == "alice"
     client.close()
     assert proc.stop() == 0
-    assert "Traceback" not in proc.text()
+    assert "Traceback" not in proc.stderr

@@ -297,6 +297,10 @@ def server_cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "securechat.server_cli", *args]
 
 
+def token_cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "securechat.token_cli", *args]
+
+
 def run_server_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 20.0
                    ) -> subprocess.CompletedProcess[str]:
     """Run ``securechat-server ARGS`` to completion with a deadline; ``env`` is added to

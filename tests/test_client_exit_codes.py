@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from securechat import client_cli
-from tests.client_support import cli_command, cli_env, closed_port, run_cli
-from tests.support import Certs, MakeServer, RunningServer, seconds, wait_for, wrong_token
+from tests.client_support import CliProcess, cli_command, cli_env, closed_port, run_cli
+from tests.support import Certs, MakeServer, RunningServer, seconds, wrong_token
 
 pytest_plugins = ["tests.client_support"]
 
@@ -144,22 +144,13 @@ def test_server_down_with_max_retries_exits_5(certs: Certs, mode: list[str]) -> 
 # --------------------------------------------------------------------------- 128+N
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
 def test_a_signal_exits_128_plus_n(server: RunningServer, certs: Certs, tmp_path: Path,
-                                   signum: signal.Signals) -> None:
+                                   procs: list[CliProcess], signum: signal.Signals) -> None:
     """SIGTERM/SIGINT while connected in --json mode with stdin open: exit 128+N."""
     alice = token_file(tmp_path, server)
-    out_path, err_path = tmp_path / "out", tmp_path / "err"
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen(
-            cli_command(*args_for(server.port, certs, "--token-file", str(alice), "--json")),
-            stdin=subprocess.PIPE, stdout=out, stderr=err, env=cli_env())
-    try:
-        wait_for(lambda: b'"type": "connected"' in out_path.read_bytes(), timeout=10,
-                 what="the client to connect")
-        proc.send_signal(signum)
-        assert proc.wait(timeout=seconds(10)) == 128 + signum, err_path.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=seconds(5))
-        assert proc.stdin is not None
-        proc.stdin.close()
+    proc = CliProcess(*args_for(server.port, certs, "--token-file", str(alice), "--json"),
+                      open_stdin=True)
+    procs.append(proc)
+    proc.read_until(lambda line: '"type": "connected"' in line, timeout=10)
+    proc.proc.send_signal(signum)
+    code, _, err = proc.finish(timeout=10)
+    assert code == 128 + signum, err

@@ -189,16 +189,7 @@ def test_default_cap_is_16_sessions_per_user(server: RunningServer) -> None:
 # ------------------------------------------------------------------ 9: global queued bytes
 def _stalled_login(server: RunningServer, name: str, rcvbuf: int | None) -> WireClient:
     """Log in, then never read again (``rcvbuf``: a small receive buffer stalls sooner)."""
-    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if rcvbuf is not None:
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    raw.settimeout(seconds(5))
-    raw.connect((server.host, server.port))
-    client = WireClient(server.certs.client_context().wrap_socket(
-        raw, server_hostname="localhost"))
-    server.clients.append(client)
-    client.send({"type": "auth", "token": server.add_user(name)})
-    client.expect("welcome")
+    client, _ = server.login(server.add_user(name), rcvbuf=rcvbuf)
     return client
 
 

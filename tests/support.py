@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -254,6 +255,32 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         event.wait(0.005)
+
+
+class LogRecords(logging.Handler):
+    """Every record of the ``securechat`` logger tree (see the ``server_log`` fixture)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def clear(self) -> None:
+        self.records.clear()
+
+    def events(self) -> list[str]:
+        """The ``event`` name of every record, in order ("" for records without one)."""
+        return [str(getattr(r, "event", "")) for r in self.records]
+
+    def named(self, event: str) -> list[logging.LogRecord]:
+        """The records of one event."""
+        return [r for r in self.records if getattr(r, "event", None) == event]
+
+    def tracebacks(self) -> list[logging.LogRecord]:
+        """The records that carry an exception (a logged traceback)."""
+        return [r for r in self.records if r.exc_info]
 
 
 # --------------------------------------------------------------------------- tokens, ports

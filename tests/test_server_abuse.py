@@ -5,43 +5,19 @@ peer sends can flood the server's log. All over real TLS."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import socket
-from collections.abc import Iterator
 
 import pytest
 
-from tests.support import MakeServer, RunningServer, WireClient, error_codes, seconds, wait_for
-
-
-class _Records(logging.Handler):
-    """Every record of the ``securechat`` logger tree at or above a level."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def events(self) -> list[str]:
-        return [str(getattr(r, "event", "")) for r in self.records]
-
-
-@pytest.fixture
-def server_log() -> Iterator[_Records]:
-    """Capture the securechat logger at INFO (the production default)."""
-    handler = _Records()
-    root = logging.getLogger("securechat")
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
-        yield handler
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
-
+from tests.support import (
+    LogRecords,
+    MakeServer,
+    RunningServer,
+    WireClient,
+    error_codes,
+    seconds,
+    wait_for,
+)
 
 # ------------------------------------------------------------------ 4: auth frames
 BAD_AUTH = {
@@ -58,7 +34,7 @@ BAD_AUTH = {
 
 @pytest.mark.parametrize("payload", list(BAD_AUTH.values()), ids=list(BAD_AUTH))
 def test_malformed_auth_is_refused_closed_and_throttled(
-        make_server: MakeServer, server_log: _Records, payload: bytes) -> None:
+        make_server: MakeServer, server_log: LogRecords, payload: bytes) -> None:
     """Each malformed auth frame gets auth_failed/bad_frame/frame_too_large and a close,
     counts as a failed login (so a good token is then auth_throttled), no traceback."""
     server = make_server(auth_failures=3)
@@ -142,7 +118,7 @@ def test_default_error_budget_cuts_a_garbage_flood(server: RunningServer) -> Non
 
 # ------------------------------------------------------------------ 8: logs
 def test_garbage_flood_logs_a_bounded_number_of_lines(
-        make_server: MakeServer, server_log: _Records) -> None:
+        make_server: MakeServer, server_log: LogRecords) -> None:
     """Even with the error budget out of the way, 20,000 bad frames from one session
     make a handful of log lines plus one "suppressed N similar" summary at close."""
     server = make_server(max_errors=1_000_000, frame_rate=0)
@@ -160,7 +136,7 @@ def test_garbage_flood_logs_a_bounded_number_of_lines(
 
 
 def test_failed_logins_from_one_address_log_a_bounded_number_of_lines(
-        make_server: MakeServer, server_log: _Records) -> None:
+        make_server: MakeServer, server_log: LogRecords) -> None:
     """40 connections with a wrong token from one address: at most the per-address
     burst of lines, not three lines each."""
     server = make_server(auth_failures=0)
@@ -175,7 +151,7 @@ def test_failed_logins_from_one_address_log_a_bounded_number_of_lines(
 
 
 def test_tcp_connect_without_tls_is_not_logged_at_info(
-        server: RunningServer, server_log: _Records) -> None:
+        server: RunningServer, server_log: LogRecords) -> None:
     """Port scans and plain-text probes never reach TLS: nothing at INFO. A real TLS
     client still gets its connect line."""
     for probe in (b"", b"GET / HTTP/1.0\r\n\r\n"):

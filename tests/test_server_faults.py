@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import socket
 import ssl
@@ -21,6 +20,7 @@ from securechat.session import Session
 from securechat.tokens import add_token, revoke_tokens
 from tests.support import (
     Certs,
+    LogRecords,
     MakeServer,
     RunningServer,
     ServerProcess,
@@ -30,14 +30,6 @@ from tests.support import (
     tls_connect,
     wait_for,
 )
-
-
-def _records(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if getattr(r, "event", None) == event]
-
-
-def _tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.exc_info]
 
 
 def _replace(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -71,10 +63,9 @@ class _PollCounter:
 
 # ------------------------------------------------------------------ item 1: bad tokens file
 def test_broken_tokens_file_keeps_the_last_good_tokens_and_a_fix_revokes_again(
-        make_server: MakeServer, caplog: pytest.LogCaptureFixture) -> None:
+        make_server: MakeServer, server_log: LogRecords) -> None:
     """Not UTF-8, nested too deep, wrong types: logged once each, new clients still get in
     with the old tokens; once fixed, revoking alice kicks her live session."""
-    caplog.set_level(logging.INFO, logger="securechat")
     server = make_server()
     alice, _ = server.user("alice")
     bob_token = server.add_user("bob")
@@ -85,16 +76,16 @@ def test_broken_tokens_file_keeps_the_last_good_tokens_and_a_fix_revokes_again(
                          (json.dumps({"version": 1, "tokens": [{"id": "0123456789ab",
                                       "name": 7, "salt": "00", "hash": "sha256:"}]}).encode(),
                           "'name' must be a string")]:
-        caplog.clear()
+        server_log.clear()
         _replace(server.tokens_path, data)
-        wait_for(lambda: bool(_records(caplog, "tokens_reload_failed")),
+        wait_for(lambda: bool(server_log.named("tokens_reload_failed")),
                  what="the reload failure to be logged")
         polls.wait_polls(5)
-        failures = _records(caplog, "tokens_reload_failed")
+        failures = server_log.named("tokens_reload_failed")
         assert len(failures) == 1, [r.getMessage() for r in failures]
         assert reason in failures[0].getMessage()
         assert "keeping the previous tokens" in failures[0].getMessage()
-        assert not _tracebacks(caplog)
+        assert not server_log.tracebacks()
         bob, welcome = server.login(bob_token)  # a new client is served, old tokens
         assert welcome["user"] == "bob"
         bob.send({"type": "bye"})
@@ -102,7 +93,7 @@ def test_broken_tokens_file_keeps_the_last_good_tokens_and_a_fix_revokes_again(
     assert server.server._accept_thread is not None
     assert server.server._accept_thread.is_alive()
     _replace(server.tokens_path, good)
-    wait_for(lambda: bool(_records(caplog, "tokens_reloaded")), what="the fixed file to load")
+    wait_for(lambda: bool(server_log.named("tokens_reloaded")), what="the fixed file to load")
     revoke_tokens(server.tokens_path, "alice")
     frames = alice.expect_closed(timeout=5)
     assert frames[-1]["type"] == "error" and frames[-1]["code"] == "revoked"
@@ -110,10 +101,9 @@ def test_broken_tokens_file_keeps_the_last_good_tokens_and_a_fix_revokes_again(
 
 @pytest.mark.parametrize("mode", [0o660, 0o666], ids=oct)
 def test_tokens_file_made_writable_by_others_is_refused_on_reload(
-        make_server: MakeServer, caplog: pytest.LogCaptureFixture, mode: int) -> None:
+        make_server: MakeServer, server_log: LogRecords, mode: int) -> None:
     """chmod 660/666 while running: the change (a revocation) is refused with the chmod
     hint and alice stays; chmod 600 applies it and alice is kicked."""
-    caplog.set_level(logging.INFO, logger="securechat")
     server = make_server()
     alice, _ = server.user("alice")
     server.add_user("bob")
@@ -123,10 +113,10 @@ def test_tokens_file_made_writable_by_others_is_refused_on_reload(
     _replace(revoked, path.read_bytes())
     revoke_tokens(revoked, "alice")
     _replace(path, revoked.read_bytes(), mode)  # the revocation, in a file with a bad mode
-    wait_for(lambda: bool(_records(caplog, "tokens_reload_failed")),
+    wait_for(lambda: bool(server_log.named("tokens_reload_failed")),
              what="the refused reload to be logged")
     polls.wait_polls(3)
-    failures = _records(caplog, "tokens_reload_failed")
+    failures = server_log.named("tokens_reload_failed")
     assert len(failures) == 1
     text = failures[0].getMessage()
     assert str(path) in text and f"mode {mode:04o}" in text and f"chmod 600 {path}" in text
@@ -139,10 +129,9 @@ def test_tokens_file_made_writable_by_others_is_refused_on_reload(
 
 # ------------------------------------------------------------------ item 2: threads that die
 def test_token_watcher_fault_is_logged_once_and_contained(
-        make_server: MakeServer, caplog: pytest.LogCaptureFixture) -> None:
+        make_server: MakeServer, server_log: LogRecords) -> None:
     """A bug in the token watcher: one traceback, accepting goes on, and once the bug is
     gone a revocation still kicks."""
-    caplog.set_level(logging.INFO, logger="securechat")
     server = make_server()
     alice, _ = server.user("alice")
     bob_token = server.add_user("bob")
@@ -154,8 +143,8 @@ def test_token_watcher_fault_is_logged_once_and_contained(
             raise RuntimeError("simulated watcher bug")
     server.server._inject_fault = fault
     wait_for(lambda: calls[0] >= 5, what="5 polls that fail")
-    assert len(_tracebacks(caplog)) == 1
-    assert "token watcher failed" in _tracebacks(caplog)[0].getMessage()
+    assert len(server_log.tracebacks()) == 1
+    assert "token watcher failed" in server_log.tracebacks()[0].getMessage()
     bob, _ = server.login(bob_token)
     server.server._inject_fault = None
     revoke_tokens(server.tokens_path, "alice")
@@ -188,10 +177,9 @@ def _serving(running: RunningServer) -> Iterator[list[BaseException | None]]:
 
 @pytest.mark.parametrize("where", ["accept", "io"])
 def test_a_dead_thread_makes_serve_forever_raise(
-        make_server: MakeServer, caplog: pytest.LogCaptureFixture, where: str) -> None:
+        make_server: MakeServer, server_log: LogRecords, where: str) -> None:
     """A bug in the accept thread or an I/O loop: one traceback, serve_forever raises
     ServerThreadDied at once (the caller exits non-zero), shutdown still joins everything."""
-    caplog.set_level(logging.INFO, logger="securechat")
     server = make_server()
     token = server.add_user("alice")
     server.server._set_test_fault(where)
@@ -208,8 +196,8 @@ def test_a_dead_thread_makes_serve_forever_raise(
             wait_for(lambda: bool(outcome), what="serve_forever to give up")
         assert isinstance(outcome[0], server_module.ServerThreadDied)
         assert server.server.failed.is_set()
-        assert len(_tracebacks(caplog)) == 1
-        assert len(_records(caplog, "thread_died")) == 1
+        assert len(server_log.tracebacks()) == 1
+        assert len(server_log.named("thread_died")) == 1
 
 
 def test_serve_forever_returns_on_interrupt(make_server: MakeServer) -> None:
@@ -293,11 +281,10 @@ def test_server_command_with_a_watcher_fault_keeps_serving(
 
 # ------------------------------------------------------------------ item 3: internal_error
 def test_a_bug_handling_one_connection_sends_internal_error_and_closes_cleanly(
-        make_server: MakeServer, caplog: pytest.LogCaptureFixture,
+        make_server: MakeServer, server_log: LogRecords,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """mallory's message handler raises (a simulated bug): mallory gets error
     internal_error, then close_notify; bob is unaffected and sees her leave."""
-    caplog.set_level(logging.INFO, logger="securechat")
     server = make_server()
     bob, _ = server.user("bob")
     token = server.add_user("mallory")
@@ -328,8 +315,8 @@ def test_a_bug_handling_one_connection_sends_internal_error_and_closes_cleanly(
                                    "reason": "internal_error"}
     bob.send({"type": "msg", "id": 7, "body": "still here"})
     assert bob.expect("ack")["id"] == 7
-    assert len(_tracebacks(caplog)) == 1
-    assert "connection handler failed" in _tracebacks(caplog)[0].getMessage()
+    assert len(server_log.tracebacks()) == 1
+    assert "connection handler failed" in server_log.tracebacks()[0].getMessage()
     assert not server.server.failed.is_set()
 
 

@@ -24,7 +24,7 @@ import pytest
 
 from securechat.backoff import BackoffPolicy
 from securechat.client import Client, Event
-from tests.support import Certs, Process, clean_env, free_port, run_command, seconds
+from tests.support import Certs, Process, RunningServer, clean_env, free_port, run_command, seconds
 
 E = TypeVar("E")
 
@@ -228,6 +228,22 @@ class Relay:
 # --------------------------------------------------------------------------- the CLI
 #: The client tests' name for :func:`tests.support.clean_env`.
 cli_env = clean_env
+
+
+def cli_args(port: int, ca: Path | None, *extra: str) -> list[str]:
+    """``securechat-client`` arguments for 127.0.0.1:``port`` with fast retries;
+    ``ca=None`` leaves out --ca (the system trust store)."""
+    return ["--host", "127.0.0.1", "--port", str(port),
+            *(["--ca", str(ca)] if ca is not None else []), "--server-name", "localhost",
+            "--retry-base", "0.05", "--retry-cap", "0.2", *extra]
+
+
+def token_file(directory: Path, running: RunningServer, name: str = "alice") -> Path:
+    """A new token for ``name`` (loaded by the server), in a 0600 file for --token-file."""
+    path = directory / f"{name}.token"
+    path.write_text(running.add_user(name) + "\n")
+    path.chmod(0o600)
+    return path
 
 
 def cli_command(*args: str) -> list[str]:

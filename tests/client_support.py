@@ -10,7 +10,6 @@ as a plugin, too late for assertion rewriting (and the warning would be an error
 from __future__ import annotations
 
 import contextlib
-import os
 import selectors
 import socket
 import subprocess
@@ -25,7 +24,7 @@ import pytest
 
 from securechat.backoff import BackoffPolicy
 from securechat.client import Client, Event
-from tests.support import Certs, Process, free_port, run_command, seconds
+from tests.support import Certs, Process, RunningServer, clean_env, free_port, run_command, seconds
 
 E = TypeVar("E")
 
@@ -227,11 +226,24 @@ class Relay:
 
 
 # --------------------------------------------------------------------------- the CLI
-def cli_env(**extra: str) -> dict[str, str]:
-    """The test process environment without SECURECHAT_* settings, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECHAT_")}
-    env.update(extra)
-    return env
+#: The client tests' name for :func:`tests.support.clean_env`.
+cli_env = clean_env
+
+
+def cli_args(port: int, ca: Path | None, *extra: str) -> list[str]:
+    """``securechat-client`` arguments for 127.0.0.1:``port`` with fast retries;
+    ``ca=None`` leaves out --ca (the system trust store)."""
+    return ["--host", "127.0.0.1", "--port", str(port),
+            *(["--ca", str(ca)] if ca is not None else []), "--server-name", "localhost",
+            "--retry-base", "0.05", "--retry-cap", "0.2", *extra]
+
+
+def token_file(directory: Path, running: RunningServer, name: str = "alice") -> Path:
+    """A new token for ``name`` (loaded by the server), in a 0600 file for --token-file."""
+    path = directory / f"{name}.token"
+    path.write_text(running.add_user(name) + "\n")
+    path.chmod(0o600)
+    return path
 
 
 def cli_command(*args: str) -> list[str]:

@@ -7,7 +7,8 @@ and not only inside the tests."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from tests.support import (
     SCALE,
     Certs,
+    LogRecords,
     MakeServer,
     RunningServer,
     make_certs,
@@ -74,6 +76,21 @@ def make_server(tmp_path: Path, certs: Certs) -> Iterator[MakeServer]:
 
 
 @pytest.fixture
-def server(make_server: Callable[..., RunningServer]) -> RunningServer:
+def server_log() -> Iterator[LogRecords]:
+    """Capture the securechat logger at INFO (the production default)."""
+    handler = LogRecords()
+    root = logging.getLogger("securechat")
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+@pytest.fixture
+def server(make_server: MakeServer) -> RunningServer:
     """A server with default settings."""
     return make_server()

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
+import signal
 import socket
 import ssl
 import subprocess
@@ -135,6 +138,28 @@ class WireClient:
             self.sock.close()
 
 
+def tls_connect(port: int, context: ssl.SSLContext, *, host: str = "127.0.0.1",
+                server_hostname: str = "localhost", rcvbuf: int | None = None,
+                ragged_eofs: bool = True) -> WireClient:
+    """A TLS wire client (TCP_NODELAY, scaled 5 s socket timeout). ``rcvbuf`` fixes a small
+    receive buffer (a reader that stops then stalls quickly); ``ragged_eofs=False`` makes
+    a missing close_notify raise SSLEOFError instead of reading as end of stream."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    raw = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if rcvbuf is not None:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        raw.settimeout(seconds(5))
+        raw.connect((host, port))
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = context.wrap_socket(raw, server_hostname=server_hostname,
+                                   suppress_ragged_eofs=ragged_eofs)
+    except BaseException:
+        raw.close()
+        raise
+    return WireClient(sock)
+
+
 @dataclass
 class RunningServer:
     server: Server
@@ -160,18 +185,19 @@ class RunningServer:
         revoke_tokens(self.tokens_path, name)
 
     def tls_connect(self, *, server_hostname: str = "localhost",
-                    context: ssl.SSLContext | None = None) -> WireClient:
-        raw = socket.create_connection((self.host, self.port), timeout=seconds(5))
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        ctx = context or self.certs.client_context()
-        sock = ctx.wrap_socket(raw, server_hostname=server_hostname)
-        client = WireClient(sock)
+                    context: ssl.SSLContext | None = None, rcvbuf: int | None = None,
+                    ragged_eofs: bool = True) -> WireClient:
+        """:func:`tls_connect` to this server; the client is closed at the end of the test."""
+        client = tls_connect(self.port, context or self.certs.client_context(),
+                             host=self.host, server_hostname=server_hostname, rcvbuf=rcvbuf,
+                             ragged_eofs=ragged_eofs)
         self.clients.append(client)
         return client
 
-    def login(self, token: str) -> tuple[WireClient, dict[str, Any]]:
+    def login(self, token: str, *, rcvbuf: int | None = None
+              ) -> tuple[WireClient, dict[str, Any]]:
         """Connect, authenticate, return the client and its welcome frame."""
-        client = self.tls_connect()
+        client = self.tls_connect(rcvbuf=rcvbuf)
         client.send({"type": "auth", "token": token})
         return client, client.expect("welcome")
 
@@ -231,11 +257,42 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "c
         event.wait(0.005)
 
 
+class LogRecords(logging.Handler):
+    """Every record of the ``securechat`` logger tree (see the ``server_log`` fixture)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def clear(self) -> None:
+        self.records.clear()
+
+    def events(self) -> list[str]:
+        """The ``event`` name of every record, in order ("" for records without one)."""
+        return [str(getattr(r, "event", "")) for r in self.records]
+
+    def named(self, event: str) -> list[logging.LogRecord]:
+        """The records of one event."""
+        return [r for r in self.records if getattr(r, "event", None) == event]
+
+    def tracebacks(self) -> list[logging.LogRecord]:
+        """The records that carry an exception (a logged traceback)."""
+        return [r for r in self.records if r.exc_info]
+
+
 # --------------------------------------------------------------------------- tokens, ports
 def wrong_token(token: str) -> str:
     """``token`` with the last character of its secret changed: well-formed, same id,
     and always different (a random replacement is the same 1 time in 64)."""
     return token[:-1] + ("B" if token.endswith("A") else "A")
+
+
+def error_codes(frames: list[dict[str, Any]]) -> list[Any]:
+    """The ``code`` of every error frame in ``frames``, in order."""
+    return [f.get("code") for f in frames if f.get("type") == "error"]
 
 
 def free_port() -> int:
@@ -248,6 +305,13 @@ def free_port() -> int:
 
 
 # --------------------------------------------------------------------------- commands
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test process environment without SECURECHAT_* settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECHAT_")}
+    env.update(extra)
+    return env
+
+
 def run_command(argv: Sequence[str], *, stdin: str = "", timeout: float = 20.0,
                 env: dict[str, str] | None = None, cwd: Path | None = None
                 ) -> subprocess.CompletedProcess[str]:
@@ -258,6 +322,10 @@ def run_command(argv: Sequence[str], *, stdin: str = "", timeout: float = 20.0,
 
 def server_cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "securechat.server_cli", *args]
+
+
+def token_cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "securechat.token_cli", *args]
 
 
 def run_server_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 20.0
@@ -370,3 +438,98 @@ class Process:
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
+
+
+def server_argv(certs: Certs, tokens: Path, *args: str) -> list[str]:
+    """``securechat-server`` arguments for 127.0.0.1, port 0, ``certs`` and ``tokens``."""
+    return ["--host", "127.0.0.1", "--port", "0", "--cert", str(certs.cert_path),
+            "--key", str(certs.key_path), "--tokens", str(tokens), *args]
+
+
+class ServerProcess(Process):
+    """The real ``securechat-server`` as a subprocess (both pipes drained by
+    :class:`Process`). Its log (stderr) is searched from the start, never consumed, so
+    that any number of waits can look for lines already written."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None,
+                 nofile: int | None = None) -> None:
+        """``nofile``: a lower open-files limit (soft and hard), set in the child before
+        the server starts (not with preexec_fn: unsafe in a process with threads)."""
+        launcher = ["-m", "securechat.server_cli"] if nofile is None else [
+            "-c", "import resource, runpy, sys; "
+                  f"resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile})); "
+                  "sys.argv[0] = 'securechat-server'; "
+                  "runpy.run_module('securechat.server_cli', run_name='__main__')"]
+        super().__init__([sys.executable, *launcher, *args], env=env)
+
+    def log_lines(self) -> list[str]:
+        """Every complete line of stderr so far."""
+        with self._cond:
+            data = self._data["err"]
+        return data[:data.rfind(b"\n") + 1].decode(errors="replace").splitlines()
+
+    def wait_line(self, predicate: Callable[[str], bool], timeout: float = 15.0) -> str:
+        """The first stderr line (from the start) matching ``predicate``; AssertionError
+        on timeout or once stderr has ended without one."""
+        deadline = time.monotonic() + seconds(timeout)
+        with self._cond:
+            while True:
+                for line in self.log_lines():  # the condition's lock is reentrant
+                    if predicate(line):
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or self._eof["err"]:
+                    raise AssertionError(f"no matching server log line within {timeout} s;"
+                                         f" got {self.log_lines()}")
+                self._cond.wait(left)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The JSON log records (``--log-format json``) of event ``name`` so far."""
+        records = (json.loads(line) for line in self.log_lines() if line.startswith("{"))
+        return [r for r in records if r.get("event") == name]
+
+    def wait_event(self, name: str, timeout: float = 15.0) -> dict[str, Any]:
+        """The first JSON log record of event ``name``."""
+        line = self.wait_line(lambda s: s.startswith("{") and json.loads(s).get("event") == name,
+                              timeout)
+        record: dict[str, Any] = json.loads(line)
+        return record
+
+    def wait_tokens(self, count: int, timeout: float = 10.0) -> None:
+        """Wait for the log line saying the server re-read a tokens file of ``count``
+        or more entries (text or JSON log)."""
+        def loaded(line: str) -> bool:
+            if line.startswith("{"):
+                obj = json.loads(line)
+                return bool(obj.get("event") == "tokens_reloaded" and obj["tokens"] >= count)
+            found = re.search(r"event=tokens_reloaded tokens=(\d+)", line)
+            return found is not None and int(found.group(1)) >= count
+        self.wait_line(loaded, timeout)
+
+    @property
+    def port(self) -> int:
+        """The port from the ``listening on`` line (waited for)."""
+        line = self.wait_line(lambda s: "securechat-server: listening on " in s)
+        found = re.search(r"listening on \S+:(\d+) ", line)
+        assert found, line
+        return int(found.group(1))
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the whole server process (/proc/PID/stat)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def wait_exit(self, timeout: float = 20.0) -> int:
+        """Wait for the process to end by itself; its exit code."""
+        code, _, _ = self.finish(timeout)
+        return code
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Send ``sig`` (if it still runs) and return the exit code; killed and reaped
+        if it does not end in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.wait_exit(timeout)
+        finally:
+            self.kill()

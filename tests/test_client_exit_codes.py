@@ -7,38 +7,23 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from securechat import client_cli
-from tests.client_support import cli_command, cli_env, closed_port, run_cli
-from tests.support import Certs, RunningServer, seconds, wait_for
+from tests.client_support import (
+    CliProcess,
+    cli_args,
+    cli_command,
+    cli_env,
+    closed_port,
+    run_cli,
+    token_file,
+)
+from tests.support import Certs, MakeServer, RunningServer, seconds, wrong_token
 
 pytest_plugins = ["tests.client_support"]
-
-Factory = Callable[..., RunningServer]
-
-
-def args_for(port: int, certs: Certs | None, *extra: str) -> list[str]:
-    """Fast retries; ``certs=None`` leaves out --ca (the system trust store)."""
-    ca = ["--ca", str(certs.ca_path)] if certs is not None else []
-    return ["--host", "127.0.0.1", "--port", str(port), *ca, "--server-name", "localhost",
-            "--retry-base", "0.05", "--retry-cap", "0.2", *extra]
-
-
-def token_file(tmp_path: Path, running: RunningServer, name: str = "alice") -> Path:
-    path = tmp_path / f"{name}.token"
-    path.write_text(running.add_user(name) + "\n")
-    path.chmod(0o600)
-    return path
-
-
-def wrong_token(running: RunningServer) -> str:
-    token = running.add_user("alice")
-    return token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
-
 
 def closed_event(stdout: str) -> dict[str, object]:
     """The ``closed`` JSON event (the last one printed)."""
@@ -55,7 +40,8 @@ def test_empty_stdin_exits_0_only_after_the_welcome(server: RunningServer, certs
                                                     tmp_path: Path, mode: list[str]) -> None:
     """Nothing to send: exit 0 once the server welcomed us."""
     alice = token_file(tmp_path, server)
-    done = run_cli(*args_for(server.port, certs, "--token-file", str(alice), *mode), stdin="")
+    done = run_cli(*cli_args(server.port, certs.ca_path, "--token-file", str(alice), *mode),
+                   stdin="")
     assert done.returncode == client_cli.EXIT_OK, done.stderr
     assert "connected to" in done.stderr
     if mode:
@@ -66,7 +52,7 @@ def test_json_lines_exit_0_once_every_line_is_acknowledged(
         server: RunningServer, certs: Certs, tmp_path: Path) -> None:
     """--json with input: exit 0 after an ack for every line."""
     alice = token_file(tmp_path, server)
-    done = run_cli(*args_for(server.port, certs, "--token-file", str(alice), "--json"),
+    done = run_cli(*cli_args(server.port, certs.ca_path, "--token-file", str(alice), "--json"),
                    stdin="one\ntwo\n")
     assert done.returncode == client_cli.EXIT_OK, done.stderr
     acks = [e for e in map(json.loads, done.stdout.splitlines()) if e["type"] == "ack"]
@@ -82,7 +68,7 @@ def test_unreadable_stdin_exits_1_with_a_clear_error(server: RunningServer, cert
     fd = os.open(tmp_path / "stdin", os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         done = subprocess.run(
-            cli_command(*args_for(server.port, certs, "--token-file", str(alice), *mode)),
+            cli_command(*cli_args(server.port, certs.ca_path, "--token-file", str(alice), *mode)),
             stdin=fd, capture_output=True, text=True, timeout=seconds(20), env=cli_env(),
             check=False)
     finally:
@@ -111,11 +97,11 @@ def test_usage_errors_exit_2_in_json_mode(extra: list[str], message: str) -> Non
 # --------------------------------------------------------------------------- 3
 @pytest.mark.parametrize("mode", [["--json"], [], ["--json", "--listen"], ["--send", "x"]],
                          ids=["json", "lines", "json-listen", "send"])
-def test_wrong_token_exits_3(make_server: Factory, certs: Certs, mode: list[str]) -> None:
+def test_wrong_token_exits_3(make_server: MakeServer, certs: Certs, mode: list[str]) -> None:
     """A refused token is exit 3 in every scripted mode, even with nothing to send."""
     running = make_server(auth_failures=0)
-    done = run_cli(*args_for(running.port, certs, "--token", wrong_token(running), *mode),
-                   stdin="")
+    wrong = wrong_token(running.add_user("alice"))
+    done = run_cli(*cli_args(running.port, certs.ca_path, "--token", wrong, *mode), stdin="")
     assert done.returncode == client_cli.EXIT_AUTH, done.stderr
     assert "auth_failed" in done.stderr and "reconnecting" not in done.stderr
     if "--json" in mode:
@@ -129,7 +115,7 @@ def test_no_ca_against_a_private_ca_exits_4(server: RunningServer, tmp_path: Pat
                                             mode: list[str]) -> None:
     """Without --ca the system trust store does not know the test CA: exit 4, not retried."""
     alice = token_file(tmp_path, server)
-    done = run_cli(*args_for(server.port, None, "--token-file", str(alice), *mode), stdin="")
+    done = run_cli(*cli_args(server.port, None, "--token-file", str(alice), *mode), stdin="")
     assert done.returncode == client_cli.EXIT_TLS, done.stderr
     assert "did not verify" in done.stderr and "reconnecting" not in done.stderr
     if "--json" in mode:
@@ -141,7 +127,7 @@ def test_no_ca_against_a_private_ca_exits_4(server: RunningServer, tmp_path: Pat
                          ids=["json", "lines", "json-listen"])
 def test_server_down_with_max_retries_exits_5(certs: Certs, mode: list[str]) -> None:
     """Nobody listening and --max-retries 2: two retries, then exit 5."""
-    done = run_cli(*args_for(closed_port(), certs, "--token", "t", "--max-retries", "2",
+    done = run_cli(*cli_args(closed_port(), certs.ca_path, "--token", "t", "--max-retries", "2",
                              *mode), stdin="")
     assert done.returncode == client_cli.EXIT_GAVE_UP, done.stderr
     assert done.stderr.count("reconnecting in") == 2
@@ -153,22 +139,13 @@ def test_server_down_with_max_retries_exits_5(certs: Certs, mode: list[str]) -> 
 # --------------------------------------------------------------------------- 128+N
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
 def test_a_signal_exits_128_plus_n(server: RunningServer, certs: Certs, tmp_path: Path,
-                                   signum: signal.Signals) -> None:
+                                   procs: list[CliProcess], signum: signal.Signals) -> None:
     """SIGTERM/SIGINT while connected in --json mode with stdin open: exit 128+N."""
     alice = token_file(tmp_path, server)
-    out_path, err_path = tmp_path / "out", tmp_path / "err"
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen(
-            cli_command(*args_for(server.port, certs, "--token-file", str(alice), "--json")),
-            stdin=subprocess.PIPE, stdout=out, stderr=err, env=cli_env())
-    try:
-        wait_for(lambda: b'"type": "connected"' in out_path.read_bytes(), timeout=10,
-                 what="the client to connect")
-        proc.send_signal(signum)
-        assert proc.wait(timeout=seconds(10)) == 128 + signum, err_path.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=seconds(5))
-        assert proc.stdin is not None
-        proc.stdin.close()
+    proc = CliProcess(*cli_args(server.port, certs.ca_path, "--token-file", str(alice), "--json"),
+                      open_stdin=True)
+    procs.append(proc)
+    proc.read_until(lambda line: '"type": "connected"' in line, timeout=10)
+    proc.proc.send_signal(signum)
+    code, _, err = proc.finish(timeout=10)
+    assert code == 128 + signum, err

@@ -23,7 +23,7 @@ from securechat.backoff import Backoff, BackoffPolicy
 from securechat.client import Client, Connected, Disconnected, Reconnecting
 from securechat.errors import RemoteProtocolError
 from tests.client_support import FAST, ClientPool, Relay, next_of
-from tests.support import Certs, RunningServer, seconds, wait_for
+from tests.support import Certs, MakeServer, RunningServer, seconds, wait_for
 
 pytest_plugins = ["tests.client_support"]
 
@@ -242,15 +242,15 @@ def _thread_busy_seconds(native_id: int) -> float | None:
 
 
 def test_a_blocked_write_does_not_spin_the_io_thread(
-        make_server: Callable[..., RunningServer], clients: ClientPool) -> None:
+        make_server: MakeServer, clients: ClientPool) -> None:
     """While the socket write is blocked past a heartbeat, the I/O thread sleeps until the
     dead-link deadline instead of polling select(0) at 100% CPU."""
     server = make_server(max_frame=1 << 20)
     token = server.add_user("alice")
     relay = Relay((server.host, server.port))
     try:
-        heartbeat = seconds(1.0)
-        client = clients.make(relay.port, token, heartbeat=heartbeat)
+        beat = 1.0  # unscaled: next_of below scales its timeout itself
+        client = clients.make(relay.port, token, heartbeat=seconds(beat))
         client.wait_connected(seconds(5))
         relay.freeze()  # nothing is read from the client any more
         body = "x" * 900_000
@@ -262,7 +262,7 @@ def test_a_blocked_write_does_not_spin_the_io_thread(
         assert native_id is not None
         busy0 = _thread_busy_seconds(native_id)
         cpu0, wall0 = _thread_cpu_seconds(native_id), time.monotonic()
-        gone = next_of(client, Disconnected, timeout=3 * heartbeat + 5)
+        gone = next_of(client, Disconnected, timeout=3 * beat + 5)
         cpu = _thread_cpu_seconds(native_id) - cpu0
         wall = time.monotonic() - wall0
         busy1 = _thread_busy_seconds(native_id)

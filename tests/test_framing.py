@@ -7,14 +7,11 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
 
 import pytest
 
 from securechat import protocol
-from tests.support import RunningServer
-
-MakeServer = Callable[..., RunningServer]
+from tests.support import MakeServer, RunningServer
 
 
 # ------------------------------------------------------------------ linear time

@@ -5,33 +5,19 @@ why the client stopped, no ``--ca`` against a private CA exits 4, and
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from securechat import client_cli, protocol
 from securechat.client import SendHandle
-from tests.client_support import ClientPool, cli_env, closed_port, next_of, run_cli
-from tests.support import Certs, RunningServer, make_certs, seconds
+from tests.client_support import ClientPool, cli_args, cli_env, closed_port, next_of, run_cli
+from tests.support import Certs, MakeServer, RunningServer, make_certs, seconds, wrong_token
 
 pytest_plugins = ["tests.client_support"]
 
-MakeServer = Callable[..., RunningServer]
-
 #: Lines --quiet hides: connection state changes.
 STATE_WORDS = ("connected to", "reconnecting in", "disconnected:")
-
-
-def _wrong(token: str) -> str:
-    """A token of the right shape that is certainly not ``token``."""
-    return token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
-
-
-def _address(port: int, ca: Path | None) -> list[str]:
-    args = ["--host", "127.0.0.1", "--port", str(port), "--server-name", "localhost",
-            "--retry-base", "0.05", "--retry-cap", "0.2"]
-    return [*args, "--ca", str(ca)] if ca is not None else args
 
 
 # --------------------------------------------------------------------------- --quiet
@@ -45,7 +31,7 @@ def test_quiet_still_says_why_the_client_stopped(
     ca: Path = certs.ca_path
     port = running.port
     if case == "auth_failed":
-        token = _wrong(token)
+        token = wrong_token(token)
         expected, reason = client_cli.EXIT_AUTH, "auth_failed: unknown or revoked token"
     elif case == "untrusted":
         ca = make_certs(tmp_path_factory.mktemp("other-ca")).ca_path
@@ -53,7 +39,7 @@ def test_quiet_still_says_why_the_client_stopped(
     else:
         port = closed_port()
         expected, reason = client_cli.EXIT_GAVE_UP, "gave up after 2 retries"
-    done = run_cli(*_address(port, ca), "--max-retries", "2", "--quiet", "--send", "x",
+    done = run_cli(*cli_args(port, ca), "--max-retries", "2", "--quiet", "--send", "x",
                    env=cli_env(SECURECHAT_TOKEN=token))
     assert done.returncode == expected, done.stderr
     lines = done.stderr.strip().splitlines()
@@ -72,8 +58,8 @@ def test_quiet_says_why_in_every_scripted_mode(make_server: MakeServer, certs: C
                                                mode: list[str], stdin: str) -> None:
     """In every scripted mode, --quiet still prints why the token was refused; exit 3."""
     running = make_server(auth_failures=0)
-    wrong = _wrong(running.add_user("alice"))
-    done = run_cli(*_address(running.port, certs.ca_path), "--quiet", *mode, stdin=stdin,
+    wrong = wrong_token(running.add_user("alice"))
+    done = run_cli(*cli_args(running.port, certs.ca_path), "--quiet", *mode, stdin=stdin,
                    env=cli_env(SECURECHAT_TOKEN=wrong))
     assert done.returncode == client_cli.EXIT_AUTH, done.stderr
     assert done.stderr == "securechat-client: error: auth_failed: unknown or revoked token\n"
@@ -81,7 +67,7 @@ def test_quiet_says_why_in_every_scripted_mode(make_server: MakeServer, certs: C
 
 def test_quiet_is_silent_when_all_goes_well(server: RunningServer, certs: Certs) -> None:
     """The other half of the promise: a successful --quiet run prints nothing on stderr."""
-    done = run_cli(*_address(server.port, certs.ca_path), "--quiet", "--send", "x",
+    done = run_cli(*cli_args(server.port, certs.ca_path), "--quiet", "--send", "x",
                    env=cli_env(SECURECHAT_TOKEN=server.add_user("alice")))
     assert (done.returncode, done.stderr) == (0, "")
 
@@ -92,7 +78,7 @@ def test_no_ca_against_a_private_ca_exits_4(server: RunningServer) -> None:
     env = cli_env(SECURECHAT_TOKEN=server.add_user("alice"))
     for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):  # the system store, nothing else
         env.pop(name, None)
-    done = run_cli(*_address(server.port, None), "--send", "x", env=env)
+    done = run_cli(*cli_args(server.port, None), "--send", "x", env=env)
     assert done.returncode == client_cli.EXIT_TLS, done.stderr
     assert "did not verify" in done.stderr and "--ca" in done.stderr
     assert "reconnecting" not in done.stderr

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import re
 import signal
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +25,20 @@ from securechat.room import InProcessRoom
 from securechat.server_cli import build_parser, config_from_args
 from securechat.tlsconfig import server_context
 from securechat.tokens import add_token, load_store
-from tests.support import Certs, RunningServer, WireClient, seconds
-
-MakeServer = Callable[..., RunningServer]
+from tests.support import (
+    Certs,
+    MakeServer,
+    RunningServer,
+    ServerProcess,
+    WireClient,
+    clean_env,
+    run_command,
+    seconds,
+    server_argv,
+    server_cli_command,
+    tls_connect,
+    token_cli_command,
+)
 
 #: ServerConfig().tokens_poll and the I/O loop's tick with the default heartbeat.
 DEFAULT_POLL = ServerConfig().tokens_poll
@@ -39,98 +46,6 @@ DEFAULT_TICK = min(0.25, ServerConfig().heartbeat / 4, ServerConfig().handshake_
 
 
 # --------------------------------------------------------------------------- helpers
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without SECURECHAT_* settings, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECHAT_")}
-    env.update(extra)
-    return env
-
-
-class ServerProcess:
-    """``securechat-server`` as a subprocess; both pipes are drained by threads (no
-    deadlock however much it logs), lines are waited for against deadlines."""
-
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "securechat.server_cli", *argv],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=env, text=True)
-        self.stderr: list[str] = []
-        self.stdout: list[str] = []
-        self._cond = threading.Condition()
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._readers = [
-            threading.Thread(target=self._drain, args=(self.proc.stderr, self.stderr),
-                             name="test-server-stderr", daemon=True),
-            threading.Thread(target=self._drain, args=(self.proc.stdout, self.stdout),
-                             name="test-server-stdout", daemon=True),
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    def _drain(self, stream: Any, into: list[str]) -> None:
-        for line in stream:
-            with self._cond:
-                into.append(line.rstrip("\n"))
-                self._cond.notify_all()
-
-    def wait_line(self, predicate: Callable[[str], bool], timeout: float = 15.0) -> str:
-        """The first stderr line matching ``predicate``; AssertionError on timeout/exit."""
-        deadline = time.monotonic() + seconds(timeout)
-        with self._cond:
-            while True:
-                for line in self.stderr:
-                    if predicate(line):
-                        return line
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None
-                                 and not any(r.is_alive() for r in self._readers)):
-                    raise AssertionError(f"no matching server line; got {self.stderr}")
-                self._cond.wait(min(left, 0.1))
-
-    def wait_tokens(self, count: int, timeout: float = 10.0) -> None:
-        """Wait for the log line saying the server re-read a tokens file of ``count``."""
-        def loaded(line: str) -> bool:
-            if line.startswith("{"):
-                obj = json.loads(line)
-                return bool(obj.get("event") == "tokens_reloaded" and obj["tokens"] >= count)
-            found = re.search(r"event=tokens_reloaded tokens=(\d+)", line)
-            return found is not None and int(found.group(1)) >= count
-        self.wait_line(loaded, timeout)
-
-    @property
-    def port(self) -> int:
-        line = self.wait_line(lambda s: "securechat-server: listening on " in s)
-        found = re.search(r"listening on \S+:(\d+) ", line)
-        assert found, line
-        return int(found.group(1))
-
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 20.0) -> int:
-        """Send ``sig`` and return the exit code."""
-        self.proc.send_signal(sig)
-        return self.wait_exit(timeout)
-
-    def wait_exit(self, timeout: float = 20.0) -> int:
-        """Wait for the process to end by itself; its exit code."""
-        code = self.proc.wait(timeout=seconds(timeout))
-        self._join()
-        return code
-
-    def _join(self) -> None:
-        for reader in self._readers:
-            reader.join(seconds(5))
-            assert not reader.is_alive(), "server pipe reader did not stop"
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=seconds(10))
-        self._join()
-
-
 @dataclasses.dataclass
 class Spawner:
     """Starts ``securechat-server`` processes (and wire clients) for one test."""
@@ -147,14 +62,13 @@ class Spawner:
     def server(self, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
         if not self.tokens.exists():
             add_token(self.tokens, "nobody")
-        argv = ["--host", "127.0.0.1", "--port", "0", "--cert", str(self.certs.cert_path),
-                "--key", str(self.certs.key_path), "--tokens", str(self.tokens), *args]
-        proc = ServerProcess(argv, env or clean_env())
+        proc = ServerProcess(*server_argv(self.certs, self.tokens, *args),
+                             env=env or clean_env())
         self.procs.append(proc)
         return proc
 
     def connect(self, port: int, *, rcvbuf: int | None = None) -> WireClient:
-        wire = connect(port, self.certs, rcvbuf=rcvbuf)
+        wire = tls_connect(port, self.certs.client_context(), rcvbuf=rcvbuf)
         self.wires.append(wire)
         return wire
 
@@ -182,26 +96,6 @@ def spawn(tmp_path: Path, certs: Certs) -> Iterator[Spawner]:
         wire.close()
     for proc in spawner.procs:
         proc.kill()
-
-
-def connect(port: int, certs: Certs, *, rcvbuf: int | None = None,
-            ragged_eofs: bool = True) -> WireClient:
-    """A TLS wire client; ``rcvbuf`` fixes a small receive buffer (a reader that
-    stops then stalls quickly); ``ragged_eofs=False`` makes a missing close_notify
-    raise SSLEOFError instead of reading as end of stream."""
-    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        if rcvbuf is not None:
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        raw.settimeout(seconds(5))
-        raw.connect(("127.0.0.1", port))
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock = certs.client_context().wrap_socket(raw, server_hostname="localhost",
-                                                  suppress_ragged_eofs=ragged_eofs)
-    except BaseException:
-        raw.close()
-        raise
-    return WireClient(sock)
 
 
 def kernel_capacity() -> int:
@@ -253,18 +147,16 @@ def test_token_revoke_command_kicks_a_live_session_at_the_default_poll(
     """`securechat-token revoke` ends a live session within poll + tick at the default poll."""
     server = spawn.server()
     port = server.port
-    token = subprocess.run(
-        [sys.executable, "-m", "securechat.token_cli", "add", "alice", "--tokens",
-         str(spawn.tokens), "--quiet"], capture_output=True, text=True, check=True,
-        timeout=seconds(20), env=clean_env()).stdout.strip()
+    added = run_command(token_cli_command("add", "alice", "--tokens", str(spawn.tokens),
+                                          "--quiet"), env=clean_env())
+    assert added.returncode == 0, added.stderr
+    token = added.stdout.strip()
     server.wait_tokens(2)
     alice, _ = spawn.login_with(port, token)
     bob, _ = spawn.login(port, "bob")
     alice.expect("join")
-    revoke = subprocess.run(
-        [sys.executable, "-m", "securechat.token_cli", "revoke", "alice", "--tokens",
-         str(spawn.tokens)], capture_output=True, text=True, timeout=seconds(20),
-        env=clean_env(), check=False)
+    revoke = run_command(token_cli_command("revoke", "alice", "--tokens", str(spawn.tokens)),
+                         env=clean_env())
     revoked_at = time.monotonic()
     assert revoke.returncode == 0, revoke.stderr
     assert revoke.stdout.startswith("revoked alice ")
@@ -273,7 +165,7 @@ def test_token_revoke_command_kicks_a_live_session_at_the_default_poll(
     assert frames and frames[-1]["type"] == "error" and frames[-1]["code"] == "revoked"
     assert elapsed < seconds(DEFAULT_POLL + DEFAULT_TICK + 0.75), f"took {elapsed:.2f} s"
     assert bob.expect("leave") == {"type": "leave", "user": "alice", "reason": "revoked"}
-    assert server.stop() == 0
+    assert server.stop(signal.SIGINT) == 0
 
 
 # --------------------------------------------------------------------------- SIGINT
@@ -286,7 +178,7 @@ def test_sigint_says_bye_and_exits_0(spawn: Spawner) -> None:
     assert [f["type"] for f in frames] == ["bye"]
     assert frames[0]["reason"] == "shutdown"
     assert server.wait_exit(timeout=10) == 0
-    assert any('"stopped"' in line or "event=stopped" in line for line in server.stderr)
+    assert any('"stopped"' in line or "event=stopped" in line for line in server.log_lines())
 
 
 def test_sigint_exits_1_when_a_stalled_client_had_to_be_cut(spawn: Spawner) -> None:
@@ -298,9 +190,9 @@ def test_sigint_exits_1_when_a_stalled_client_had_to_be_cut(spawn: Spawner) -> N
     pub, _ = spawn.login(port, "pub")
     publish_bytes(pub, kernel_capacity() + (1 << 20))  # > 1 MiB stays in the server's queue
     started = time.monotonic()
-    code = server.stop(timeout=15)
+    code = server.stop(signal.SIGINT, timeout=15)
     assert time.monotonic() - started < seconds(1 + 5)
-    assert code == 1, "\n".join(server.stderr[-20:])
+    assert code == 1, "\n".join(server.log_lines()[-20:])
 
 
 def test_shutdown_flushes_everything_owed_before_bye(spawn: Spawner) -> None:
@@ -386,7 +278,7 @@ class _PlainTLSServer:
 def test_the_close_detector_sees_a_missing_close_notify(certs: Certs, reset: bool) -> None:
     """Control: the reader below raises on a close without close_notify and on a reset."""
     peer = _PlainTLSServer(certs, reset=reset)
-    wire = connect(peer.port, certs, ragged_eofs=False)
+    wire = tls_connect(peer.port, certs.client_context(), ragged_eofs=False)
     try:
         peer.join()
         expected = (ssl.SSLEOFError, ConnectionResetError) if reset else ssl.SSLEOFError
@@ -397,13 +289,11 @@ def test_the_close_detector_sees_a_missing_close_notify(certs: Certs, reset: boo
 
 
 @pytest.mark.parametrize("who", ["client", "server"])
-def test_bye_is_followed_by_a_clean_tls_close(make_server: MakeServer, certs: Certs,
-                                              who: str) -> None:
+def test_bye_is_followed_by_a_clean_tls_close(make_server: MakeServer, who: str) -> None:
     """After bye (client's or shutdown's) the stream ends with close_notify, not a reset."""
     running = make_server()
     token = running.add_user("alice")
-    wire = connect(running.port, certs, ragged_eofs=False)
-    running.clients.append(wire)
+    wire = running.tls_connect(ragged_eofs=False)
     wire.send({"type": "auth", "token": token})
     data = b""
     wire.sock.settimeout(seconds(5))
@@ -444,15 +334,11 @@ def test_bad_frame_before_auth_closes_the_connection(server: RunningServer,
     (256 << 20, 0.3),  # cut because nothing could be written for write_timeout
 ])
 def test_stalled_client_itself_receives_slow_consumer(
-        make_server: MakeServer, certs: Certs, max_pending: int, write_timeout: float
-) -> None:
+        make_server: MakeServer, max_pending: int, write_timeout: float) -> None:
     """A member that stops reading, then reads again, ends on error slow_consumer."""
     running = make_server(max_pending=max_pending, write_timeout=write_timeout, msg_rate=0)
     stalled_token = running.add_user("stalled")
-    stalled = connect(running.port, certs, rcvbuf=64 * 1024)
-    running.clients.append(stalled)
-    stalled.send({"type": "auth", "token": stalled_token})
-    stalled.expect("welcome")
+    stalled, _ = running.login(stalled_token, rcvbuf=64 * 1024)
     watcher, _ = running.user("watcher")
     pub, _ = running.user("pub")
     watcher.expect("join")
@@ -632,9 +518,7 @@ def test_securechat_server_reads_each_environment_variable(tmp_path: Path, certs
     # --check-config loads everything but does not bind: a bad host needs a real start
     # (which then exits at once).
     argv = [] if name == "host" else ["--check-config"]
-    done = subprocess.run([sys.executable, "-m", "securechat.server_cli", *argv],
-                          capture_output=True, text=True, env=env, timeout=seconds(20),
-                          check=False)
+    done = run_command(server_cli_command(*argv), env=env)
     assert (done.returncode, message in done.stderr) == (code, True), done.stderr
     assert "Traceback" not in done.stderr
 
@@ -650,7 +534,7 @@ def test_securechat_server_applies_settings_from_the_environment(
         SECURECHAT_HEARTBEAT="7.5", SECURECHAT_MAX_FRAME="8192", SECURECHAT_TLS_MIN="1.2",
         SECURECHAT_IO_THREADS="2", SECURECHAT_LOG_FORMAT="json",
         SECURECHAT_LOG_LEVEL="debug", SECURECHAT_RETRY_SPREAD="0")
-    proc = ServerProcess([], env)
+    proc = ServerProcess(env=env)
     spawn.procs.append(proc)
     listen = json.loads(proc.wait_line(lambda s: '"event": "listen"' in s))
     assert (listen["host"], listen["tls_min"], listen["io_threads"], listen["room"]) == (

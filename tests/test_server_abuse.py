@@ -5,49 +5,19 @@ peer sends can flood the server's log. All over real TLS."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import socket
-from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.support import RunningServer, WireClient, seconds, wait_for
-
-MakeServer = Callable[..., RunningServer]
-
-
-class _Records(logging.Handler):
-    """Every record of the ``securechat`` logger tree at or above a level."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def events(self) -> list[str]:
-        return [str(getattr(r, "event", "")) for r in self.records]
-
-
-@pytest.fixture
-def server_log() -> Iterator[_Records]:
-    """Capture the securechat logger at INFO (the production default)."""
-    handler = _Records()
-    root = logging.getLogger("securechat")
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
-        yield handler
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
-
-
-def _codes(frames: list[dict[str, object]]) -> list[object]:
-    return [f.get("code") for f in frames if f.get("type") == "error"]
-
+from tests.support import (
+    LogRecords,
+    MakeServer,
+    RunningServer,
+    WireClient,
+    error_codes,
+    seconds,
+    wait_for,
+)
 
 # ------------------------------------------------------------------ 4: auth frames
 BAD_AUTH = {
@@ -64,7 +34,7 @@ BAD_AUTH = {
 
 @pytest.mark.parametrize("payload", list(BAD_AUTH.values()), ids=list(BAD_AUTH))
 def test_malformed_auth_is_refused_closed_and_throttled(
-        make_server: MakeServer, server_log: _Records, payload: bytes) -> None:
+        make_server: MakeServer, server_log: LogRecords, payload: bytes) -> None:
     """Each malformed auth frame gets auth_failed/bad_frame/frame_too_large and a close,
     counts as a failed login (so a good token is then auth_throttled), no traceback."""
     server = make_server(auth_failures=3)
@@ -72,13 +42,13 @@ def test_malformed_auth_is_refused_closed_and_throttled(
     for _ in range(3):
         client = server.tls_connect()
         client.send(payload)
-        codes = _codes(client.expect_closed())
+        codes = error_codes(client.expect_closed())
         assert len(codes) == 1 and codes[0] in ("auth_failed", "bad_frame",
                                                 "frame_too_large"), codes
     client = server.tls_connect()
     client.send({"type": "auth", "token": good})
     frames = client.expect_closed()
-    assert _codes(frames) == ["auth_throttled"]
+    assert error_codes(frames) == ["auth_throttled"]
     assert server.server.stats()["auth_failed"] == 3
     assert not [r for r in server_log.records if r.exc_info], "a traceback was logged"
 
@@ -92,7 +62,7 @@ def test_ping_flood_is_rate_limited_then_cut(make_server: MakeServer) -> None:
     alice.send(b'{"type":"ping"}\n' * 50)
     frames = alice.expect_closed()
     assert [f["type"] for f in frames[:5]] == ["pong"] * 5
-    assert _codes(frames) == ["rate_limited"] * 3 + ["too_many_errors"]
+    assert error_codes(frames) == ["rate_limited"] * 3 + ["too_many_errors"]
     assert all(f["retry_after"] > 0 for f in frames if f.get("code") == "rate_limited")
 
 
@@ -119,7 +89,7 @@ def test_bad_frames_end_the_session_after_max_errors(make_server: MakeServer) ->
     assert alice.recv() == {"type": "pong"}
     alice.send(b"{}\n" * 100)
     frames = alice.expect_closed()
-    assert _codes(frames) == ["too_many_errors"]
+    assert error_codes(frames) == ["too_many_errors"]
     assert bob.expect("leave") == {"type": "leave", "user": "alice",
                                    "reason": "too_many_errors"}
     bob.send({"type": "ping"})
@@ -135,7 +105,7 @@ def test_repeated_auth_counts_as_an_error(make_server: MakeServer) -> None:
         alice.send({"type": "auth", "token": token})
         assert alice.recv()["code"] == "already_authenticated"
     alice.send({"type": "auth", "token": token})
-    assert _codes(alice.expect_closed()) == ["too_many_errors"]
+    assert error_codes(alice.expect_closed()) == ["too_many_errors"]
 
 
 def test_default_error_budget_cuts_a_garbage_flood(server: RunningServer) -> None:
@@ -143,12 +113,12 @@ def test_default_error_budget_cuts_a_garbage_flood(server: RunningServer) -> Non
     (One TLS record's worth, so the client is not still writing when the server closes.)"""
     alice, _ = server.user("alice")
     alice.send(b"{}\n" * 5000)
-    assert _codes(alice.expect_closed()) == ["bad_frame"] * 10 + ["too_many_errors"]
+    assert error_codes(alice.expect_closed()) == ["bad_frame"] * 10 + ["too_many_errors"]
 
 
 # ------------------------------------------------------------------ 8: logs
 def test_garbage_flood_logs_a_bounded_number_of_lines(
-        make_server: MakeServer, server_log: _Records) -> None:
+        make_server: MakeServer, server_log: LogRecords) -> None:
     """Even with the error budget out of the way, 20,000 bad frames from one session
     make a handful of log lines plus one "suppressed N similar" summary at close."""
     server = make_server(max_errors=1_000_000, frame_rate=0)
@@ -166,14 +136,14 @@ def test_garbage_flood_logs_a_bounded_number_of_lines(
 
 
 def test_failed_logins_from_one_address_log_a_bounded_number_of_lines(
-        make_server: MakeServer, server_log: _Records) -> None:
+        make_server: MakeServer, server_log: LogRecords) -> None:
     """40 connections with a wrong token from one address: at most the per-address
     burst of lines, not three lines each."""
     server = make_server(auth_failures=0)
     for _ in range(40):
         client = server.tls_connect()
         client.send({"type": "auth", "token": "sct1.000000000000.nope"})
-        assert _codes(client.expect_closed()) == ["auth_failed"]
+        assert error_codes(client.expect_closed()) == ["auth_failed"]
         client.close()
     assert server.server.stats()["auth_failed"] == 40
     lines = [e for e in server_log.events() if e != "listen"]
@@ -181,7 +151,7 @@ def test_failed_logins_from_one_address_log_a_bounded_number_of_lines(
 
 
 def test_tcp_connect_without_tls_is_not_logged_at_info(
-        server: RunningServer, server_log: _Records) -> None:
+        server: RunningServer, server_log: LogRecords) -> None:
     """Port scans and plain-text probes never reach TLS: nothing at INFO. A real TLS
     client still gets its connect line."""
     for probe in (b"", b"GET / HTTP/1.0\r\n\r\n"):

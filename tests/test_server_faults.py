@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
-import signal
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,17 +18,18 @@ import pytest
 import securechat.server as server_module
 from securechat.session import Session
 from securechat.tokens import add_token, revoke_tokens
-from tests.support import Certs, RunningServer, WireClient, seconds, wait_for
-
-MakeServer = Callable[..., RunningServer]
-
-
-def _records(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if getattr(r, "event", None) == event]
-
-
-def _tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.exc_info]
+from tests.support import (
+    Certs,
+    LogRecords,
+    MakeServer,
+    RunningServer,
+    ServerProcess,
+    WireClient,
+    seconds,
+    server_argv,
+    tls_connect,
+    wait_for,
+)
 
 
 def _replace(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -66,10 +63,9 @@ class _PollCounter:
 
 # ------------------------------------------------------------------ item 1: bad tokens file
 def test_broken_tokens_file_keeps_the_last_good_tokens_and_a_fix_revokes_again(
-        make_server: MakeServer, caplog: pytest.LogCaptureFixture) -> None:
+        make_server: MakeServer, server_log: LogRecords) -> None:
     """Not UTF-8, nested too deep, wrong types: logged once each, new clients still get in
     with the old tokens; once fixed, revoking alice kicks her live session."""
-    caplog.set_level(logging.INFO, logger="securechat")
     server = make_server()
     alice, _ = server.user("alice")
     bob_token = server.add_user("bob")
@@ -80,16 +76,16 @@ def test_broken_tokens_file_keeps_the_last_good_tokens_and_a_fix_revokes_again(
                          (json.dumps({"version": 1, "tokens": [{"id": "0123456789ab",
                                       "name": 7, "salt": "00", "hash": "sha256:"}]}).encode(),
                           "'name' must be a string")]:
-        caplog.clear()
+        server_log.clear()
         _replace(server.tokens_path, data)
-        wait_for(lambda: bool(_records(caplog, "tokens_reload_failed")),
+        wait_for(lambda: bool(server_log.named("tokens_reload_failed")),
                  what="the reload failure to be logged")
         polls.wait_polls(5)
-        failures = _records(caplog, "tokens_reload_failed")
+        failures = server_log.named("tokens_reload_failed")
         assert len(failures) == 1, [r.getMessage() for r in failures]
         assert reason in failures[0].getMessage()
         assert "keeping the previous tokens" in failures[0].getMessage()
-        assert not _tracebacks(caplog)
+        assert not server_log.tracebacks()
         bob, welcome = server.login(bob_token)  # a new client is served, old tokens
         assert welcome["user"] == "bob"
         bob.send({"type": "bye"})
@@ -97,7 +93,7 @@ def test_broken_tokens_file_keeps_the_last_good_tokens_and_a_fix_revokes_again(
     assert server.server._accept_thread is not None
     assert server.server._accept_thread.is_alive()
     _replace(server.tokens_path, good)
-    wait_for(lambda: bool(_records(caplog, "tokens_reloaded")), what="the fixed file to load")
+    wait_for(lambda: bool(server_log.named("tokens_reloaded")), what="the fixed file to load")
     revoke_tokens(server.tokens_path, "alice")
     frames = alice.expect_closed(timeout=5)
     assert frames[-1]["type"] == "error" and frames[-1]["code"] == "revoked"
@@ -105,10 +101,9 @@ def test_broken_tokens_file_keeps_the_last_good_tokens_and_a_fix_revokes_again(
 
 @pytest.mark.parametrize("mode", [0o660, 0o666], ids=oct)
 def test_tokens_file_made_writable_by_others_is_refused_on_reload(
-        make_server: MakeServer, caplog: pytest.LogCaptureFixture, mode: int) -> None:
+        make_server: MakeServer, server_log: LogRecords, mode: int) -> None:
     """chmod 660/666 while running: the change (a revocation) is refused with the chmod
     hint and alice stays; chmod 600 applies it and alice is kicked."""
-    caplog.set_level(logging.INFO, logger="securechat")
     server = make_server()
     alice, _ = server.user("alice")
     server.add_user("bob")
@@ -118,10 +113,10 @@ def test_tokens_file_made_writable_by_others_is_refused_on_reload(
     _replace(revoked, path.read_bytes())
     revoke_tokens(revoked, "alice")
     _replace(path, revoked.read_bytes(), mode)  # the revocation, in a file with a bad mode
-    wait_for(lambda: bool(_records(caplog, "tokens_reload_failed")),
+    wait_for(lambda: bool(server_log.named("tokens_reload_failed")),
              what="the refused reload to be logged")
     polls.wait_polls(3)
-    failures = _records(caplog, "tokens_reload_failed")
+    failures = server_log.named("tokens_reload_failed")
     assert len(failures) == 1
     text = failures[0].getMessage()
     assert str(path) in text and f"mode {mode:04o}" in text and f"chmod 600 {path}" in text
@@ -134,10 +129,9 @@ def test_tokens_file_made_writable_by_others_is_refused_on_reload(
 
 # ------------------------------------------------------------------ item 2: threads that die
 def test_token_watcher_fault_is_logged_once_and_contained(
-        make_server: MakeServer, caplog: pytest.LogCaptureFixture) -> None:
+        make_server: MakeServer, server_log: LogRecords) -> None:
     """A bug in the token watcher: one traceback, accepting goes on, and once the bug is
     gone a revocation still kicks."""
-    caplog.set_level(logging.INFO, logger="securechat")
     server = make_server()
     alice, _ = server.user("alice")
     bob_token = server.add_user("bob")
@@ -149,8 +143,8 @@ def test_token_watcher_fault_is_logged_once_and_contained(
             raise RuntimeError("simulated watcher bug")
     server.server._inject_fault = fault
     wait_for(lambda: calls[0] >= 5, what="5 polls that fail")
-    assert len(_tracebacks(caplog)) == 1
-    assert "token watcher failed" in _tracebacks(caplog)[0].getMessage()
+    assert len(server_log.tracebacks()) == 1
+    assert "token watcher failed" in server_log.tracebacks()[0].getMessage()
     bob, _ = server.login(bob_token)
     server.server._inject_fault = None
     revoke_tokens(server.tokens_path, "alice")
@@ -183,10 +177,9 @@ def _serving(running: RunningServer) -> Iterator[list[BaseException | None]]:
 
 @pytest.mark.parametrize("where", ["accept", "io"])
 def test_a_dead_thread_makes_serve_forever_raise(
-        make_server: MakeServer, caplog: pytest.LogCaptureFixture, where: str) -> None:
+        make_server: MakeServer, server_log: LogRecords, where: str) -> None:
     """A bug in the accept thread or an I/O loop: one traceback, serve_forever raises
     ServerThreadDied at once (the caller exits non-zero), shutdown still joins everything."""
-    caplog.set_level(logging.INFO, logger="securechat")
     server = make_server()
     token = server.add_user("alice")
     server.server._set_test_fault(where)
@@ -203,8 +196,8 @@ def test_a_dead_thread_makes_serve_forever_raise(
             wait_for(lambda: bool(outcome), what="serve_forever to give up")
         assert isinstance(outcome[0], server_module.ServerThreadDied)
         assert server.server.failed.is_set()
-        assert len(_tracebacks(caplog)) == 1
-        assert len(_records(caplog, "thread_died")) == 1
+        assert len(server_log.tracebacks()) == 1
+        assert len(server_log.named("thread_died")) == 1
 
 
 def test_serve_forever_returns_on_interrupt(make_server: MakeServer) -> None:
@@ -216,90 +209,22 @@ def test_serve_forever_returns_on_interrupt(make_server: MakeServer) -> None:
         assert outcome == [None]
 
 
-class ServerProcess:
-    """The real ``securechat-server`` as a subprocess, its JSON log read by a thread."""
-
-    def __init__(self, tmp: Path, certs: Certs, *args: str, env: dict[str, str] | None = None,
-                 nofile: int | None = None) -> None:
-        self.tokens = tmp / "tokens.json"
-        if not self.tokens.exists():
-            add_token(self.tokens, "nobody")
-        self.lines: list[str] = []
-        self._lock = threading.Lock()
-
-        # With nofile, a lower open-files limit (soft and hard) is set in the child before
-        # the server starts (not with preexec_fn: unsafe in a process with threads).
-        launcher = ["-m", "securechat.server_cli"] if nofile is None else [
-            "-c", "import resource, runpy, sys; "
-                  f"resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile})); "
-                  "sys.argv[0] = 'securechat-server'; "
-                  "runpy.run_module('securechat.server_cli', run_name='__main__')"]
-        self.proc = subprocess.Popen(
-            [sys.executable, *launcher, "--port", "0", "--cert",
-             str(certs.cert_path), "--key", str(certs.key_path), "--tokens", str(self.tokens),
-             "--log-format", "json", "--tokens-poll", "0.05", *args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, env={**os.environ, **(env or {})})
-        self._reader = threading.Thread(target=self._read, name="test-server-stderr")
-        self._reader.start()
-        self.port = int(self.wait_event("listen")["port"])
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._lock:
-                self.lines.append(line)
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        with self._lock:
-            lines = list(self.lines)
-        found = []
-        for line in lines:
-            if line.startswith("{"):
-                obj = json.loads(line)
-                if obj.get("event") == name:
-                    found.append(obj)
-        return found
-
-    def wait_event(self, name: str, timeout: float = 15) -> dict[str, Any]:
-        wait_for(lambda: bool(self.events(name)) or self.proc.poll() is not None,
-                 timeout, what=f"event {name}")
-        found = self.events(name)
-        assert found, f"server exited before {name}: {self.text()}"
-        return found[0]
-
-    def text(self) -> str:
-        with self._lock:
-            return "".join(self.lines)
-
-    def cpu_seconds(self) -> float:
-        """utime + stime of the whole server process (/proc/PID/stat)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=seconds(10))
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(10)
-            self._reader.join(seconds(10))
-            assert self.proc.stderr is not None
-            self.proc.stderr.close()
-        return code
-
-
 @pytest.fixture
 def server_process(tmp_path: Path, certs: Certs) -> Iterator[Callable[..., ServerProcess]]:
-    """Factory for real server processes; every one is stopped and reaped."""
+    """Factory for real server processes (JSON log, fast tokens poll); every one is
+    stopped and reaped."""
     started: list[ServerProcess] = []
+    tokens = tmp_path / "tokens.json"
 
-    def factory(*args: str, **kwargs: Any) -> ServerProcess:
-        proc = ServerProcess(tmp_path, certs, *args, **kwargs)
+    def factory(*args: str, env: dict[str, str] | None = None,
+                nofile: int | None = None) -> ServerProcess:
+        if not tokens.exists():
+            add_token(tokens, "nobody")
+        proc = ServerProcess(*server_argv(certs, tokens, "--log-format", "json",
+                                          "--tokens-poll", "0.05", *args),
+                             env={**os.environ, **(env or {})}, nofile=nofile)
         started.append(proc)
+        proc.wait_event("listen")  # started, or fail here
         return proc
     yield factory
     for proc in started:
@@ -307,13 +232,8 @@ def server_process(tmp_path: Path, certs: Certs) -> Iterator[Callable[..., Serve
 
 
 def _tls_login(port: int, certs: Certs, token: str) -> WireClient:
-    raw = socket.create_connection(("127.0.0.1", port), timeout=seconds(5))
-    try:
-        client = WireClient(certs.client_context().wrap_socket(raw,
-                                                               server_hostname="localhost"))
-    except BaseException:
-        raw.close()
-        raise
+    """Connect and send auth (the answer is the test's to read)."""
+    client = tls_connect(port, certs.client_context())
     try:
         client.send({"type": "auth", "token": token})
     except BaseException:
@@ -338,7 +258,7 @@ def test_server_command_exits_70_when_a_thread_dies(
             client.close()
     assert proc.proc.wait(timeout=seconds(10)) == 70
     proc.stop()
-    text = proc.text()
+    text = proc.stderr
     assert text.count("Traceback") == 1, text
     assert f"injected test fault ({where})" in text
     assert len(proc.events("thread_died")) == 1
@@ -351,21 +271,20 @@ def test_server_command_with_a_watcher_fault_keeps_serving(
     and exits 0 on SIGTERM."""
     token, _ = add_token(tmp_path / "tokens.json", "alice")
     proc = server_process(env={"SECURECHAT_TEST_FAULT": "tokens"})
-    wait_for(lambda: "token watcher failed" in proc.text(), what="the watcher fault log")
+    wait_for(lambda: "token watcher failed" in proc.stderr, what="the watcher fault log")
     client = _tls_login(proc.port, certs, token)
     assert client.expect("welcome")["user"] == "alice"
     client.close()
     assert proc.stop() == 0
-    assert proc.text().count("Traceback") == 1
+    assert proc.stderr.count("Traceback") == 1
 
 
 # ------------------------------------------------------------------ item 3: internal_error
 def test_a_bug_handling_one_connection_sends_internal_error_and_closes_cleanly(
-        make_server: MakeServer, caplog: pytest.LogCaptureFixture,
+        make_server: MakeServer, server_log: LogRecords,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """mallory's message handler raises (a simulated bug): mallory gets error
     internal_error, then close_notify; bob is unaffected and sees her leave."""
-    caplog.set_level(logging.INFO, logger="securechat")
     server = make_server()
     bob, _ = server.user("bob")
     token = server.add_user("mallory")
@@ -376,10 +295,8 @@ def test_a_bug_handling_one_connection_sends_internal_error_and_closes_cleanly(
             raise RuntimeError("simulated bug")
         real(self, frame)
     monkeypatch.setattr(Session, "_on_message", buggy)
-    raw = socket.create_connection((server.host, server.port), timeout=seconds(5))
-    sock = server.certs.client_context().wrap_socket(
-        raw, server_hostname="localhost", suppress_ragged_eofs=False)
-    mallory = WireClient(sock)
+    mallory = server.tls_connect(ragged_eofs=False)
+    sock = mallory.sock
     mallory.send({"type": "auth", "token": token})
     mallory.expect("welcome")
     bob.expect("join")
@@ -398,8 +315,8 @@ def test_a_bug_handling_one_connection_sends_internal_error_and_closes_cleanly(
                                    "reason": "internal_error"}
     bob.send({"type": "msg", "id": 7, "body": "still here"})
     assert bob.expect("ack")["id"] == 7
-    assert len(_tracebacks(caplog)) == 1
-    assert "connection handler failed" in _tracebacks(caplog)[0].getMessage()
+    assert len(server_log.tracebacks()) == 1
+    assert "connection handler failed" in server_log.tracebacks()[0].getMessage()
     assert not server.server.failed.is_set()
 
 
@@ -435,4 +352,4 @@ def test_out_of_file_descriptors_pauses_accept_without_spinning(
     assert client.expect("welcome", timeout=10)["user"] == "alice"
     client.close()
     assert proc.stop() == 0
-    assert "Traceback" not in proc.text()
+    assert "Traceback" not in proc.stderr

@@ -11,7 +11,6 @@ import ssl
 import threading
 import time
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,13 +18,7 @@ import pytest
 from securechat.config import ServerConfig
 from securechat.errors import ConfigError
 from securechat.server_cli import build_parser, config_from_args
-from tests.support import RunningServer, WireClient, seconds, wait_for
-
-MakeServer = Callable[..., RunningServer]
-
-
-def _codes(frames: list[dict[str, Any]]) -> list[Any]:
-    return [f.get("code") for f in frames if f.get("type") == "error"]
+from tests.support import MakeServer, RunningServer, WireClient, error_codes, seconds, wait_for
 
 
 def _closed_without_tls(server: RunningServer) -> bool:
@@ -123,7 +116,7 @@ def test_server_full_refusals_in_flight_are_bounded(make_server: MakeServer) -> 
     wait_for(lambda: server.server.stats()["refusing"] == 0, what="refusals done")
     client = server.tls_connect()
     frames = client.expect_closed()
-    assert _codes(frames) == ["server_full"] and frames[0]["retry_after"] >= 1.0
+    assert error_codes(frames) == ["server_full"] and frames[0]["retry_after"] >= 1.0
 
 
 def test_max_unauth_is_validated_and_defaults_below_max_connections() -> None:
@@ -172,7 +165,7 @@ def test_sessions_per_user_are_capped(make_server: MakeServer) -> None:
     third = server.tls_connect()
     third.send({"type": "auth", "token": token})
     frames = third.expect_closed()
-    assert _codes(frames) == ["too_many_sessions"]
+    assert error_codes(frames) == ["too_many_sessions"]
     assert "2 sessions" in frames[0]["message"]
     _bob, welcome = server.user("bob")
     assert welcome["user"] == "bob"
@@ -190,22 +183,13 @@ def test_default_cap_is_16_sessions_per_user(server: RunningServer) -> None:
         server.login(token)
     extra = server.tls_connect()
     extra.send({"type": "auth", "token": token})
-    assert _codes(extra.expect_closed()) == ["too_many_sessions"]
+    assert error_codes(extra.expect_closed()) == ["too_many_sessions"]
 
 
 # ------------------------------------------------------------------ 9: global queued bytes
 def _stalled_login(server: RunningServer, name: str, rcvbuf: int | None) -> WireClient:
     """Log in, then never read again (``rcvbuf``: a small receive buffer stalls sooner)."""
-    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if rcvbuf is not None:
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    raw.settimeout(seconds(5))
-    raw.connect((server.host, server.port))
-    client = WireClient(server.certs.client_context().wrap_socket(
-        raw, server_hostname="localhost"))
-    server.clients.append(client)
-    client.send({"type": "auth", "token": server.add_user(name)})
-    client.expect("welcome")
+    client, _ = server.login(server.add_user(name), rcvbuf=rcvbuf)
     return client
 
 

@@ -15,8 +15,10 @@ from tests.support import (
     Certs,
     MakeServer,
     Process,
+    ServerProcess,
     free_port,
     seconds,
+    server_argv,
     wait_for,
     wrong_token,
 )
@@ -71,6 +73,23 @@ def test_cli_process_is_not_blocked_by_a_chatty_stderr(
     assert alice.wait_for_member("bob", seconds(10))
     alice.send("through").wait(seconds(5))
     listener.read_until(lambda line: line.endswith(" alice: through"))
+
+
+def test_server_process_log_waits_see_lines_already_read(certs: Certs, tmp_path: Path) -> None:
+    """ServerProcess searches its log from the start: a line found once (the listen line,
+    a tokens reload) is found again, and SIGTERM ends the real server with status 0."""
+    tokens = tmp_path / "tokens.json"
+    add_token(tokens, "nobody")
+    proc = ServerProcess(*server_argv(certs, tokens, "--tokens-poll", "0.05"), env=cli_env())
+    try:
+        assert proc.port == proc.port > 0
+        add_token(tokens, "alice")
+        proc.wait_tokens(2)
+        proc.wait_tokens(2)
+        assert proc.stop() == 0
+    finally:
+        proc.kill()
+    assert any("listening on" in line for line in proc.log_lines())
 
 
 @pytest.mark.timeout(7)

@@ -5,7 +5,6 @@ has it, and real TLS 1.3 handshakes agree only on the allowed groups."""
 from __future__ import annotations
 
 import ctypes
-import socket
 import ssl
 import subprocess
 import sys
@@ -17,8 +16,6 @@ import pytest
 
 from securechat import tlsconfig
 from tests.support import RunningServer, seconds
-
-MakeServer = Callable[..., RunningServer]
 
 needs_ctypes_route = pytest.mark.skipif(
     hasattr(ssl.SSLContext, "set_groups") or sys.implementation.name != "cpython",
@@ -142,9 +139,11 @@ def _client_with_only(server: RunningServer, curve: str) -> ssl.SSLContext:
 def _handshake(server: RunningServer, curve: str) -> str | None:
     """The TLS version agreed by a client that offers only ``curve``."""
     ctx = _client_with_only(server, curve)
-    with socket.create_connection((server.host, server.port), timeout=seconds(5)) as raw, \
-            ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-        return tls.version()
+    client = server.tls_connect(context=ctx)
+    try:
+        return client.sock.version()
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize("curve", ["X25519", "prime256v1", "secp384r1"])

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from securechat.errors import ConfigError, TokenError
 from securechat.tokens import TokenFileWatcher, add_token, load_store, revoke_tokens
-from tests.support import Certs, seconds
+from tests.support import Certs, run_server_cli
 
 GOOD = {"id": "0123456789ab", "name": "alice", "salt": "00" * 16,
         "hash": "sha256:" + "ab" * 32, "created": "2026-01-01T00:00:00Z"}
@@ -147,11 +145,6 @@ def test_watcher_reports_each_bad_change_once(tmp_path: Path) -> None:
     assert store is not None and len(store) == 1
 
 
-def _server_cli(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "securechat.server_cli", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 @pytest.mark.parametrize("check", [True, False], ids=["check-config", "start"])
 def test_server_command_refuses_a_group_writable_tokens_file(
         tmp_path: Path, certs: Certs, check: bool) -> None:
@@ -159,16 +152,11 @@ def test_server_command_refuses_a_group_writable_tokens_file(
     tokens = tmp_path / "tokens.json"
     add_token(tokens, "alice")
     tokens.chmod(0o660)
-    proc = _server_cli("--port", "0", "--cert", str(certs.cert_path), "--key",
-                       str(certs.key_path), "--tokens", str(tokens),
-                       *(["--check-config"] if check else []))
-    try:
-        out, err = proc.communicate(timeout=seconds(20))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)
-    assert proc.returncode == 1, (out, err)
+    done = run_server_cli("--port", "0", "--cert", str(certs.cert_path), "--key",
+                          str(certs.key_path), "--tokens", str(tokens),
+                          *(["--check-config"] if check else []))
+    err = done.stderr
+    assert done.returncode == 1, (done.stdout, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert str(tokens) in lines[0] and "mode 0660" in lines[0]
@@ -181,11 +169,10 @@ def test_server_command_accepts_a_group_readable_tokens_file(tmp_path: Path, cer
     tokens = tmp_path / "tokens.json"
     add_token(tokens, "alice")
     tokens.chmod(0o640)
-    proc = _server_cli("--cert", str(certs.cert_path), "--key", str(certs.key_path),
-                       "--tokens", str(tokens), "--check-config")
-    out, err = proc.communicate(timeout=seconds(20))
-    assert proc.returncode == 0, err
-    assert "configuration OK (1 tokens)" in out
+    done = run_server_cli("--cert", str(certs.cert_path), "--key", str(certs.key_path),
+                          "--tokens", str(tokens), "--check-config")
+    assert done.returncode == 0, done.stderr
+    assert "configuration OK (1 tokens)" in done.stdout
 
 
 def test_server_command_reports_a_non_utf8_tokens_file_in_one_line(
@@ -193,9 +180,8 @@ def test_server_command_reports_a_non_utf8_tokens_file_in_one_line(
     """A tokens file that is one \\xff byte: exit 1, one line, no traceback."""
     tokens = tmp_path / "tokens.json"
     _write(tokens, b"\xff")
-    proc = _server_cli("--cert", str(certs.cert_path), "--key", str(certs.key_path),
-                       "--tokens", str(tokens), "--check-config")
-    out, err = proc.communicate(timeout=seconds(20))
-    assert proc.returncode == 1, (out, err)
-    assert err.strip().splitlines() == [
+    done = run_server_cli("--cert", str(certs.cert_path), "--key", str(certs.key_path),
+                          "--tokens", str(tokens), "--check-config")
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stderr.strip().splitlines() == [
         f"securechat-server: error: tokens file {tokens} is not UTF-8 (byte 0)"]

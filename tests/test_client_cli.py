@@ -13,10 +13,12 @@ from securechat.client import Connected
 from tests.client_support import (
     ClientPool,
     CliProcess,
+    cli_args,
     cli_env,
     closed_port,
     next_of,
     run_cli,
+    token_file,
 )
 from tests.support import (
     Certs,
@@ -30,17 +32,8 @@ from tests.support import (
 pytest_plugins = ["tests.client_support"]
 
 
-def token_file(tmp_path: Path, running: RunningServer, name: str) -> Path:
-    path = tmp_path / f"{name}.token"
-    path.write_text(running.add_user(name) + "\n")
-    path.chmod(0o600)
-    return path
-
-
 def base_args(running: RunningServer, certs: Certs, port: int | None = None) -> list[str]:
-    return ["--host", "127.0.0.1", "--port", str(port or running.port),
-            "--ca", str(certs.ca_path), "--server-name", "localhost",
-            "--retry-base", "0.05", "--retry-cap", "0.2"]
+    return cli_args(port or running.port, certs.ca_path)
 
 
 def json_lines(text: str) -> list[dict[str, object]]:

@@ -10,8 +10,8 @@ import pexpect
 import pytest
 
 from securechat import protocol
-from tests.client_support import ClientPool, cli_command, cli_env, next_of
-from tests.support import Certs, RunningServer, seconds, wait_for
+from tests.client_support import ClientPool, cli_args, cli_command, cli_env, next_of
+from tests.support import Certs, MakeServer, RunningServer, seconds, wait_for
 
 pytest_plugins = ["tests.client_support"]
 
@@ -27,9 +27,7 @@ def spawn(certs: Certs, tmp_path: Path) -> Iterator[Callable[[RunningServer], pe
         # No cursor-position requests: nothing on the other side of this pty answers them.
         env = cli_env(PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm")
         program, *args = cli_command(
-            "--host", "127.0.0.1", "--port", str(running.port), "--ca", str(certs.ca_path),
-            "--server-name", "localhost", "--token-file", str(token), "--retry-base", "0.05",
-            "--retry-cap", "0.2")
+            *cli_args(running.port, certs.ca_path, "--token-file", str(token)))
         child = pexpect.spawn(program, args, env=env, encoding="utf-8", timeout=seconds(10),
                               dimensions=(24, 100))
         children.append(child)
@@ -89,7 +87,7 @@ def test_commands_and_quit(terminal: pexpect.spawn, server: RunningServer,
 
 
 def test_shows_reconnecting_and_offline_state(
-        make_server: Callable[..., RunningServer],
+        make_server: MakeServer,
         spawn: Callable[[RunningServer], pexpect.spawn]) -> None:
     """A server restart is shown: disconnected, reconnecting in N s, an offline prompt,
     a line typed meanwhile is queued, then reconnected."""

@@ -1,0 +1,689 @@
+"""The client's I/O: client links driven by the server's loop, :class:`~securechat.ioloop.IOLoop`.
+
+A :class:`ClientLoop` is one I/O thread (an ``IOLoop``) that owns any number of
+:class:`Link` objects; a ``Link`` is the sockets of one
+:class:`~securechat.clientcore.ClientCore`. All protocol decisions are the core's:
+the link only resolves, connects, handshakes, reads, writes and closes, reports
+what happened to the core and carries out its :class:`~securechat.clientcore.Connect`
+and :class:`~securechat.clientcore.CloseLink` actions.
+
+Thread model (shared/design-notes.md s1): every socket and SSL object is touched by
+the loop thread only (connect, handshake, read, write, close). Other threads talk
+to a link through :meth:`Link.submit` and :meth:`Link.request_close`, which append
+to a deque and :meth:`~securechat.ioloop.IOLoop.schedule` a flush, as the server's
+sessions do. Name resolution runs in a helper thread per lookup (``getaddrinfo``
+cannot be interrupted and must not freeze the loop's heartbeats); its answer comes
+back through ``call_soon``, and the core's connect deadline covers it. An IP
+literal needs no lookup and no thread.
+
+Timers: ``IOLoop`` has only a fixed-interval tick. A ``ClientLoop`` keeps a heap of
+per-link deadlines and gives the loop a selector (:class:`_TimerSelector`) whose
+``select`` never sleeps past the earliest one and then reports a pseudo-endpoint
+that runs the due timers. A ``call_later`` inside ``ioloop.py`` would be cleaner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import heapq
+import itertools
+import logging
+import os
+import selectors
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from .clientcore import ClientCore, CloseLink, Connect, Outgoing, Phase
+from .clientevents import Event
+from .errors import ClientClosed, ClientError, TLSVerificationFailed
+from .ioloop import IOLoop
+from .sendbuffer import SendBuffer
+
+__all__ = ["ClientLoop", "Link", "Resolver", "resolve"]
+
+logger = logging.getLogger("securechat.client")
+
+RECV_SIZE: Final = 65536
+#: IOLoop's own tick does nothing for clients (timers are exact): wake rarely.
+_IDLE_TICK: Final = 30.0
+
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+
+#: ``resolver(host, port)`` -> ``(family, sockaddr)`` pairs to try in order; raises
+#: OSError when the name does not resolve. It runs in a helper thread, so it may block.
+Resolver = Callable[[str, int], Sequence[tuple[int, Any]]]
+
+
+def resolve(host: str, port: int) -> list[tuple[int, Any]]:
+    """The default :data:`Resolver`: ``getaddrinfo`` for TCP."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+
+
+def _is_ip_literal(host: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return True
+    return False
+
+
+def describe(exc: BaseException) -> str:
+    """A short, lower-case reason for a socket or TLS error."""
+    if isinstance(exc, ConnectionRefusedError) or getattr(exc, "errno", None) == errno.ECONNREFUSED:
+        return "connection refused"
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or exc.__class__.__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    return str(exc) or exc.__class__.__name__
+
+
+# --------------------------------------------------------------------------- timers
+class _Timers:
+    """Per-link deadlines (loop thread only), and the pseudo-endpoint that runs them."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Link]] = []
+        self._seq = itertools.count()
+
+    def set(self, link: Link, when: float | None) -> None:
+        """Make sure ``link`` is woken no later than ``when``. A later time keeps the
+        earlier entry (it fires, finds nothing due and sets the real one): at most a
+        couple of entries per link however often its deadline moves."""
+        if when is None:
+            link.timer_at = None
+            return
+        if link.timer_at is not None and link.timer_at <= when:
+            return
+        link.timer_at = when
+        heapq.heappush(self._heap, (when, next(self._seq), link))
+
+    def next_at(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    # Endpoint: reported readable by _TimerSelector when a timer is due.
+    def on_readable(self) -> None:
+        heap = self._heap
+        now = time.monotonic()
+        while heap and heap[0][0] <= now:
+            when, _, link = heapq.heappop(heap)
+            if link.timer_at != when:
+                continue  # superseded
+            link.timer_at = None
+            link.on_timer(now)
+
+    def on_writable(self) -> None:
+        """Never registered for writing."""
+
+    def flush(self) -> None:
+        """Nothing is queued on the timers."""
+
+    def tick(self, now: float) -> None:
+        """Timers are run by on_readable."""
+
+    def abort(self, reason: str) -> None:
+        """Nothing to close."""
+
+
+class _TimerSelector(selectors.DefaultSelector):
+    """IOLoop's selector, plus timers: ``select`` sleeps no longer than the earliest
+    deadline and then reports :class:`_Timers` as a readable endpoint."""
+
+    def __init__(self, timers: _Timers) -> None:
+        super().__init__()
+        self._timers = timers
+        self._key = selectors.SelectorKey(-1, -1, _READ, timers)
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        at = self._timers.next_at()
+        if at is not None:
+            left = max(0.0, at - time.monotonic())
+            if timeout is None or left < timeout:
+                timeout = left
+        events = super().select(timeout)
+        at = self._timers.next_at()
+        if at is not None and at <= time.monotonic():
+            events.append((self._key, _READ))
+        return events
+
+
+# --------------------------------------------------------------------------- the loop
+class ClientLoop:
+    """One I/O thread shared by many clients: ``Client(..., loop=shared)``.
+
+    Use it as a context manager (or call :meth:`close`): closing says bye for every
+    client still on it (each waiting at most its ``close_timeout``), then stops and
+    joins the thread. A client's own default loop is ``private``: it stops by itself
+    once its one link has finished.
+    """
+
+    def __init__(self, name: str = "securechat-client-io", *, private: bool = False) -> None:
+        self.name = name
+        self.private = private
+        self._lock = threading.Lock()
+        self._io: IOLoop | None = None
+        self._stopped = False  # under _lock: no call_soon after this
+        self._closing = False
+        self._thread = threading.Thread(name=name)  # a placeholder until started
+        self.timers = _Timers()
+        self.links: set[Link] = set()  # loop thread only
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The I/O thread (before :meth:`start`, a thread object that never runs)."""
+        return self._thread
+
+    @property
+    def closed(self) -> bool:
+        return self._stopped or self._closing
+
+    def start(self) -> ClientLoop:
+        """Start the I/O thread (idempotent)."""
+        with self._lock:
+            if self._io is not None:
+                return self
+            if self._stopped or self._closing:
+                raise ClientClosed("the client loop is closed")
+            io = IOLoop(self.name, tick_interval=_IDLE_TICK)
+            selector = _TimerSelector(self.timers)
+            for key in io.selector.get_map().values():
+                selector.register(key.fileobj, key.events, key.data)
+            io.selector.close()
+            io.selector = selector
+            self._io = io
+            self._thread = io.thread
+            io.start()
+        return self
+
+    # ------------------------------------------------------------------ any thread
+    def call_soon(self, fn: Callable[[], None]) -> bool:
+        """Run ``fn`` in the loop thread; False if the loop has stopped."""
+        with self._lock:
+            if self._stopped or self._io is None:
+                return False
+            self._io.call_soon(fn)
+        return True
+
+    def schedule(self, link: Link) -> None:
+        with self._lock:
+            if self._stopped or self._io is None:
+                return
+            self._io.schedule(link)
+
+    def attach(self, link: Link) -> None:
+        """Start ``link`` in the loop thread."""
+        self.start()
+        if self._closing or not self.call_soon(link.begin):
+            raise ClientClosed("the client loop is closed")
+
+    def in_loop(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Close every client on the loop (bye, bounded by their ``close_timeout``),
+        stop and join the thread; True if it ended. Idempotent."""
+        with self._lock:
+            self._closing = True
+            io = self._io
+        if io is None:
+            with self._lock:
+                self._stopped = True
+            return True
+        if self.in_loop():
+            self.call_soon(self._close_links)
+            return False
+        budget = (max((link.core.close_timeout for link in list(self.links)), default=0.0)
+                  + 2.0) if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        self.call_soon(self._close_links)
+        io.join(budget)
+        if io.thread.is_alive():
+            self.call_soon(self._abort_links)
+            io.join(max(0.1, deadline - time.monotonic()))
+        return not io.thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end (after :meth:`close`, or a private loop's last link)."""
+        if self._io is None:
+            return True
+        return self._io.join(timeout)
+
+    def __enter__(self) -> ClientLoop:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ loop thread
+    @property
+    def selector(self) -> selectors.BaseSelector:
+        """The loop's selector (loop thread only, once started)."""
+        assert self._io is not None
+        return self._io.selector
+
+    def link_started(self, link: Link) -> None:
+        self.links.add(link)
+
+    def link_finished(self, link: Link) -> None:
+        self.links.discard(link)
+        self.timers.set(link, None)
+        if not self.links and (self.private or self._closing):
+            self._stop()
+
+    def _close_links(self) -> None:
+        if not self.links:
+            self._stop()
+            return
+        for link in list(self.links):
+            link.close_now()
+
+    def _abort_links(self) -> None:
+        for link in list(self.links):
+            link.abort("the client loop was closed")
+        self._stop()
+
+    def _stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if self._io is not None:
+                self._io.stop()
+
+
+# --------------------------------------------------------------------------- one link
+class Link:
+    """The sockets of one :class:`ClientCore`, owned by a :class:`ClientLoop`'s thread.
+
+    ``deliver(events)`` is called (in the loop thread, or in the thread closing an
+    unstarted link) with the user events the core produced, in order.
+    """
+
+    def __init__(self, loop: ClientLoop, core: ClientCore, *, host: str, port: int,
+                 server_name: str, ssl_context: ssl.SSLContext,
+                 deliver: Callable[[list[Event]], None],
+                 resolver: Resolver | None = None) -> None:
+        self.loop = loop
+        self.core = core
+        self.host = host
+        self.port = port
+        self.server_name = server_name
+        self._ctx = ssl_context
+        self._deliver = deliver
+        self._resolver = resolver
+        # Any thread: appended to, then a flush is scheduled.
+        self.inbox: deque[Outgoing] = deque()
+        self._close_asked = False
+        self._flush_scheduled = False
+        # Loop thread only.
+        self.timer_at: float | None = None
+        self._sock: socket.socket | None = None
+        self._events = 0
+        self._stage = ""  # "", "resolving", "connecting", "handshake", "open"
+        self._addrs: list[tuple[int, Any]] = []
+        self._wbuf = SendBuffer()
+        self._write_blocked = False
+        self._read_wants_write = False
+        self._handed_close = False
+        self._finished = False
+        self.resolver_thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"<Link {self.core.address} {self.core.phase.value} {self._stage or '-'}>"
+
+    # ================================================================== any thread
+    def submit(self) -> None:
+        """Something was appended to :attr:`inbox`: have the loop hand it to the core."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.schedule(self)
+
+    def request_close(self) -> None:
+        self._close_asked = True
+        self._flush_scheduled = True
+        self.loop.schedule(self)
+
+    def close_unstarted(self) -> None:
+        """Close a link that was never attached: the calling thread is its only user."""
+        self._take_inbox()
+        self.core.close(time.monotonic())
+        self._process()
+
+    # ================================================================== loop thread
+    def begin(self) -> None:
+        """Attached to the loop: connect at once."""
+        if self._finished:
+            return
+        self.loop.link_started(self)
+        if self.loop.closed:
+            self._close_asked = True  # attached while the loop was being closed
+        self._guard(self._begin)
+
+    def _begin(self) -> None:
+        now = time.monotonic()
+        if self._close_asked:
+            self._take_inbox()
+            self.core.close(now)
+            self._handed_close = True
+        else:
+            self.core.start(now)
+            self._take_inbox()
+        self._process()
+
+    def flush(self) -> None:
+        """IOLoop: messages or a close request arrived from another thread."""
+        self._flush_scheduled = False
+        self._guard(self._flush)
+
+    def _flush(self) -> None:
+        self._take_inbox()
+        if self._close_asked and not self._handed_close:
+            self._handed_close = True
+            self.core.close(time.monotonic())
+        self._process()
+
+    def close_now(self) -> None:
+        """The loop is closing: say bye (bounded by the core's close_timeout)."""
+        self._close_asked = True
+        self._guard(self._flush)
+
+    def on_timer(self, now: float) -> None:
+        self._guard(lambda: self._on_timer(now))
+
+    def _on_timer(self, now: float) -> None:
+        self.core.tick(now)
+        self._process()
+
+    def tick(self, now: float) -> None:
+        """Not registered in IOLoop.endpoints: timers are exact (see on_timer)."""
+
+    def abort(self, reason: str, error: ClientError | None = None) -> None:
+        """Close at once without a bye (loop shutdown, or a bug in this link)."""
+        self._close_socket()
+        self.core.abort(reason, error)
+        self._process()
+
+    def _guard(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as exc:  # a bug: this link ends, the loop and others go on
+            logger.exception("client link %r failed", self)
+            with contextlib.suppress(Exception):
+                self.abort("internal error", ClientError(f"internal error: {exc!r}"))
+
+    def _take_inbox(self) -> None:
+        inbox = self.inbox
+        while inbox:
+            self.core.send(inbox.popleft())
+
+    def _process(self) -> None:
+        """Carry out what the core asked for, until it asks nothing more."""
+        core = self.core
+        while True:
+            outputs = core.outputs()
+            data = core.data_to_send()
+            if not outputs and not data:
+                break
+            events: list[Event] = []
+            for out in outputs:
+                if isinstance(out, Connect):
+                    self._connect()
+                elif isinstance(out, CloseLink):
+                    self._close_socket()
+                else:
+                    events.append(out)
+            if data and self._stage == "open":
+                self._wbuf.append(data)
+                if not self._write_blocked:
+                    self._write()
+            if events:
+                self._deliver(events)
+        if core.done:
+            if not self._finished:
+                self._finished = True
+                self._close_socket()
+                error = core.error or ClientClosed("the client is closed")
+                while self.inbox:
+                    self.inbox.popleft().failed(error)
+                if self.loop.in_loop():
+                    self.loop.link_finished(self)
+            return
+        if self.loop.in_loop():
+            self.loop.timers.set(self, core.next_deadline())
+
+    # ------------------------------------------------------------------ connecting
+    def _connect(self) -> None:
+        if self._resolver is None and _is_ip_literal(self.host):
+            try:
+                addrs: list[tuple[int, Any]] | BaseException = resolve(self.host, self.port)
+            except OSError as exc:
+                addrs = exc
+            self._on_resolved(addrs)
+            return
+        self._stage = self.core.stage = "resolving"
+        running = self.resolver_thread
+        if running is not None and running.is_alive():
+            return  # an earlier attempt's lookup still runs: its answer will do
+        thread = threading.Thread(target=self._resolve_in_thread,
+                                  name=f"{self.loop.name}-resolve", daemon=True)
+        self.resolver_thread = thread
+        thread.start()
+
+    def _resolve_in_thread(self) -> None:
+        resolver = self._resolver or resolve
+        result: list[tuple[int, Any]] | BaseException
+        try:
+            result = list(resolver(self.host, self.port))
+        except Exception as exc:  # gaierror, or whatever a custom resolver raises
+            result = exc
+        # Touches nothing of the link: the answer is handled in the loop thread, if the
+        # loop still runs (else it is dropped).
+        self.loop.call_soon(lambda: self._guard(lambda: self._resolved(result)))
+
+    def _resolved(self, result: list[tuple[int, Any]] | BaseException) -> None:
+        if self._stage != "resolving" or self.core.phase is not Phase.CONNECTING:
+            return  # the attempt timed out or the link closed meanwhile
+        self._on_resolved(result)
+        self._process()
+
+    def _on_resolved(self, result: list[tuple[int, Any]] | BaseException) -> None:
+        if isinstance(result, BaseException):
+            # socket.gaierror: DNS may come back (containers start), so retry.
+            self._fail(f"cannot resolve {self.host}: {describe(result)}")
+            return
+        self._addrs = list(result)
+        self._connect_next()
+
+    def _connect_next(self, last_error: str = "no address") -> None:
+        """Start a non-blocking TCP connect to the next resolved address."""
+        while self._addrs:
+            family, sockaddr = self._addrs.pop(0)
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError as exc:
+                last_error = describe(exc)
+                continue
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # A backstop for a peer that vanished; the heartbeat is the real check.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            err = sock.connect_ex(sockaddr)
+            if err in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+                self._sock = sock
+                self._stage = self.core.stage = "connecting"
+                self._set_events(_WRITE)
+                return
+            sock.close()
+            last_error = describe(OSError(err, os.strerror(err)))
+        self._stage = ""
+        self._fail(last_error)
+
+    def _on_tcp_connected(self) -> None:
+        raw = self._sock
+        assert raw is not None
+        err = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._close_socket()
+            self._connect_next(describe(OSError(err, os.strerror(err))))
+            return
+        self._set_events(0)
+        self._sock = None
+        try:
+            self._sock = self._ctx.wrap_socket(raw, server_hostname=self.server_name,
+                                               do_handshake_on_connect=False)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raw.close()
+            self._stage = ""
+            self._fail(f"TLS setup failed: {describe(exc)}")
+            return
+        self._stage = self.core.stage = "handshake"
+        self._set_events(_READ)
+        self._handshake()
+
+    def _handshake(self) -> None:
+        sock = self._sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._set_events(_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._set_events(_READ | _WRITE)
+            return
+        except ssl.SSLCertVerificationError as exc:
+            detail = exc.verify_message or exc.reason or str(exc)
+            fatal = TLSVerificationFailed(
+                f"the certificate of {self.core.address} did not verify for "
+                f"{self.server_name!r}: {detail}")
+            fatal.__cause__ = exc
+            self._fail(str(fatal), fatal)
+            return
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            self._fail(f"TLS handshake failed: {describe(exc)}")
+            return
+        self._stage = "open"
+        self._set_events(_READ)
+        self.core.connection_made(time.monotonic())
+        self._process()
+        self._read()  # the welcome may already sit decrypted inside OpenSSL
+
+    def _fail(self, reason: str, error: ClientError | None = None) -> None:
+        """The attempt or the link failed here: close, tell the core (caller processes)."""
+        self._close_socket()
+        self.core.connection_lost(reason, time.monotonic(), error=error)
+
+    # ------------------------------------------------------------------ socket events
+    def _set_events(self, events: int) -> None:
+        sock = self._sock
+        if sock is None or events == self._events:
+            return
+        selector = self.loop.selector
+        if self._events == 0:
+            selector.register(sock, events, self)
+        elif events == 0:
+            selector.unregister(sock)
+        else:
+            selector.modify(sock, events, self)
+        self._events = events
+
+    def _update_events(self) -> None:
+        events = _READ
+        if self._write_blocked or self._read_wants_write:
+            events |= _WRITE
+        self._set_events(events)
+
+    def on_readable(self) -> None:
+        self._guard(self._on_readable)
+
+    def _on_readable(self) -> None:
+        stage = self._stage
+        if stage == "handshake":
+            self._handshake()
+        elif stage == "open":
+            if self._write_blocked:
+                self._write()  # a write that wanted to read can go on
+            if self._sock is not None:
+                self._read()
+        self._process()
+
+    def on_writable(self) -> None:
+        self._guard(self._on_writable)
+
+    def _on_writable(self) -> None:
+        stage = self._stage
+        if stage == "connecting":
+            self._on_tcp_connected()
+        elif stage == "handshake":
+            self._handshake()
+        elif stage == "open":
+            if self._read_wants_write:
+                self._read_wants_write = False
+                self._update_events()
+                self._read()
+            if self._write_blocked and self._sock is not None:
+                self._write()
+        self._process()
+
+    def _read(self) -> None:
+        core = self.core
+        while self._sock is not None:
+            sock = self._sock
+            assert isinstance(sock, ssl.SSLSocket)
+            try:
+                data = sock.recv(RECV_SIZE)
+            except ssl.SSLWantReadError:
+                return
+            except ssl.SSLWantWriteError:
+                self._read_wants_write = True
+                self._update_events()
+                return
+            except (ssl.SSLError, OSError) as exc:
+                self._fail(f"connection lost: {describe(exc)}")
+                return
+            if not data:
+                self._fail("the server closed the connection")
+                return
+            core.receive_data(data, time.monotonic())
+            self._process()  # may close the socket (bye, error, fatal)
+            if self._sock is not sock or not sock.pending():
+                return
+
+    def _write(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sent, drained = self._wbuf.write_to(sock)
+        except (ssl.SSLError, OSError) as exc:
+            self._fail(f"connection lost: {describe(exc)}")
+            return
+        self.core.data_sent(time.monotonic(), sent=sent, all_sent=drained)
+        if drained != (not self._write_blocked):
+            self._write_blocked = not drained
+            self._update_events()
+
+    def _close_socket(self) -> None:
+        self._stage = ""
+        sock = self._sock
+        if sock is None:
+            return
+        if self._events:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.loop.selector.unregister(sock)
+        self._events = 0
+        self._sock = None
+        with contextlib.suppress(OSError):
+            sock.close()
+        self._wbuf.clear()
+        self._write_blocked = False
+        self._read_wants_write = False

@@ -263,7 +263,7 @@ TRANSITIONS: Final[dict[tuple[Phase, str], Phase]] = {
 #: Phases in which frames from the server are read.
 _READING = frozenset({Phase.AUTH, Phase.ACTIVE, Phase.CLOSING})
 #: Phases in which the driver has a socket or an attempt going.
-_LINKED = frozenset({Phase.CONNECTING, Phase.AUTH, Phase.ACTIVE, Phase.CLOSING})
+_LINKED = frozenset({Phase.CONNECTING, Phase.AUTH, Phase.ACTIVE})
 
 
 class _LinkFailure(Exception):
@@ -325,6 +325,7 @@ class ClientCore:
         self._next_attempt_at = 0.0
         self._close_deadline = 0.0
         self._ever_connected = False
+        self._linked = False  # a Connect was asked for and no CloseLink since
         self.tracker = SeqTracker()
 
     # ================================================================== outputs
@@ -506,6 +507,7 @@ class ClientCore:
         self._outputs.append(Connecting(self.address, attempt))
         self._attempt_deadline = self._now + self.connect_timeout
         self._outputs.append(Connect(attempt))
+        self._linked = True
 
     def _link_failed(self, failure: _LinkFailure) -> None:
         was_active = self.phase is Phase.ACTIVE
@@ -530,7 +532,8 @@ class ClientCore:
                                           failure.retry_after))
 
     def _close_link(self, reason: str) -> None:
-        if self.phase in _LINKED:
+        if self._linked:
+            self._linked = False
             self._outputs.append(CloseLink(reason))
         self._out.clear()
         self._backlog = False

@@ -285,12 +285,12 @@ def test_failed_attempts_back_off_then_give_up() -> None:
             if isinstance(out, Connecting):
                 attempts.append(out.attempt)
         h.core.connection_lost("connection refused", h.now)
-        out = h.outputs()
-        if isinstance(out[-1], Reconnecting):
-            delays.append(out[-1].delay)
+        last = h.outputs()[-1]
+        if isinstance(last, Reconnecting):
+            delays.append(last.delay)
             h.to_deadline()
         else:
-            closed = out[-1]
+            closed = last
     assert delays == [0.5, 1.0, 2.0]
     assert attempts == [0, 1, 2, 3]
     assert isinstance(closed, Closed) and isinstance(closed.error, GaveUp)

@@ -35,6 +35,7 @@ import logging
 import random
 import secrets
 import ssl
+import sys
 import threading
 import time
 from collections import deque
@@ -93,6 +94,10 @@ logger = logging.getLogger("securechat.client")
 #: Seconds :meth:`Client.close` waits at most for a name resolution still running.
 RESOLVER_JOIN_WAIT: Final = 1.0
 
+#: The jitter source of clients given no ``rng``: one for all (a Mersenne Twister is
+#: 2.5 KiB; ``random()`` is atomic under the GIL, so sharing it across threads is safe).
+_JITTER = random.Random()
+
 
 class SendHandle(Outgoing):
     """One message given to :meth:`Client.send`: wait for its ``seq`` or its failure."""
@@ -145,6 +150,8 @@ class SendHandle(Outgoing):
 class Client:
     """A reconnecting, keep-alive chat client. See the module docstring.
 
+    Clients on one shared :class:`ClientLoop` share its lock and condition.
+
     Keyword-only settings (defaults in brackets):
 
     - ``token``: the access token (required).
@@ -178,6 +185,14 @@ class Client:
     delay first (see :mod:`securechat.backoff`).
     """
 
+    __slots__ = (
+        "_close_requested", "_cond", "_connected", "_core", "_dropped", "_events",
+        "_finished", "_id_prefix", "_ids", "_link", "_loop", "_max_frame", "_members",
+        "_on_event", "_own_loop", "_started", "_stream_ended", "_terminal", "_unacked",
+        "_welcome", "address", "close_timeout", "connect_timeout", "host", "max_events",
+        "port", "queue_size", "server_name",
+    )
+
     def __init__(self, host: str = "127.0.0.1", port: int = protocol.DEFAULT_PORT, *,
                  token: str, cafile: Path | str | None = None, server_name: str | None = None,
                  ssl_context: ssl.SSLContext | None = None,
@@ -194,7 +209,8 @@ class Client:
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.server_name = server_name or host
         self._core = ClientCore(token=validate_token(token), address=self.address,
-                                backoff=backoff, rng=rng, connect_timeout=connect_timeout,
+                                backoff=backoff, rng=rng or _JITTER,
+                                connect_timeout=connect_timeout,
                                 close_timeout=close_timeout, heartbeat=heartbeat)
         ctx = ssl_context or client_context(Path(cafile) if cafile else None)
         self.queue_size = queue_size
@@ -210,14 +226,14 @@ class Client:
                           deliver=self._deliver, resolver=resolver)
 
         # Shared with user threads, guarded by _cond.
-        self._cond = threading.Condition()
+        self._cond = self._loop.condition
         self._unacked = 0  # given to send() and not yet acked or failed
-        self._events: deque[Event] = deque()
+        self._events: deque[Event] | None = deque() if max_events > 0 else None
         self._dropped = 0
         self._stream_ended = False
         self._welcome: Welcome | None = None
         self._connected = False
-        self._members: frozenset[str] = frozenset()
+        self._members: set[str] = set()  # updated in place: a join costs O(1), not O(n)
         self._terminal: ClientError | None = None
         self._finished = False
         self._close_requested = False
@@ -315,7 +331,8 @@ class Client:
 
         After the :class:`Closed` event has been returned, raises :class:`ClientClosed`.
         """
-        if self.max_events <= 0:
+        events = self._events
+        if events is None:
             raise ClientError("events are not queued (max_events=0); use on_event")
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
@@ -323,8 +340,8 @@ class Client:
                 if self._dropped:
                     count, self._dropped = self._dropped, 0
                     return EventsDropped(count)
-                if self._events:
-                    event = self._events.popleft()
+                if events:
+                    event = events.popleft()
                     if isinstance(event, Closed):
                         self._stream_ended = True
                     return event
@@ -403,7 +420,8 @@ class Client:
     @property
     def members(self) -> frozenset[str]:
         """Users in the room, as last known (welcome, then join/leave)."""
-        return self._members
+        with self._cond:
+            return frozenset(self._members)
 
     @property
     def error(self) -> ClientError | None:
@@ -455,12 +473,12 @@ class Client:
             if isinstance(event, Connected):
                 self._welcome = event.welcome
                 self._connected = True
-                self._members = frozenset(event.welcome.members)
+                self._members = set(event.welcome.members)
                 self._max_frame = event.welcome.max_frame
             elif isinstance(event, Join):
-                self._members = self._members | {event.user}
+                self._members.add(sys.intern(event.user))
             elif isinstance(event, Leave):
-                self._members = self._members - {event.user}
+                self._members.discard(event.user)
             elif isinstance(event, Disconnected):
                 self._connected = False
             else:
@@ -475,11 +493,12 @@ class Client:
                 self._on_event(event)
             except Exception:
                 logger.exception("on_event callback failed for %r", event)
-        if self.max_events <= 0:
+        events = self._events
+        if events is None:
             return
         with self._cond:
-            if len(self._events) >= self.max_events and not isinstance(event, Closed):
-                self._events.popleft()
+            if len(events) >= self.max_events and not isinstance(event, Closed):
+                events.popleft()
                 self._dropped += 1
-            self._events.append(event)
+            events.append(event)
             self._cond.notify_all()

@@ -63,12 +63,13 @@ class Pool:
         self.clients: list[Client] = []
         self.loops: list[ClientLoop] = []
 
-    def make(self, port: int, token: str, *, start: bool = True, **kwargs: Any) -> Client:
+    def make(self, port: int, token: str, *, host: str = "127.0.0.1", start: bool = True,
+             **kwargs: Any) -> Client:
         kwargs.setdefault("cafile", self.ca)
         kwargs.setdefault("backoff", FAST)
         kwargs.setdefault("server_name", "localhost")
         kwargs.setdefault("connect_timeout", seconds(5))
-        client = Client("127.0.0.1", port, token=token, **kwargs)
+        client = Client(host, port, token=token, **kwargs)
         self.clients.append(client)
         if start:
             client.start()
@@ -256,3 +257,41 @@ def test_context_manager_one_liner(server: RunningServer, certs: Certs) -> None:
         thread = client.thread
     assert client.closed and not thread.is_alive()
     wait_for(lambda: server.server.stats()["sessions"] == 0, what="the server to see the bye")
+
+
+def test_connects_beyond_the_in_flight_limit_wait_their_turn(server: RunningServer,
+                                                             pool: Pool) -> None:
+    """With one connect slot, six clients on one loop still all get in, one at a time."""
+    shared = ClientLoop("test-one-slot", max_connecting=1)
+    pool.loops.append(shared)
+    group = [pool.make(server.port, server.add_user(f"s{i}"), loop=shared) for i in range(6)]
+    for client in group:
+        client.wait_connected(seconds(10))
+    assert all(c.stats()["attempts"] == 1 for c in group)
+
+
+def test_a_hung_lookup_does_not_stall_the_other_clients_on_the_loop(
+        server: RunningServer, pool: Pool) -> None:
+    """Name resolution runs off the loop thread: while one client's lookup hangs, another
+    on the same loop connects and chats; the hung one times out and closes cleanly."""
+    release = threading.Event()
+
+    def hung(host: str, port: int) -> list[tuple[int, Any]]:
+        release.wait(seconds(30))
+        return []
+
+    shared = pool.loop()
+    try:
+        stuck = pool.make(server.port, "sct1.000000000000.x", host="chat.invalid",
+                          resolver=hung, connect_timeout=seconds(0.5), loop=shared)
+        alive = pool.make(server.port, server.add_user("alice"), loop=shared)
+        alive.wait_connected(seconds(5))
+        assert alive.send("while the other waits").wait(seconds(5)) > 0
+        retry = next_of(stuck, Reconnecting)
+        assert "resolving" in retry.reason
+        assert alive.connected
+        stuck.close()
+        assert stuck.closed
+    finally:
+        release.set()
+    wait_for(lambda: not stuck.threads(), what="the lookup thread to end")

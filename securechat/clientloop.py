@@ -179,6 +179,7 @@ class ClientLoop:
         self.max_connecting = max(1, max_connecting)
         self._connecting: set[Link] = set()  # loop thread only: links holding a slot
         self._slot_queue: deque[Link] = deque()
+        self._granting = False
         self._lock = threading.Lock()
         self._io: IOLoop | None = None
         self._stopped = False  # under _lock: no call_soon after this
@@ -302,12 +303,23 @@ class ClientLoop:
 
     def release_slot(self, link: Link) -> None:
         self._connecting.discard(link)
-        queue = self._slot_queue
-        while queue and len(self._connecting) < self.max_connecting:
-            waiting = queue.popleft()
-            if waiting.wants_slot():
-                self._connecting.add(waiting)
-                waiting.slot_granted()
+        if self._granting:
+            return  # a link that failed at once inside slot_granted: the loop below goes on
+        self._granting = True
+        try:
+            queue = self._slot_queue
+            while queue and len(self._connecting) < self.max_connecting:
+                waiting = queue.popleft()
+                if waiting.wants_slot():
+                    self._connecting.add(waiting)
+                    waiting.slot_granted()
+        finally:
+            self._granting = False
+
+    @property
+    def connecting(self) -> int:
+        """Connect slots in use."""
+        return len(self._connecting)
 
     def _close_links(self) -> None:
         if not self.links:

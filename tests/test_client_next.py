@@ -312,3 +312,26 @@ def test_shared_loop_storm_bench_runs() -> None:
     assert result["clients"] == 8 and result["threads"] == 2
     assert [s["scenario"] for s in result["scenarios"]] == ["graceful", "crash"]
     assert "implementation shared" in done.stderr
+
+
+def test_handing_over_connect_slots_does_not_recurse() -> None:
+    """Thousands of queued links that each fail at once when given the slot (socket()
+    refused, say) are handed it in a loop, not by recursion."""
+    shared = ClientLoop("test-slots", max_connecting=1)
+
+    class FailsAtOnce:
+        granted = 0
+
+        def wants_slot(self) -> bool:
+            return True
+
+        def slot_granted(self) -> None:
+            FailsAtOnce.granted += 1
+            shared.release_slot(self)  # type: ignore[arg-type]
+
+    holder, queued = FailsAtOnce(), [FailsAtOnce() for _ in range(5000)]
+    assert shared.take_slot(holder)  # type: ignore[arg-type]
+    assert not any(shared.take_slot(link) for link in queued)  # type: ignore[arg-type]
+    shared.release_slot(holder)  # type: ignore[arg-type]
+    assert FailsAtOnce.granted == 5000 and shared.connecting == 0
+    assert shared.close()

@@ -59,7 +59,8 @@ from .clientevents import (
     SecureChatClientFailure,
     SendFailed,
 )
-from .clientloop import ClientLoop, Link, Resolver, resolve
+from .clientlink import Link
+from .clientloop import ClientLoop, Resolver, resolve
 from .errors import (
     ClientClosed,
     ClientError,

@@ -1,0 +1,505 @@
+"""The securechat client API on the sans-I/O core: a connection that survives the network.
+
+Same public API as :class:`securechat.client.Client` (which this replaces), built
+from three layers:
+
+- :mod:`securechat.clientcore`: the protocol state machine (auth, acks, resends,
+  gaps, heartbeats, backoff), pure;
+- :mod:`securechat.clientloop`: the I/O, on the server's :class:`~securechat.ioloop.IOLoop`
+  and :class:`~securechat.sendbuffer.SendBuffer`; one loop thread owns every socket
+  and SSL object of the clients on it (shared/design-notes.md s1);
+- this module: the thread-safe user API (send queue with ``queue_size``, event
+  queue, waits).
+
+:class:`Client` keeps one authenticated TLS link to a server and hides its failures:
+it reconnects with jittered exponential backoff (:mod:`securechat.backoff`), pings
+when idle and declares the link dead after three silent heartbeat intervals, queues
+what the user sends while it is offline and resends every message the server has
+not acknowledged. Fatal failures (token refused, certificate not trusted) end it
+with a clear error instead of retrying forever.
+
+By default every client has its own loop thread (named ``securechat-client-io-...``)
+that ends with it. Many clients can share one thread instead::
+
+    with ClientLoop() as shared:
+        clients = [Client(host, port, token=t, cafile=ca, loop=shared).start() for t in tokens]
+
+Events are the protocol frames and the events of :mod:`securechat.clientevents`;
+:class:`Closed` is always last.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import secrets
+import ssl
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+from . import protocol
+from .backoff import BackoffPolicy
+from .clientcore import ClientCore, Outgoing, SeqTracker, validate_token
+from .clientevents import (
+    Closed,
+    Connected,
+    Connecting,
+    Disconnected,
+    Event,
+    EventsDropped,
+    Gap,
+    Reconnecting,
+    SecureChatClientFailure,
+    SendFailed,
+)
+from .clientlink import Link
+from .clientloop import ClientLoop, Resolver, resolve
+from .errors import (
+    ClientClosed,
+    ClientError,
+    ConfigError,
+    LocalProtocolError,
+    QueueFull,
+)
+from .protocol import Join, Leave, Welcome
+from .tlsconfig import client_context
+
+__all__ = [
+    "Client",
+    "ClientLoop",
+    "Closed",
+    "Connected",
+    "Connecting",
+    "Disconnected",
+    "Event",
+    "EventsDropped",
+    "Gap",
+    "Reconnecting",
+    "Resolver",
+    "SendFailed",
+    "SendHandle",
+    "SeqTracker",
+    "resolve",
+    "validate_token",
+]
+
+logger = logging.getLogger("securechat.client")
+
+#: Seconds :meth:`Client.close` waits at most for a name resolution still running.
+RESOLVER_JOIN_WAIT: Final = 1.0
+
+#: The jitter source of clients given no ``rng``: one for all (a Mersenne Twister is
+#: 2.5 KiB; ``random()`` is atomic under the GIL, so sharing it across threads is safe).
+_JITTER = random.Random()
+
+
+class SendHandle(Outgoing):
+    """One message given to :meth:`Client.send`: wait for its ``seq`` or its failure."""
+
+    __slots__ = ("_done", "_on_done")
+
+    def __init__(self, mid: str, body: str, frame: bytes, order: int,
+                 on_done: Callable[[], None] | None = None) -> None:
+        super().__init__(mid, body, frame, order)
+        self._done = threading.Event()
+        self._on_done = on_done
+
+    def __repr__(self) -> str:
+        state = f"seq={self.seq}" if self.seq is not None else (
+            f"error={self.error}" if self.error else "pending")
+        return f"<SendHandle {self.id} {state}>"
+
+    def done(self) -> bool:
+        """Acknowledged or failed."""
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The room ``seq`` the server gave the message. Raises :class:`TimeoutError`
+        if it is not acknowledged in time (it stays queued), or the reason it never
+        will be (:class:`ClientClosed`, :class:`GaveUp`, :class:`AuthRefused`...)."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"message {self.id} not acknowledged within {timeout} s")
+        if self.error is not None:
+            raise self.error
+        assert self.seq is not None
+        return self.seq
+
+    # Called once, by the core (loop thread) or the closing thread.
+    def acked(self, seq: int) -> None:
+        super().acked(seq)
+        self._settled()
+
+    def failed(self, error: SecureChatClientFailure) -> None:
+        super().failed(error)
+        self._settled()
+
+    def _settled(self) -> None:
+        if self._done.is_set():
+            return
+        self._done.set()
+        if self._on_done is not None:
+            self._on_done()
+
+
+class Client:
+    """A reconnecting, keep-alive chat client. See the module docstring.
+
+    Clients on one shared :class:`ClientLoop` share its lock and condition.
+
+    Keyword-only settings (defaults in brackets):
+
+    - ``token``: the access token (required).
+    - ``cafile`` [None: the system trust store]: CA certificate(s) to verify the server.
+    - ``server_name`` [``host``]: the name the certificate must carry (use it when
+      ``host`` is an IP address but the certificate names a host).
+    - ``ssl_context`` [built from ``cafile``]: a ready client context instead.
+    - ``backoff`` [``BackoffPolicy()``: base 0.5 s, cap 30 s, reset after 30 s,
+      retry forever]: the reconnect schedule.
+    - ``queue_size`` [1000]: messages held until acknowledged; beyond it
+      :meth:`send` raises :class:`QueueFull`.
+    - ``max_events`` [10000]: events kept for :meth:`next_event`; the oldest are
+      dropped (and counted in :class:`EventsDropped`) if nobody reads. 0 keeps
+      none (use ``on_event``).
+    - ``on_event`` [None]: called in the I/O thread with every event; must be quick
+      and must not block (on a shared loop it holds up every client).
+    - ``connect_timeout`` [10 s]: name lookup + TCP connect + TLS handshake + welcome,
+      per attempt.
+    - ``close_timeout`` [2 s]: how long :meth:`close` waits for the server's bye.
+    - ``heartbeat`` [None: the server's ``welcome.heartbeat``]: ping interval.
+    - ``rng`` [a fresh ``random.Random``]: jitter source, for reproducible tests.
+    - ``name`` [``securechat-client-io``]: I/O thread name prefix (a random suffix
+      is added) of the client's own loop.
+    - ``resolver`` [:func:`resolve`, i.e. ``getaddrinfo``]: turns ``host`` into
+      addresses, in a daemon helper thread (``<loop name>-resolve``) under
+      ``connect_timeout``. An IP literal with the default resolver needs no lookup.
+    - ``loop`` [None: a private one]: a :class:`ClientLoop` to share with other
+      clients; it outlives them and is closed by its owner.
+
+    The first connection attempt starts at once; every *re*connect waits its jittered
+    delay first (see :mod:`securechat.backoff`).
+    """
+
+    __slots__ = (
+        "_close_requested", "_cond", "_connected", "_core", "_dropped", "_events",
+        "_finished", "_id_prefix", "_ids", "_link", "_loop", "_max_frame", "_members",
+        "_on_event", "_own_loop", "_started", "_stream_ended", "_terminal", "_unacked",
+        "_welcome", "address", "close_timeout", "connect_timeout", "host", "max_events",
+        "port", "queue_size", "server_name",
+    )
+
+    def __init__(self, host: str = "127.0.0.1", port: int = protocol.DEFAULT_PORT, *,
+                 token: str, cafile: Path | str | None = None, server_name: str | None = None,
+                 ssl_context: ssl.SSLContext | None = None,
+                 backoff: BackoffPolicy | None = None, queue_size: int = 1000,
+                 max_events: int = 10000, on_event: Callable[[Event], None] | None = None,
+                 connect_timeout: float = 10.0, close_timeout: float = 2.0,
+                 heartbeat: float | None = None, rng: random.Random | None = None,
+                 name: str = "securechat-client-io", resolver: Resolver | None = None,
+                 loop: ClientLoop | None = None) -> None:
+        if queue_size < 1:
+            raise ConfigError("queue_size must be at least 1")
+        self.host = host
+        self.port = port
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.server_name = server_name or host
+        self._core = ClientCore(token=validate_token(token), address=self.address,
+                                backoff=backoff, rng=rng or _JITTER,
+                                connect_timeout=connect_timeout,
+                                close_timeout=close_timeout, heartbeat=heartbeat)
+        ctx = ssl_context or client_context(Path(cafile) if cafile else None)
+        self.queue_size = queue_size
+        self.max_events = max_events
+        self._on_event = on_event
+        self.connect_timeout = connect_timeout
+        self.close_timeout = close_timeout
+        self._id_prefix = secrets.token_hex(4)
+        self._own_loop = loop is None
+        self._loop = loop or ClientLoop(f"{name}-{self._id_prefix}", private=True)
+        self._link = Link(self._loop, self._core, host=host, port=port,
+                          server_name=self.server_name, ssl_context=ctx,
+                          deliver=self._deliver, resolver=resolver)
+
+        # Shared with user threads, guarded by _cond.
+        self._cond = self._loop.condition
+        self._unacked = 0  # given to send() and not yet acked or failed
+        self._events: deque[Event] | None = deque() if max_events > 0 else None
+        self._dropped = 0
+        self._stream_ended = False
+        self._welcome: Welcome | None = None
+        self._connected = False
+        self._members: set[str] = set()  # updated in place: a join costs O(1), not O(n)
+        self._terminal: ClientError | None = None
+        self._finished = False
+        self._close_requested = False
+        self._started = False
+        self._ids = itertools.count(1)
+        self._max_frame = protocol.DEFAULT_MAX_FRAME
+
+    # ================================================================== user threads
+    def start(self) -> Client:
+        """Start connecting at once (no delay on the first attempt)."""
+        with self._cond:
+            if self._started or self._close_requested:
+                return self
+            self._started = True
+        try:
+            self._loop.attach(self._link)
+        except ClientClosed:
+            self._link.close_unstarted()
+        return self
+
+    def connect(self, timeout: float | None = None) -> Welcome:
+        """Start if needed and wait until authenticated; see :meth:`wait_connected`."""
+        self.start()
+        return self.wait_connected(timeout)
+
+    def wait_connected(self, timeout: float | None = None) -> Welcome:
+        """Block until the client is authenticated and return the welcome.
+
+        Raises the fatal error if the client stopped (:class:`AuthRefused`,
+        :class:`TLSVerificationFailed`, :class:`GaveUp`, :class:`ClientClosed`) and
+        :class:`TimeoutError` when ``timeout`` passes first.
+        """
+        with self._cond:
+            ok = self._cond.wait_for(lambda: self._connected or self._finished, timeout)
+            if self._connected and self._welcome is not None:
+                return self._welcome
+            if not ok:
+                raise TimeoutError(f"not connected to {self.address} within {timeout} s")
+            raise self._terminal or ClientClosed("the client is closed")
+
+    def wait_for_member(self, user: str, timeout: float | None = None) -> bool:
+        """Block until ``user`` is in the room (connected); False on timeout or close."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: (self._connected and user in self._members) or self._finished,
+                timeout) and not self._finished
+
+    def send(self, body: str, *, wait: float | None = 0.0) -> SendHandle:
+        """Queue ``body`` for the room and return a handle whose ``wait()`` gives its seq.
+
+        The message is resent after a reconnect until the server acknowledges it.
+        When ``queue_size`` messages are already unacknowledged, wait up to ``wait``
+        seconds (None: forever) for room, then raise :class:`QueueFull`. Raises
+        :class:`LocalProtocolError` for an empty body or one larger than the
+        server's frame limit, and :class:`ClientClosed` (or the fatal error) once
+        the client has stopped.
+        """
+        with self._cond:
+            order = next(self._ids)
+        mid = f"{self._id_prefix}-{order}"
+        frame = protocol.encode(protocol.SendMessage(body, mid))
+        limit = self._max_frame
+        if len(frame) - 1 > limit:
+            raise LocalProtocolError(
+                "frame_too_large",
+                f"message too long: {len(frame) - 1} bytes encoded, the server accepts {limit}")
+        with self._cond:
+            if not self._cond.wait_for(
+                    lambda: self._unacked < self.queue_size or self._finished, wait):
+                raise QueueFull(
+                    f"{self._unacked} messages are already waiting for the server "
+                    f"(queue_size={self.queue_size}); message not queued")
+            if self._finished or self._close_requested:
+                raise self._terminal or ClientClosed("the client is closed")
+            handle = SendHandle(mid, body, frame, order, self._message_settled)
+            self._unacked += 1
+            # Under the lock: the link fails whatever is in its inbox once it has
+            # emitted Closed, which takes this lock first.
+            self._link.inbox.append(handle)
+        self._link.submit()
+        return handle
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Block until the client has stopped (closed, fatal error, gave up)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._finished, timeout)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every queued message is acknowledged (or failed); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._unacked == 0 or self._finished, timeout)
+
+    def next_event(self, timeout: float | None = None) -> Event | None:
+        """The next event, or None if none comes within ``timeout``.
+
+        After the :class:`Closed` event has been returned, raises :class:`ClientClosed`.
+        """
+        events = self._events
+        if events is None:
+            raise ClientError("events are not queued (max_events=0); use on_event")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._dropped:
+                    count, self._dropped = self._dropped, 0
+                    return EventsDropped(count)
+                if events:
+                    event = events.popleft()
+                    if isinstance(event, Closed):
+                        self._stream_ended = True
+                    return event
+                if self._stream_ended:
+                    raise ClientClosed("the client is closed; no more events")
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._cond.wait(left)
+
+    def events(self, timeout: float | None = None) -> Iterator[Event]:
+        """Iterate over events up to and including :class:`Closed`; stops early if
+        nothing arrives within ``timeout`` seconds."""
+        while True:
+            try:
+                event = self.next_event(timeout)
+            except ClientClosed:
+                return
+            if event is None:
+                return
+            yield event
+            if isinstance(event, Closed):
+                return
+
+    def close(self, timeout: float | None = None) -> None:
+        """Say ``bye`` (waiting at most ``close_timeout`` for the answer), close the
+        link and, for a client's own loop, join its thread. Idempotent;
+        unacknowledged messages fail with :class:`ClientClosed`.
+
+        A name resolution still running (``getaddrinfo`` cannot be interrupted) is
+        waited for at most ``close_timeout`` (and :data:`RESOLVER_JOIN_WAIT`) seconds
+        within the same ``timeout``, then logged and left to end on its own: its
+        daemon thread touches nothing of the closed client.
+        """
+        with self._cond:
+            self._close_requested = True
+            started = self._started
+        if not started:
+            if not self._finished:
+                self._link.close_unstarted()
+            return
+        self._link.request_close()
+        if self._loop.in_loop():
+            return  # called from an on_event callback: the loop sees the request
+        budget = self.close_timeout + 2.0 if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        self.wait_closed(budget)
+        if self._own_loop:
+            self._loop.join(max(0.0, deadline - time.monotonic()))
+        resolver = self._link.resolver_thread
+        if resolver is not None and resolver is not threading.current_thread():
+            resolver.join(max(0.0, min(deadline - time.monotonic(), self.close_timeout,
+                                       RESOLVER_JOIN_WAIT)))
+            if resolver.is_alive():
+                logger.warning("name resolution of %s still running after close(); its "
+                               "thread %s ends when the lookup returns", self.host,
+                               resolver.name)
+
+    def __enter__(self) -> Client:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ state for users
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def welcome(self) -> Welcome | None:
+        """The welcome of the current (or last) connection."""
+        return self._welcome
+
+    @property
+    def members(self) -> frozenset[str]:
+        """Users in the room, as last known (welcome, then join/leave)."""
+        with self._cond:
+            return frozenset(self._members)
+
+    @property
+    def error(self) -> ClientError | None:
+        """Why the client stopped, if it stopped on its own."""
+        return self._terminal
+
+    @property
+    def closed(self) -> bool:
+        return self._finished
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The I/O thread this client runs on (shared with others on a shared loop)."""
+        return self._loop.thread
+
+    @property
+    def loop(self) -> ClientLoop:
+        return self._loop
+
+    def threads(self) -> list[threading.Thread]:
+        """The threads this client started that are still alive (its own I/O thread,
+        and a name-resolution helper while a lookup runs)."""
+        own = self._loop.thread if self._own_loop else None
+        return [t for t in (own, self._link.resolver_thread)
+                if t is not None and t.is_alive()]
+
+    def stats(self) -> dict[str, int]:
+        """Counters: attempts, connects, sent, acked, resent, rate_limited, queued."""
+        with self._cond:
+            out = dict(self._core.stats)
+            out["queued"] = self._unacked
+        return out
+
+    # ================================================================== I/O thread
+    def _message_settled(self) -> None:
+        with self._cond:
+            self._unacked -= 1
+            self._cond.notify_all()
+
+    def _deliver(self, events: list[Event]) -> None:
+        """Events from the core, in order: update what users can see, then emit."""
+        for event in events:
+            if isinstance(event, Connected | Join | Leave | Disconnected | Closed):
+                self._apply(event)
+            self._emit(event)
+
+    def _apply(self, event: Connected | Join | Leave | Disconnected | Closed) -> None:
+        with self._cond:
+            if isinstance(event, Connected):
+                self._welcome = event.welcome
+                self._connected = True
+                self._members = set(event.welcome.members)
+                self._max_frame = event.welcome.max_frame
+            elif isinstance(event, Join):
+                self._members.add(sys.intern(event.user))
+            elif isinstance(event, Leave):
+                self._members.discard(event.user)
+            elif isinstance(event, Disconnected):
+                self._connected = False
+            else:
+                self._terminal = event.error
+                self._connected = False
+                self._finished = True
+            self._cond.notify_all()
+
+    def _emit(self, event: Event) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:
+                logger.exception("on_event callback failed for %r", event)
+        events = self._events
+        if events is None:
+            return
+        with self._cond:
+            if len(events) >= self.max_events and not isinstance(event, Closed):
+                events.popleft()
+                self._dropped += 1
+            events.append(event)
+            self._cond.notify_all()

@@ -1,0 +1,649 @@
+"""The client's protocol logic as a sans-I/O state machine for ONE link (pure).
+
+No sockets, no TLS, no threads, no clock: an I/O driver (:mod:`securechat.clientloop`)
+feeds :class:`ClientCore` what happened and carries out what it asks for::
+
+    core.start(now)                  # -> Connect action (open TLS to the server)
+    core.connection_made(now)        # TLS is up       -> bytes to send (auth)
+    core.receive_data(data, now)     # plaintext read  -> events, bytes (pong...)
+    core.connection_lost(reason, now, error=...)       # EOF, reset, TLS error
+    core.data_sent(now, all_sent=...)                  # what the socket took
+    core.send(message) / core.close(now)               # from the user
+    core.tick(now) at core.next_deadline()             # heartbeats, timeouts, backoff
+
+    core.data_to_send() -> bytes     # append to the socket's send buffer
+    core.outputs()      -> [...]     # user events and actions, in order
+
+Actions are :class:`Connect` ("open a connection now") and :class:`CloseLink`
+("close the socket now; drop what is unsent"). "Reconnect after X s" is the
+:class:`~securechat.clientevents.Reconnecting` event plus the deadline the core
+keeps (the driver calls :meth:`ClientCore.tick` when it passes); "give up" is
+:class:`~securechat.clientevents.Closed`.
+
+What it covers: auth and welcome, the ack window and the resend queue (ids,
+resend in order until acked, ``rate_limited`` pauses), seq/epoch tracking
+(:class:`SeqTracker`), heartbeat deadlines (ping after one idle interval, dead
+after :data:`DEAD_AFTER_INTERVALS`), the reconnect schedule
+(:class:`securechat.backoff.Backoff`, clock = the ``now`` passed in) and the
+retryable/fatal classification (:func:`securechat.backoff.is_fatal`).
+
+All phase changes go through :meth:`ClientCore._goto` and the table
+:data:`TRANSITIONS` (in the spirit of h11's ``_state.py``).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import sys
+from dataclasses import dataclass, replace
+from typing import Final
+
+from . import protocol
+from .backoff import Backoff, BackoffPolicy, is_fatal, is_fatal_code
+from .clientevents import (
+    Closed,
+    Connected,
+    Connecting,
+    Disconnected,
+    Event,
+    Reconnecting,
+    SecureChatClientFailure,
+    SendFailed,
+)
+from .clientparts import (
+    Outgoing,
+    SeqTracker,
+    bye_reason,
+    clamp_hint,
+    decoder_limit,
+    validate_token,
+)
+from .errors import (
+    AuthRefused,
+    ClientClosed,
+    ClientError,
+    ConfigError,
+    GaveUp,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from .protocol import Ack, ErrorFrame, Join, Leave, Message, Welcome
+
+__all__ = [
+    "DEAD_AFTER_INTERVALS",
+    "DEFAULT_RATE_PAUSE",
+    "SEND_WINDOW",
+    "TRANSITIONS",
+    "ClientCore",
+    "CloseLink",
+    "Connect",
+    "Outgoing",
+    "Output",
+    "Phase",
+    "SeqTracker",
+    "clamp_hint",
+    "decoder_limit",
+    "validate_token",
+]
+
+logger = logging.getLogger("securechat.client")
+
+#: Messages sent but not yet acknowledged at once. The server drops messages over
+#: its rate (50/s, bursts of 100 by default) with ``rate_limited``; a window keeps
+#: a long backlog flushed after a reconnect from being refused by the hundred.
+#: After a ``rate_limited`` the window drops to 1 and doubles with every ack (as
+#: TCP's slow start), so the refused message goes again before newer ones.
+SEND_WINDOW: Final = 32
+#: Pause after ``rate_limited`` when the server gave no ``retry_after``.
+DEFAULT_RATE_PAUSE: Final = 1.0
+#: Heartbeat intervals without any frame after which the link is declared dead.
+DEAD_AFTER_INTERVALS: Final = 3
+
+_PING = protocol.encode(protocol.Ping())
+_PONG = protocol.encode(protocol.Pong())
+_BYE = protocol.encode(protocol.Bye())
+
+
+# --------------------------------------------------------------------------- outputs
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Action: open a TLS connection to the server now (attempt ``attempt``, 0-based
+    since the link was last healthy). The core times the attempt; report the outcome
+    with :meth:`ClientCore.connection_made` or :meth:`ClientCore.connection_lost`."""
+
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class CloseLink:
+    """Action: close the socket (or abandon the attempt) now; unsent bytes are dropped."""
+
+    reason: str
+
+
+Output = Event | Connect | CloseLink
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"  # not started
+    CONNECTING = "connecting"  # the driver resolves, connects, handshakes
+    AUTH = "auth"  # TLS is up, auth sent, waiting for welcome
+    ACTIVE = "active"
+    CLOSING = "closing"  # bye sent, waiting for the server's bye
+    WAITING = "waiting"  # backoff before the next attempt
+    DONE = "done"
+
+
+#: Every allowed phase change: (phase, trigger) -> next phase. ``finish`` (to DONE)
+#: is allowed from every phase but DONE and is not listed.
+TRANSITIONS: Final[dict[tuple[Phase, str], Phase]] = {
+    (Phase.IDLE, "start"): Phase.CONNECTING,
+    (Phase.WAITING, "retry"): Phase.CONNECTING,
+    (Phase.CONNECTING, "connection_made"): Phase.AUTH,
+    (Phase.AUTH, "welcome"): Phase.ACTIVE,
+    (Phase.ACTIVE, "close"): Phase.CLOSING,
+    (Phase.CONNECTING, "lost"): Phase.WAITING,
+    (Phase.AUTH, "lost"): Phase.WAITING,
+    (Phase.ACTIVE, "lost"): Phase.WAITING,
+}
+
+#: Phases in which frames from the server are read.
+_READING = frozenset({Phase.AUTH, Phase.ACTIVE, Phase.CLOSING})
+#: Phases in which the driver has a socket or an attempt going.
+_LINKED = frozenset({Phase.CONNECTING, Phase.AUTH, Phase.ACTIVE})
+
+
+class _LinkFailure(Exception):
+    """Internal: the current link or attempt failed. ``error``, when set, is what the
+    client ends with if :func:`securechat.backoff.is_fatal` says retrying cannot help."""
+
+    def __init__(self, reason: str, *, retry_after: float | None = None,
+                 error: ClientError | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+        self.error = error
+
+
+# --------------------------------------------------------------------------- the core
+class ClientCore:
+    """The protocol state of one reconnecting client link. See the module docstring.
+
+    Not thread-safe: it belongs to the one thread that drives it. ``now`` values are
+    monotonic seconds; ``rng`` is the jitter source (a :class:`random.Random`).
+    """
+
+    __slots__ = (
+        "_attempt_deadline", "_auth", "_backlog", "_close_deadline", "_decoder",
+        "_ever_connected", "_heartbeat", "_heartbeat_override", "_inflight", "_last_rx",
+        "_last_tx", "_linked", "_next_attempt_at", "_now", "_out", "_outbox", "_outputs",
+        "_paused_until", "_window", "address", "backoff", "close_requested", "close_timeout",
+        "connect_timeout", "error", "max_frame", "phase", "stage", "stats", "tracker",
+        "welcome",
+    )
+
+    def __init__(self, *, token: str, address: str = "", backoff: BackoffPolicy | None = None,
+                 rng: random.Random | None = None, connect_timeout: float = 10.0,
+                 close_timeout: float = 2.0, heartbeat: float | None = None) -> None:
+        if connect_timeout <= 0 or close_timeout < 0:
+            raise ConfigError("connect_timeout must be > 0 and close_timeout >= 0")
+        if heartbeat is not None and heartbeat <= 0:
+            raise ConfigError("heartbeat must be greater than 0")
+        self.address = address
+        self._auth = protocol.encode(protocol.Auth(validate_token(token)))
+        self.connect_timeout = connect_timeout
+        self.close_timeout = close_timeout
+        self._heartbeat_override = heartbeat
+        self._now = 0.0
+        self.backoff = Backoff(backoff, rng=rng, clock=lambda: self._now)
+        self.phase = Phase.IDLE
+        #: What the driver is doing in CONNECTING, for timeout messages.
+        self.stage = "connecting"
+        self.close_requested = False
+        self.welcome: Welcome | None = None
+        #: Why the core stopped on its own (None after a plain close).
+        self.error: ClientError | None = None
+        self.max_frame = protocol.DEFAULT_MAX_FRAME
+        self.stats = {"attempts": 0, "connects": 0, "sent": 0, "acked": 0, "resent": 0,
+                      "rate_limited": 0}
+        self._out: list[bytes] = []
+        self._outputs: list[Output] = []
+        self._decoder = protocol.FrameDecoder(decoder_limit(protocol.DEFAULT_MAX_FRAME))
+        # Lists and a dict, not deques and an OrderedDict: a few hundred bytes less per
+        # client, which counts with thousands of clients on one loop.
+        self._outbox: list[Outgoing] = []
+        self._inflight: dict[str, Outgoing] = {}
+        self._window = SEND_WINDOW
+        self._paused_until = 0.0
+        self._heartbeat = 0.0
+        self._last_rx = 0.0
+        self._last_tx = 0.0
+        self._backlog = False  # the driver holds bytes the socket has not taken
+        self._attempt_deadline = 0.0
+        self._next_attempt_at = 0.0
+        self._close_deadline = 0.0
+        self._ever_connected = False
+        self._linked = False  # a Connect was asked for and no CloseLink since
+        self.tracker = SeqTracker()
+
+    # ================================================================== outputs
+    def data_to_send(self) -> bytes:
+        """Bytes to append to the socket's send buffer (empty if none)."""
+        if not self._out:
+            return b""
+        data = b"".join(self._out)
+        self._out.clear()
+        return data
+
+    def outputs(self) -> list[Output]:
+        """User events and driver actions produced since the last call, in order."""
+        out, self._outputs = self._outputs, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` must be called next (monotonic seconds), or None."""
+        phase = self.phase
+        if phase is Phase.WAITING:
+            return self._next_attempt_at
+        if phase is Phase.CONNECTING or phase is Phase.AUTH:
+            return self._attempt_deadline
+        if phase is Phase.CLOSING:
+            return self._close_deadline
+        if phase is not Phase.ACTIVE:
+            return None
+        deadlines = []
+        if self._outbox and self._paused_until:
+            deadlines.append(self._paused_until)
+        interval = self._heartbeat
+        if interval > 0:
+            deadlines.append(self._last_rx + DEAD_AFTER_INTERVALS * interval)
+            if not self._backlog and not self._out:
+                # A ping due while bytes wait for a blocked socket is not a deadline:
+                # the socket taking them is (data_sent), else a past ping time spins.
+                deadlines.append(self._last_tx + interval)
+        return min(deadlines) if deadlines else None
+
+    @property
+    def queued(self) -> int:
+        """Messages held by the core: waiting to be sent, or sent and not acked."""
+        return len(self._outbox) + len(self._inflight)
+
+    @property
+    def done(self) -> bool:
+        return self.phase is Phase.DONE
+
+    # ================================================================== inputs
+    def start(self, now: float) -> None:
+        """Begin the first attempt at once (no delay: only reconnects wait)."""
+        self._now = now
+        if self.phase is not Phase.IDLE:
+            return
+        if self.close_requested:
+            self._finish(None, "closed")
+            return
+        self._start_attempt("start")
+
+    def connection_made(self, now: float) -> None:
+        """The TLS handshake completed: authenticate."""
+        self._now = now
+        self._goto("connection_made")
+        self._decoder = protocol.FrameDecoder(decoder_limit(protocol.DEFAULT_MAX_FRAME))
+        self._backlog = False
+        self._out.append(self._auth)
+
+    def connection_lost(self, reason: str, now: float, *,
+                        error: ClientError | None = None) -> None:
+        """The attempt or the link failed (refused, reset, EOF, TLS error...). ``error``
+        is set for failures that may be fatal (certificate not trusted)."""
+        self._now = now
+        if self.phase is Phase.CLOSING:
+            self._finish(None, "closed")
+        elif self.phase in _LINKED:
+            self._link_failed(_LinkFailure(reason, error=error))
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Plaintext bytes from the server."""
+        self._now = now
+        if self.phase not in _READING or not data:
+            return
+        self._last_rx = now
+        try:
+            try:
+                lines = self._decoder.feed(data)
+            except RemoteProtocolError as exc:  # decoders that raise instead of .failed
+                raise _LinkFailure(f"bad data from the server: {exc}") from exc
+            for line in lines:
+                self._on_line(line)
+                if self.phase not in _READING:
+                    return  # the link failed or finished on this frame
+            bad: RemoteProtocolError | None = getattr(self._decoder, "failed", None)
+            if bad is not None:
+                raise _LinkFailure(f"bad data from the server: {bad}") from bad
+        except _LinkFailure as failure:
+            self._link_failed(failure)
+            return
+        if self.phase is Phase.ACTIVE:
+            self.backoff.alive()
+            self._pump()
+
+    def data_sent(self, now: float, *, sent: int, all_sent: bool) -> None:
+        """The driver wrote ``sent`` bytes (0: none) and whether its buffer is empty."""
+        self._now = now
+        if sent:
+            self._last_tx = now
+        self._backlog = not all_sent
+
+    def send(self, message: Outgoing) -> None:
+        """Queue a message; it goes out (and again after reconnects) until acked."""
+        if self.phase is Phase.DONE:
+            message.failed(self.error or ClientClosed("the client is closed"))
+            return
+        if len(message.frame) - 1 > self.max_frame:
+            self._fail_message(message, self._too_long(message))
+            return
+        self._outbox.append(message)
+        if self.phase is Phase.ACTIVE:
+            self._pump()
+
+    def close(self, now: float) -> None:
+        """Say bye and wait for the server's (at most ``close_timeout``), or stop at once
+        when not connected. Idempotent."""
+        self._now = now
+        self.close_requested = True
+        if self.phase is Phase.ACTIVE:
+            self._goto("close")
+            self._close_deadline = now + self.close_timeout
+            self._out.append(_BYE)
+        elif self.phase is not Phase.CLOSING and self.phase is not Phase.DONE:
+            self._finish(None, "closed")
+
+    def abort(self, reason: str, error: ClientError | None = None) -> None:
+        """Stop at once without a bye (the driver is shutting down, or had a bug)."""
+        if self.phase is not Phase.DONE:
+            self._finish(error, reason)
+
+    def tick(self, now: float) -> None:
+        """Act on the deadlines that passed (see :meth:`next_deadline`)."""
+        self._now = now
+        phase = self.phase
+        try:
+            if phase is Phase.WAITING:
+                if now >= self._next_attempt_at:
+                    self._start_attempt("retry")
+            elif phase is Phase.CONNECTING or phase is Phase.AUTH:
+                if now >= self._attempt_deadline:
+                    stage = "auth" if phase is Phase.AUTH else self.stage
+                    raise _LinkFailure(f"timed out after {self.connect_timeout:g} s ({stage})")
+            elif phase is Phase.CLOSING:
+                if now >= self._close_deadline:
+                    self._finish(None, "closed")
+            elif phase is Phase.ACTIVE:
+                self._heartbeat_tick(now)
+                self._pump()
+        except _LinkFailure as failure:
+            self._link_failed(failure)
+
+    # ================================================================== transitions
+    def _goto(self, trigger: str) -> None:
+        """The one place the phase changes."""
+        if trigger == "finish":
+            if self.phase is Phase.DONE:
+                raise LocalProtocolError("internal", "the client core already finished")
+            self.phase = Phase.DONE
+            return
+        new = TRANSITIONS.get((self.phase, trigger))
+        if new is None:
+            raise LocalProtocolError(
+                "internal", f"{trigger!r} is not allowed in phase {self.phase.value}")
+        self.phase = new
+
+    def _start_attempt(self, trigger: str) -> None:
+        self._goto(trigger)
+        self.stage = "connecting"
+        self.stats["attempts"] += 1
+        attempt = self.backoff.attempt
+        self._outputs.append(Connecting(self.address, attempt))
+        self._attempt_deadline = self._now + self.connect_timeout
+        self._outputs.append(Connect(attempt))
+        self._linked = True
+
+    def _link_failed(self, failure: _LinkFailure) -> None:
+        was_active = self.phase is Phase.ACTIVE
+        self._close_link(failure.reason)
+        if was_active:
+            self._outputs.append(Disconnected(failure.reason))
+        if failure.error is not None and is_fatal(failure.error):
+            self._finish(failure.error, failure.reason)
+            return
+        if self.close_requested:
+            self._finish(None, "closed")
+            return
+        delay = self.backoff.next_delay(failure.retry_after)
+        if delay is None:
+            retries = self.backoff.attempt
+            self._finish(GaveUp(f"gave up after {retries} retr{'y' if retries == 1 else 'ies'}:"
+                                f" {failure.reason}"), failure.reason)
+            return
+        self._goto("lost")
+        self._next_attempt_at = self._now + delay
+        self._outputs.append(Reconnecting(delay, self.backoff.attempt, failure.reason,
+                                          failure.retry_after))
+
+    def _close_link(self, reason: str) -> None:
+        if self._linked:
+            self._linked = False
+            self._outputs.append(CloseLink(reason))
+        self._out.clear()
+        self._backlog = False
+
+    def _finish(self, error: ClientError | None, reason: str) -> None:
+        """Terminal: close the link, fail what was never acknowledged, emit Closed."""
+        self._close_link(reason)
+        self._goto("finish")
+        self.error = error
+        pending = list(self._inflight.values()) + list(self._outbox)
+        self._inflight.clear()
+        self._outbox.clear()
+        failure = error or ClientClosed("the client was closed before the server "
+                                        "acknowledged the message")
+        for message in pending:
+            message.failed(failure)
+        self._outputs.append(Closed(reason, error))
+
+    # ================================================================== timers
+    def _heartbeat_tick(self, now: float) -> None:
+        interval = self._heartbeat
+        if interval <= 0:
+            return
+        if now >= self._last_rx + DEAD_AFTER_INTERVALS * interval:
+            raise _LinkFailure(
+                f"no answer from the server for {now - self._last_rx:.1f} s (heartbeat)")
+        if now >= self._last_tx + interval and not self._backlog and not self._out:
+            self._out.append(_PING)
+            self._last_tx = now  # one ping per interval, even if the write stalls
+
+    # ================================================================== frames
+    def _on_line(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        try:
+            frame = protocol.decode_server_frame(line)
+        except RemoteProtocolError as exc:
+            # Unknown types are later protocol versions: ignore them, as the contract says.
+            level = logging.DEBUG if exc.code == "unknown_type" else logging.WARNING
+            logger.log(level, "ignored a frame from %s: %s", self.address, exc)
+            return
+        if self.phase is Phase.AUTH:
+            self._on_auth_frame(frame)
+        elif self.phase is Phase.ACTIVE or self.phase is Phase.CLOSING:
+            self._on_frame(frame)
+
+    def _hint(self, retry_after: float | None) -> float | None:
+        return clamp_hint(self.backoff.policy, retry_after)
+
+    def _on_auth_frame(self, frame: protocol.ServerFrame) -> None:
+        if isinstance(frame, Welcome):
+            self._on_welcome(frame)
+        elif isinstance(frame, ErrorFrame):
+            self._on_error(frame)
+        elif isinstance(frame, protocol.Bye):
+            hint = self._hint(frame.retry_after)
+            raise _LinkFailure(bye_reason(frame, hint), retry_after=hint)
+        elif isinstance(frame, protocol.Ping):
+            self._out.append(_PONG)
+
+    def _on_welcome(self, welcome: Welcome) -> None:
+        now = self._now
+        self._goto("welcome")
+        # Every client on a loop sees the same member names: one copy of each, not one
+        # per client (500 clients x 500 users would be 25 MB of duplicate strings).
+        welcome = replace(welcome, members=tuple(map(sys.intern, welcome.members)))
+        self._decoder.max_frame = decoder_limit(welcome.max_frame)
+        self.max_frame = welcome.max_frame
+        self.welcome = welcome
+        self._heartbeat = self._heartbeat_override or welcome.heartbeat
+        self._window = SEND_WINDOW  # a new session starts with a full rate bucket
+        self._last_rx = self._last_tx = now
+        self.backoff.connected()
+        gap = self.tracker.welcome(welcome.seq, welcome.epoch)
+        reconnect = self._ever_connected
+        self._ever_connected = True
+        self.stats["connects"] += 1
+        self._outputs.append(Connected(welcome, self.address, reconnect))
+        if gap is not None:
+            self._outputs.append(gap)
+        self._requeue_inflight()
+        self._fail_oversized()
+        self._pump()
+
+    def _on_frame(self, frame: protocol.ServerFrame) -> None:
+        if isinstance(frame, Message):
+            self.tracker.seen(frame.seq)
+            self._outputs.append(frame)
+            self._settle()
+        elif isinstance(frame, Ack):
+            self._on_ack(frame)
+        elif isinstance(frame, Join | Leave):
+            self._outputs.append(frame)
+        elif isinstance(frame, protocol.Ping):
+            self._out.append(_PONG)
+        elif isinstance(frame, protocol.Bye):
+            if self.phase is Phase.CLOSING:
+                self._finish(None, "closed")
+            else:
+                hint = self._hint(frame.retry_after)
+                raise _LinkFailure(bye_reason(frame, hint), retry_after=hint)
+        elif isinstance(frame, ErrorFrame):
+            self._on_error(frame)
+
+    def _on_ack(self, ack: Ack) -> None:
+        self.tracker.seen(ack.seq)
+        message = self._inflight.pop(str(ack.id), None) if ack.id is not None else None
+        if message is not None:
+            self._window = min(SEND_WINDOW, self._window * 2)
+            self.stats["acked"] += 1
+            message.acked(ack.seq)
+        self._outputs.append(ack)
+        self._settle()
+
+    def _settle(self) -> None:
+        if not self._inflight:
+            gap = self.tracker.settle()
+            if gap is not None:
+                self._outputs.append(gap)
+
+    def _on_error(self, err: ErrorFrame) -> None:
+        if err.retry_after is not None:
+            # Users see the hint the client honours, never inf or 1e300.
+            err = replace(err, retry_after=self._hint(err.retry_after))
+        message = self._inflight.get(str(err.id)) if err.id is not None else None
+        if err.code == "rate_limited" and message is not None:
+            # The server dropped this message: send it again after the pause, in order.
+            del self._inflight[message.id]
+            self.stats["rate_limited"] += 1
+            self._outbox.insert(0, message)
+            self._sort_outbox()
+            pause = err.retry_after if err.retry_after is not None else DEFAULT_RATE_PAUSE
+            self._paused_until = max(self._paused_until, self._now + pause)
+            self._window = 1
+            self._outputs.append(err)
+            return
+        if is_fatal_code(err.code):
+            fatal = AuthRefused(err.code, err.message)
+            raise _LinkFailure(str(fatal), error=fatal)
+        if err.closes:
+            if err.code == "frame_too_large":
+                self._drop_largest_inflight(err)
+            self._outputs.append(err)
+            raise _LinkFailure(f"server error {err.code}: {err.message}",
+                               retry_after=err.retry_after)
+        if message is not None:
+            # Refused for good (bad_frame...): resending the same bytes cannot help.
+            del self._inflight[message.id]
+            self._fail_message(message, RemoteProtocolError(err.code, err.message,
+                                                            message_id=message.id))
+        self._outputs.append(err)
+
+    def _drop_largest_inflight(self, err: ErrorFrame) -> None:
+        """``frame_too_large`` names no message: drop the largest in flight, or the
+        resend after the reconnect would be refused the same way forever."""
+        if not self._inflight:
+            return
+        message = max(self._inflight.values(), key=lambda m: len(m.frame))
+        del self._inflight[message.id]
+        self._fail_message(message, RemoteProtocolError(err.code, err.message,
+                                                        message_id=message.id))
+
+    # ================================================================== outgoing messages
+    def _pump(self) -> None:
+        """Move queued messages onto the wire, keeping at most the window in flight."""
+        if self.phase is not Phase.ACTIVE or not self._outbox:
+            return
+        if self._paused_until:
+            if self._now < self._paused_until:
+                return
+            self._paused_until = 0.0
+        room = self._window - len(self._inflight)
+        count = min(room, len(self._outbox))
+        if count <= 0:
+            return
+        self.stats["sent"] += count
+        batch = self._outbox[:count]
+        del self._outbox[:count]
+        for message in batch:
+            self._inflight[message.id] = message
+            self._out.append(message.frame)
+
+    def _sort_outbox(self) -> None:
+        self._outbox.sort(key=lambda m: m.order)
+
+    def _requeue_inflight(self) -> None:
+        """After a reconnect, unacknowledged messages go first, with their old ids."""
+        if not self._inflight:
+            return
+        self.stats["resent"] += len(self._inflight)
+        self._outbox[:0] = self._inflight.values()
+        self._sort_outbox()
+        self._inflight.clear()
+
+    def _too_long(self, message: Outgoing) -> LocalProtocolError:
+        return LocalProtocolError(
+            "frame_too_large",
+            f"message too long: {len(message.frame) - 1} bytes, the server accepts "
+            f"{self.max_frame}")
+
+    def _fail_oversized(self) -> None:
+        """The new server may accept smaller frames than the message was checked against."""
+        limit = self.max_frame
+        too_big = [m for m in self._outbox if len(m.frame) - 1 > limit]
+        if not too_big:
+            return
+        self._outbox = [m for m in self._outbox if len(m.frame) - 1 <= limit]
+        for message in too_big:
+            self._fail_message(message, self._too_long(message))
+
+    def _fail_message(self, message: Outgoing, error: SecureChatClientFailure) -> None:
+        message.failed(error)
+        self._outputs.append(SendFailed(message.id, message.body, error))

@@ -1,0 +1,337 @@
+"""The client on the sans-I/O core (securechat.client_next) against a real server over
+real TLS: the behaviours of tests/test_client.py that matter most, plus shared loops."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from securechat import protocol
+from securechat.backoff import BackoffPolicy
+from securechat.client_next import (
+    Client,
+    ClientLoop,
+    Closed,
+    Connected,
+    Disconnected,
+    Event,
+    Gap,
+    Reconnecting,
+)
+from securechat.errors import AuthRefused, ClientClosed, TLSVerificationFailed
+from tests.client_support import FAST, Relay, closed_port
+from tests.support import Certs, RunningServer, make_certs, seconds, wait_for
+
+Factory = Callable[..., RunningServer]
+E = TypeVar("E")
+
+
+def next_of(client: Client, kind: type[E], timeout: float = 5.0,
+            where: Callable[[E], bool] = lambda e: True) -> E:
+    """The next event of type ``kind`` (matching ``where``); AssertionError if none comes
+    in time (tests.client_support.next_of, typed for this Client)."""
+    deadline = time.monotonic() + seconds(timeout)
+    skipped: list[Event] = []
+    while (left := deadline - time.monotonic()) > 0:
+        event = client.next_event(left)
+        if event is None:
+            break
+        if isinstance(event, kind) and where(event):
+            return event
+        skipped.append(event)
+    raise AssertionError(f"no {kind.__name__} within {timeout} s; got {skipped}")
+
+
+class Longest(random.Random):
+    """Jitter that always picks the longest wait (to order reconnects in a test)."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+class Pool:
+    """Clients made by a test, all closed after it; their own threads must have ended."""
+
+    def __init__(self, ca: Path) -> None:
+        self.ca = ca
+        self.clients: list[Client] = []
+        self.loops: list[ClientLoop] = []
+
+    def make(self, port: int, token: str, *, host: str = "127.0.0.1", start: bool = True,
+             **kwargs: Any) -> Client:
+        kwargs.setdefault("cafile", self.ca)
+        kwargs.setdefault("backoff", FAST)
+        kwargs.setdefault("server_name", "localhost")
+        kwargs.setdefault("connect_timeout", seconds(5))
+        client = Client(host, port, token=token, **kwargs)
+        self.clients.append(client)
+        if start:
+            client.start()
+        return client
+
+    def loop(self) -> ClientLoop:
+        shared = ClientLoop("test-shared-loop")
+        self.loops.append(shared)
+        return shared
+
+    def close_all(self) -> None:
+        for client in self.clients:
+            client.close()
+        for shared in self.loops:
+            assert shared.close(seconds(5)), "shared loop did not stop"
+        alive = [t.name for c in self.clients for t in c.threads()]
+        alive += [s.thread.name for s in self.loops if s.thread.is_alive()]
+        assert not alive, f"client threads still running: {alive}"
+
+
+@pytest.fixture
+def pool(certs: Certs) -> Iterator[Pool]:
+    made = Pool(certs.ca_path)
+    yield made
+    made.close_all()
+
+
+def test_send_ack_receive_and_close_with_bye(server: RunningServer, pool: Pool) -> None:
+    """A message gets its seq from the ack, the other member receives it, close says bye."""
+    alice = pool.make(server.port, server.add_user("alice"))
+    bob = pool.make(server.port, server.add_user("bob"))
+    assert alice.connect(seconds(5)).user == "alice"
+    welcome = bob.connect(seconds(5))
+    next_of(alice, protocol.Join, where=lambda e: e.user == "bob")
+    seq = alice.send("hello bob").wait(seconds(5))
+    assert seq == welcome.seq + 1
+    received = next_of(bob, protocol.Message)
+    assert (received.sender, received.body, received.seq) == ("alice", "hello bob", seq)
+    alice.close()
+    leave = next_of(bob, protocol.Leave)
+    assert (leave.user, leave.reason) == ("alice", "bye")
+    assert not alice.thread.is_alive()
+    assert alice.thread.name.startswith("securechat-client-io")
+    assert isinstance(list(alice.events(timeout=1.0))[-1], Closed)
+    with pytest.raises(ClientClosed):
+        alice.send("too late")
+
+
+def test_auth_failure_is_fatal_after_one_attempt(server: RunningServer, pool: Pool) -> None:
+    """A wrong token ends the client with AuthRefused; it does not retry."""
+    token = server.add_user("mallory")
+    wrong = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    client = pool.make(server.port, wrong)
+    with pytest.raises(AuthRefused):
+        client.connect(seconds(5))
+    assert client.stats()["attempts"] == 1
+    client.thread.join(seconds(5))
+    assert not client.thread.is_alive()
+
+
+def test_untrusted_certificate_is_fatal(server: RunningServer, pool: Pool,
+                                        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A server certificate from another CA ends the client without retrying."""
+    other = make_certs(tmp_path_factory.mktemp("other-ca"))
+    client = pool.make(server.port, server.add_user("alice"), cafile=other.ca_path)
+    with pytest.raises(TLSVerificationFailed, match="did not verify"):
+        client.connect(seconds(5))
+    assert client.stats()["attempts"] == 1
+
+
+def test_offline_messages_are_sent_in_order_after_a_server_restart(
+        make_server: Factory, pool: Pool) -> None:
+    """Stop the server, queue messages, start another on the same port: the client comes
+    back by itself and the messages arrive in order."""
+    first = make_server(retry_spread=0.1)
+    port = first.port
+    # Alice waits a full second before coming back, so bob is there to receive.
+    alice = pool.make(port, first.add_user("alice"), rng=Longest(),
+                      backoff=BackoffPolicy(base=1.0, cap=1.0))
+    bob = pool.make(port, first.add_user("bob"))
+    alice.connect(seconds(5))
+    bob.connect(seconds(5))
+    first.server.shutdown()
+    assert "shutting down" in next_of(alice, Disconnected).reason
+    handles = [alice.send(f"offline {i}") for i in range(5)]
+    make_server(port=port, retry_spread=0.1)
+    next_of(bob, Connected, timeout=10, where=lambda e: e.reconnect)
+    seqs = [h.wait(seconds(10)) for h in handles]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+    got = [next_of(bob, protocol.Message, timeout=10) for _ in range(5)]
+    assert [m.body for m in got] == [f"offline {i}" for i in range(5)]
+    assert alice.stats()["queued"] == 0
+
+
+def test_hung_link_is_detected_and_the_unacked_message_resent(
+        make_server: Factory, pool: Pool) -> None:
+    """A relay that stops forwarding: dead after 3 heartbeats, reconnect, resend, deliver,
+    and the messages missed meanwhile are a Gap."""
+    running = make_server(heartbeat=0.2)
+    relay = Relay((running.host, running.port))
+    try:
+        alice = pool.make(relay.port, running.add_user("alice"))
+        bob = pool.make(running.port, running.add_user("bob"))
+        alice.connect(seconds(5))
+        bob.connect(seconds(5))
+        relay.freeze()
+        bob.send("missed").wait(seconds(5))
+        seq = alice.send("through the outage").wait(seconds(10))
+        assert alice.stats()["resent"] >= 1
+        received = next_of(bob, protocol.Message)
+        assert (received.body, received.seq) == ("through the outage", seq)
+        gone = next_of(alice, Disconnected, timeout=5)
+        assert "heartbeat" in gone.reason
+        assert next_of(alice, Connected, timeout=5).reconnect
+        gap = next_of(alice, Gap, timeout=5)
+        assert gap.missing >= 1
+    finally:
+        relay.close()
+
+
+def test_many_clients_share_one_loop_thread(server: RunningServer, pool: Pool) -> None:
+    """Twenty clients on one ClientLoop: one I/O thread for all, all connected, a message
+    reaches every one, closing a client leaves the loop running for the others."""
+    shared = pool.loop()
+    threads_before = threading.active_count()
+    group = [pool.make(server.port, server.add_user(f"user{i}"), loop=shared)
+             for i in range(20)]
+    for client in group:
+        client.wait_connected(seconds(10))
+    assert {c.thread for c in group} == {shared.thread}
+    assert threading.active_count() <= threads_before + 1
+    speaker = group[0]
+    speaker.send("to everyone").wait(seconds(5))
+    for client in group[1:]:
+        assert next_of(client, protocol.Message, timeout=10).body == "to everyone"
+    speaker.close()
+    assert speaker.closed and shared.thread.is_alive()
+    group[1].send("still here").wait(seconds(5))
+
+
+def test_closing_a_shared_loop_says_bye_for_every_client(server: RunningServer,
+                                                         pool: Pool) -> None:
+    """ClientLoop.close() closes the clients still on it (the server sees their bye),
+    ends each with Closed, and joins its thread; new clients on it are refused."""
+    watcher = pool.make(server.port, server.add_user("watcher"))
+    watcher.connect(seconds(5))
+    with ClientLoop("test-closing-loop") as shared:
+        members = [pool.make(server.port, server.add_user(f"m{i}"), loop=shared)
+                   for i in range(5)]
+        for client in members:
+            client.wait_connected(seconds(5))
+        thread = shared.thread
+    assert not thread.is_alive()
+    for client in members:
+        assert client.wait_closed(0) and client.error is None
+    leaves = {next_of(watcher, protocol.Leave, where=lambda e: e.reason == "bye").user
+              for _ in members}
+    assert leaves == {f"m{i}" for i in range(5)}
+    late = pool.make(server.port, server.add_user("late"), loop=shared)
+    assert late.closed
+    with pytest.raises(ClientClosed):
+        late.wait_connected(0)
+
+
+def test_close_in_every_state_ends_with_closed(pool: Pool) -> None:
+    """close() before start and while waiting to reconnect: Closed, nothing left running."""
+    idle = pool.make(closed_port(), "sct1.000000000000.x", start=False)
+    handle = idle.send("never")
+    idle.close()
+    assert isinstance(next_of(idle, Closed), Closed)
+    with pytest.raises(ClientClosed):
+        handle.wait(0)
+    waiting = pool.make(closed_port(), "sct1.000000000000.x",
+                        backoff=BackoffPolicy(base=30.0, cap=30.0))
+    next_of(waiting, Reconnecting)
+    waiting.close()
+    assert not waiting.thread.is_alive() and not waiting.threads()
+
+
+def test_context_manager_one_liner(server: RunningServer, certs: Certs) -> None:
+    """``with Client(host, port, token=..., cafile=...)`` owns a private loop and joins it."""
+    with Client("127.0.0.1", server.port, token=server.add_user("alice"),
+                cafile=certs.ca_path, server_name="localhost") as client:
+        assert client.wait_connected(seconds(5)).user == "alice"
+        thread = client.thread
+    assert client.closed and not thread.is_alive()
+    wait_for(lambda: server.server.stats()["sessions"] == 0, what="the server to see the bye")
+
+
+def test_connects_beyond_the_in_flight_limit_wait_their_turn(server: RunningServer,
+                                                             pool: Pool) -> None:
+    """With one connect slot, six clients on one loop still all get in, one at a time."""
+    shared = ClientLoop("test-one-slot", max_connecting=1)
+    pool.loops.append(shared)
+    group = [pool.make(server.port, server.add_user(f"s{i}"), loop=shared) for i in range(6)]
+    for client in group:
+        client.wait_connected(seconds(10))
+    assert all(c.stats()["attempts"] == 1 for c in group)
+
+
+def test_a_hung_lookup_does_not_stall_the_other_clients_on_the_loop(
+        server: RunningServer, pool: Pool) -> None:
+    """Name resolution runs off the loop thread: while one client's lookup hangs, another
+    on the same loop connects and chats; the hung one times out and closes cleanly."""
+    release = threading.Event()
+
+    def hung(host: str, port: int) -> list[tuple[int, Any]]:
+        release.wait(seconds(30))
+        return []
+
+    shared = pool.loop()
+    try:
+        stuck = pool.make(server.port, "sct1.000000000000.x", host="chat.invalid",
+                          resolver=hung, connect_timeout=seconds(0.5), loop=shared)
+        alive = pool.make(server.port, server.add_user("alice"), loop=shared)
+        alive.wait_connected(seconds(5))
+        assert alive.send("while the other waits").wait(seconds(5)) > 0
+        retry = next_of(stuck, Reconnecting)
+        assert "resolving" in retry.reason
+        assert alive.connected
+        stuck.close()
+        assert stuck.closed
+    finally:
+        release.set()
+    wait_for(lambda: not stuck.threads(), what="the lookup thread to end")
+
+
+def test_shared_loop_storm_bench_runs() -> None:
+    """bench/shared_loop_rss.py runs a tiny storm on one shared loop end to end."""
+    bench = Path(__file__).resolve().parent.parent / "bench" / "shared_loop_rss.py"
+    done = subprocess.run(
+        [sys.executable, str(bench), "--clients", "8", "--retry-spread", "0.3", "--down",
+         "0.2", "--base", "0.05", "--cap", "0.2", "--max-seconds", "60"],
+        capture_output=True, text=True, timeout=seconds(90), check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["clients"] == 8 and result["threads"] == 2
+    assert [s["scenario"] for s in result["scenarios"]] == ["graceful", "crash"]
+    assert "implementation shared" in done.stderr
+
+
+def test_handing_over_connect_slots_does_not_recurse() -> None:
+    """Thousands of queued links that each fail at once when given the slot (socket()
+    refused, say) are handed it in a loop, not by recursion."""
+    shared = ClientLoop("test-slots", max_connecting=1)
+
+    class FailsAtOnce:
+        granted = 0
+
+        def wants_slot(self) -> bool:
+            return True
+
+        def slot_granted(self) -> None:
+            FailsAtOnce.granted += 1
+            shared.release_slot(self)  # type: ignore[arg-type]
+
+    holder, queued = FailsAtOnce(), [FailsAtOnce() for _ in range(5000)]
+    assert shared.take_slot(holder)  # type: ignore[arg-type]
+    assert not any(shared.take_slot(link) for link in queued)  # type: ignore[arg-type]
+    shared.release_slot(holder)  # type: ignore[arg-type]
+    assert FailsAtOnce.granted == 5000 and shared.connecting == 0
+    assert shared.close()

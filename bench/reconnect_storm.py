@@ -4,8 +4,9 @@ back and how hard do they hit it meanwhile?
 
 Starts ``securechat-server`` as a subprocess (fresh certificates and one token per
 client in a temporary directory), connects N :class:`securechat.client.Client`
-objects (one I/O thread each, default reconnect policy: full jitter, base 0.5 s,
-cap 30 s), then for each scenario:
+objects (all on one shared :class:`~securechat.client.ClientLoop` thread, or with
+``--loop private`` one I/O thread each; default reconnect policy: full jitter, base
+0.5 s, cap 30 s), then for each scenario:
 
 - ``graceful``: SIGTERM; the server says ``bye`` with a ``retry_after`` spread over
   ``--retry-spread`` seconds; a new server is started on the same port as soon as
@@ -46,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from securechat.backoff import BackoffPolicy
-from securechat.client import Client, Connected, Connecting, Disconnected, Event
+from securechat.client import Client, ClientLoop, Connected, Connecting, Disconnected, Event
 from securechat.tlsconfig import client_context
 from securechat.tokens import add_token
 
@@ -86,6 +87,7 @@ class Storm:
         self.port = _free_port()
         self.server: subprocess.Popen[bytes] | None = None
         self.clients: list[Client] = []
+        self.loop: ClientLoop | None = None
         self.recorder = Recorder()
 
     def left(self) -> float:
@@ -145,12 +147,16 @@ class Storm:
         context = client_context(self.work / "certs/ca.pem")  # one for all: less memory
         self.recorder = Recorder()
         self.clients = []
+        # One I/O thread for every client (--loop shared), or one each (private: what a
+        # plain `with Client(...)` does), to compare the two.
+        self.loop = ClientLoop("storm-loop") if self.args.loop == "shared" else None
         started = time.monotonic()
         for i, token in enumerate(tokens):
             client = Client("127.0.0.1", self.port, token=token, ssl_context=context,
                             backoff=policy,
                             max_events=0, on_event=self.recorder.callback(i),
-                            close_timeout=1.0, name=f"securechat-client-io-{i}")
+                            close_timeout=1.0, name=f"securechat-client-io-{i}",
+                            loop=self.loop)
             self.clients.append(client)
             client.start()
         for client in self.clients:
@@ -169,6 +175,9 @@ class Storm:
     def close_clients(self) -> None:
         for client in self.clients:
             client.close(timeout=0)  # ask all at once, then join each
+        if self.loop is not None:
+            self.loop.close(5.0)
+            self.loop = None
         for client in self.clients:
             client.thread.join(5.0)
         self.clients = []
@@ -290,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the server's --retry-spread (default: 10, its default)")
     parser.add_argument("--base", type=float, default=0.5, help="client backoff base")
     parser.add_argument("--cap", type=float, default=30.0, help="client backoff cap")
+    parser.add_argument("--loop", choices=("shared", "private"), default="shared",
+                        help="shared: every client on one ClientLoop thread (default); "
+                        "private: one loop thread per client, as a plain Client has")
     parser.add_argument("--max-seconds", type=float, default=300.0,
                         help="give up the whole run after this long (default: 300)")
     args = parser.parse_args(argv)

@@ -56,7 +56,6 @@ from .clientparts import (
     Outgoing,
     SeqTracker,
     bye_reason,
-    clamp_hint,
     decoder_limit,
     validate_token,
 )
@@ -83,7 +82,6 @@ __all__ = [
     "Output",
     "Phase",
     "SeqTracker",
-    "clamp_hint",
     "decoder_limit",
     "validate_token",
 ]
@@ -310,16 +308,11 @@ class ClientCore:
             return
         self._last_rx = now
         try:
-            try:
-                lines = self._decoder.feed(data)
-            except RemoteProtocolError as exc:  # decoders that raise instead of .failed
-                raise _LinkFailure(f"bad data from the server: {exc}") from exc
-            for line in lines:
+            for line in self._decoder.feed(data):
                 self._on_line(line)
                 if self.phase not in _READING:
                     return  # the link failed or finished on this frame
-            bad: RemoteProtocolError | None = getattr(self._decoder, "failed", None)
-            if bad is not None:
+            if (bad := self._decoder.failed) is not None:
                 raise _LinkFailure(f"bad data from the server: {bad}") from bad
         except _LinkFailure as failure:
             self._link_failed(failure)
@@ -481,7 +474,7 @@ class ClientCore:
             self._on_frame(frame)
 
     def _hint(self, retry_after: float | None) -> float | None:
-        return clamp_hint(self.backoff.policy, retry_after)
+        return self.backoff.policy.clamp_hint(retry_after)
 
     def _on_auth_frame(self, frame: protocol.ServerFrame) -> None:
         if isinstance(frame, Welcome):

@@ -1,6 +1,6 @@
 """What a client tells its user: connection-state events, as frozen dataclasses (pure).
 
-The events a :class:`~securechat.client_next.Client` emits are the protocol frames
+The events a :class:`~securechat.client.Client` emits are the protocol frames
 :class:`~securechat.protocol.Message`, :class:`~securechat.protocol.Ack`,
 :class:`~securechat.protocol.Join`, :class:`~securechat.protocol.Leave` and
 :class:`~securechat.protocol.ErrorFrame`, plus the ones defined here:
@@ -13,7 +13,7 @@ They live in their own module, importing only :mod:`securechat.protocol` and
 :mod:`securechat.errors`, so that the sans-I/O core (:mod:`securechat.clientcore`),
 the I/O driver and the public client can all import them without a cycle.
 ``securechat/client.py`` still has its own copies until it is replaced by
-:mod:`securechat.client_next` (then they are deleted and it re-exports these).
+:mod:`securechat.client` (then they are deleted and it re-exports these).
 """
 
 from __future__ import annotations

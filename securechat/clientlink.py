@@ -183,6 +183,10 @@ class Link:
         self.core.abort(reason, error)
         self._process()
 
+    def internal_error(self) -> None:
+        """IOLoop: a handler raised past :meth:`_guard` (a bug): this link ends."""
+        self.abort("internal error", ClientError("internal error in the client link"))
+
     def _guard(self, fn: Callable[[], None]) -> None:
         try:
             fn()

@@ -6,10 +6,7 @@ Split from :mod:`securechat.clientcore` to keep each module small; it re-exports
 
 from __future__ import annotations
 
-import math
-
 from . import protocol
-from .backoff import BackoffPolicy
 from .clientevents import Gap, SecureChatClientFailure
 from .errors import ConfigError
 
@@ -17,7 +14,6 @@ __all__ = [
     "Outgoing",
     "SeqTracker",
     "bye_reason",
-    "clamp_hint",
     "decoder_limit",
     "validate_token",
 ]
@@ -29,21 +25,12 @@ def validate_token(token: str) -> str:
     token = token.strip()
     if not token:
         raise ConfigError("the token is empty")
-    if len(token) > protocol.MAX_TOKEN_LENGTH or any(c.isspace() for c in token):
-        raise ConfigError("the token is malformed (too long or contains spaces)")
+    # The server answers such a token with bad_frame, which a client retries; refusing
+    # it here makes a mistyped token a usage error instead of an endless reconnect.
+    problem = protocol.token_problem(token)
+    if problem is not None:
+        raise ConfigError(f"the token is malformed: {problem}")
     return token
-
-
-def clamp_hint(policy: BackoffPolicy, retry_after: float | None) -> float | None:
-    """A server's ``retry_after`` made safe to wait on: within ``[0, policy.cap]``.
-
-    None and NaN mean "no hint"; a negative hint is 0, a huge or infinite one the cap
-    (a server, or anything posing as one, must not park a client forever). Same rule
-    as ``BackoffPolicy.clamp_hint`` on the issue-7 branch, which replaces this.
-    """
-    if retry_after is None or math.isnan(retry_after):
-        return None
-    return min(max(retry_after, 0.0), policy.cap)
 
 
 def decoder_limit(max_frame: int) -> int:

@@ -257,7 +257,8 @@ def test_a_blocked_write_does_not_spin_the_io_thread(
         for _ in range(40):  # ~29 MB in flight: far more than the socket buffers hold
             client.send(body, wait=None)
         # No public signal for "the socket refused more bytes": peek at the I/O state.
-        wait_for(lambda: client._write_blocked, timeout=10, what="the client's write to block")
+        wait_for(lambda: client._link._write_blocked, timeout=10,
+                 what="the client's write to block")
         native_id = client.thread.native_id
         assert native_id is not None
         busy0 = _thread_busy_seconds(native_id)

@@ -1,12 +1,9 @@
-"""The client on the sans-I/O core (securechat.client_next) against a real server over
+"""The client on the sans-I/O core (securechat.client) against a real server over
 real TLS: the behaviours of tests/test_client.py that matter most, plus shared loops."""
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +14,7 @@ import pytest
 
 from securechat import protocol
 from securechat.backoff import BackoffPolicy
-from securechat.client_next import (
+from securechat.client import (
     Client,
     ClientLoop,
     Closed,
@@ -298,20 +295,6 @@ def test_a_hung_lookup_does_not_stall_the_other_clients_on_the_loop(
     finally:
         release.set()
     wait_for(lambda: not stuck.threads(), what="the lookup thread to end")
-
-
-def test_shared_loop_storm_bench_runs() -> None:
-    """bench/shared_loop_rss.py runs a tiny storm on one shared loop end to end."""
-    bench = Path(__file__).resolve().parent.parent / "bench" / "shared_loop_rss.py"
-    done = subprocess.run(
-        [sys.executable, str(bench), "--clients", "8", "--retry-spread", "0.3", "--down",
-         "0.2", "--base", "0.05", "--cap", "0.2", "--max-seconds", "60"],
-        capture_output=True, text=True, timeout=seconds(90), check=False)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["clients"] == 8 and result["threads"] == 2
-    assert [s["scenario"] for s in result["scenarios"]] == ["graceful", "crash"]
-    assert "implementation shared" in done.stderr
 
 
 def test_handing_over_connect_slots_does_not_recurse() -> None:

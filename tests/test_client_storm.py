@@ -22,6 +22,7 @@ def test_tiny_storm_reports_every_figure() -> None:
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["clients"] == 8
+    assert result["threads"] == 2  # every client on one shared ClientLoop, plus main
     assert [s["scenario"] for s in result["scenarios"]] == ["graceful", "crash"]
     for scenario in result["scenarios"]:
         assert 0 < scenario["p50_s"] <= scenario["p99_s"] <= scenario["all_back_s"]

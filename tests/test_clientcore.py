@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from securechat.clientcore import (
     Output,
     Phase,
     SeqTracker,
-    clamp_hint,
 )
 from securechat.clientevents import (
     Closed,
@@ -327,16 +325,6 @@ def test_bye_retry_after_is_clamped(hint: str, floor: float) -> None:
     assert again.retry_after == floor
     assert again.delay == floor + 0.5
     assert "shutting down" in again.reason
-
-
-def test_clamp_hint_bounds() -> None:
-    """No hint and NaN are no hint; the rest is clamped to [0, cap]."""
-    policy = BackoffPolicy(cap=10.0)
-    assert clamp_hint(policy, None) is None
-    assert clamp_hint(policy, math.nan) is None
-    assert clamp_hint(policy, math.inf) == 10.0
-    assert clamp_hint(policy, -1.0) == 0.0
-    assert clamp_hint(policy, 3.0) == 3.0
 
 
 def test_error_frames_show_the_clamped_hint() -> None:

@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from securechat.backoff import BackoffPolicy
 from securechat.client import Client, ClientLoop, Connected, Connecting, Disconnected, Event
-from securechat.tlsconfig import client_context
-from securechat.tokens import add_token
+from securechat.client.backoff import BackoffPolicy
+from securechat.io.tls import client_context
+from securechat.server.tokens import add_token
 
 BUCKET = 0.1  # seconds per attempt-rate bucket
 
@@ -98,7 +98,7 @@ class Storm:
 
     # ------------------------------------------------------------------ server
     def prepare(self) -> list[str]:
-        subprocess.run([sys.executable, "-m", "securechat.certs_cli", "--out",
+        subprocess.run([sys.executable, "-m", "securechat.cli.certs", "--out",
                         str(self.work / "certs")], check=True, capture_output=True,
                        timeout=60)
         users = [add_token(self.work / "tokens.json", f"user{i}")[0]
@@ -108,7 +108,7 @@ class Storm:
     def start_server(self) -> float:
         """Start the server; returns how long it took until it accepted connections."""
         n = self.args.clients
-        cmd = [sys.executable, "-m", "securechat.server_cli", "--host", "127.0.0.1",
+        cmd = [sys.executable, "-m", "securechat.cli.server", "--host", "127.0.0.1",
                "--port", str(self.port), "--cert", str(self.work / "certs/server.pem"),
                "--key", str(self.work / "certs/server.key"),
                "--tokens", str(self.work / "tokens.json"),

@@ -82,7 +82,7 @@ def make_material(directory: Path) -> tuple[Path, Path, Path, str]:
     """A CA, an ECDSA P-256 server certificate for localhost, and one token."""
     import trustme  # a test dependency: pip install -e '.[test]'
 
-    from securechat.tokens import add_token
+    from securechat.server.tokens import add_token
 
     ca = trustme.CA()
     leaf = ca.issue_cert("localhost", "127.0.0.1")
@@ -111,7 +111,7 @@ class ServerProcess:
                  log_level: str) -> None:
         self.log_path = directory / "server.log"
         self._log = self.log_path.open("wb")
-        argv = [sys.executable, "-m", "securechat.server_cli", "--port", "0",
+        argv = [sys.executable, "-m", "securechat.cli.server", "--port", "0",
                 "--cert", str(cert), "--key", str(key), "--tokens", str(directory / "tokens.json"),
                 "--msg-rate", "0", "--max-unauth-per-ip", "100000", "--auth-failures", "0",
                 "--max-connections", "20000", "--max-sessions-per-user", "100000",

@@ -97,11 +97,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from securechat.backoff import BackoffPolicy
 from securechat.client import Client, Closed, Connected, Disconnected, Event, SendHandle
+from securechat.client.backoff import BackoffPolicy
 from securechat.errors import ClientError
+from securechat.io.tls import client_context
 from securechat.protocol import Ack, ErrorFrame, Message
-from securechat.tlsconfig import client_context
 
 SEQ_BITS = 40  # a received copy is packed as (epoch index + 1) << SEQ_BITS | seq
 SEQ_MASK = (1 << SEQ_BITS) - 1
@@ -610,10 +610,10 @@ class Soak:
 
     # ------------------------------------------------------------------ server
     def prepare(self) -> list[str]:
-        subprocess.run([sys.executable, "-m", "securechat.certs_cli", "--if-missing", "--out",
+        subprocess.run([sys.executable, "-m", "securechat.cli.certs", "--if-missing", "--out",
                         str(self.work / "certs")], check=True, capture_output=True,
                        timeout=60)
-        from securechat.tokens import add_token
+        from securechat.server.tokens import add_token
         (self.work / "tokens.json").unlink(missing_ok=True)  # a --workdir used before
         users = [add_token(self.work / "tokens.json", f"soak{i}")[0]
                  for i in range(self.args.users)]
@@ -622,7 +622,7 @@ class Soak:
     def start_server(self) -> None:
         a = self.args
         exe = Path(sys.executable).with_name("securechat-server")
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "securechat.server_cli"]
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "securechat.cli.server"]
         cmd += ["--host", "127.0.0.1", "--port", str(self.port),
                 "--cert", str(self.work / "certs/server.pem"),
                 "--key", str(self.work / "certs/server.key"),

@@ -8,6 +8,7 @@ One root, split by who is at fault::
     │   └── LocalProtocolError   ... and we were about to send it (a bug or bad argument)
     ├── ConfigError              an option, file, certificate or key is unusable
     ├── TokenError               the tokens file or a token is malformed
+    ├── ServerThreadDied         an essential server thread died of a bug (exit 70)
     └── ClientError              raised by the client API
         ├── AuthRefused          the server refused the token (fatal: not retried)
         ├── TLSVerificationFailed the server's certificate did not verify (fatal)
@@ -32,6 +33,7 @@ __all__ = [
     "QueueFull",
     "RemoteProtocolError",
     "SecureChatError",
+    "ServerThreadDied",
     "TLSVerificationFailed",
     "TokenError",
 ]
@@ -71,6 +73,11 @@ class ConfigError(SecureChatError):
 
 class TokenError(SecureChatError):
     """The tokens file or a token string is malformed."""
+
+
+class ServerThreadDied(SecureChatError):
+    """An essential server thread (accept, an I/O loop) died of a bug. Its traceback is in
+    the log; the process should exit non-zero so that a supervisor restarts it."""
 
 
 class ClientError(SecureChatError):

@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from securechat.backoff import BackoffPolicy
 from securechat.client import Client, Event
+from securechat.client.backoff import BackoffPolicy
 from tests.support import Certs, Process, RunningServer, clean_env, free_port, run_command, seconds
 
 E = TypeVar("E")
@@ -247,7 +247,7 @@ def token_file(directory: Path, running: RunningServer, name: str = "alice") -> 
 
 
 def cli_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "securechat.client_cli", *args]
+    return [sys.executable, "-m", "securechat.cli.client", *args]
 
 
 def run_cli(*args: str, stdin: str = "", timeout: float = 20.0,

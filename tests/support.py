@@ -23,11 +23,11 @@ from typing import IO, Any
 
 import trustme
 
-from securechat.config import ServerConfig
+from securechat.io.tls import server_context
 from securechat.server import Server
-from securechat.session import Session
-from securechat.tlsconfig import server_context
-from securechat.tokens import add_token, revoke_tokens
+from securechat.server.config import ServerConfig
+from securechat.server.session import Session
+from securechat.server.tokens import add_token, revoke_tokens
 
 #: Multiply every test deadline by this (slow machines: SECURECHAT_TEST_SCALE=3).
 SCALE = float(os.environ.get("SECURECHAT_TEST_SCALE", "1"))
@@ -321,11 +321,11 @@ def run_command(argv: Sequence[str], *, stdin: str = "", timeout: float = 20.0,
 
 
 def server_cli_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "securechat.server_cli", *args]
+    return [sys.executable, "-m", "securechat.cli.server", *args]
 
 
 def token_cli_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "securechat.token_cli", *args]
+    return [sys.executable, "-m", "securechat.cli.token", *args]
 
 
 def run_server_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 20.0
@@ -455,11 +455,11 @@ class ServerProcess(Process):
                  nofile: int | None = None) -> None:
         """``nofile``: a lower open-files limit (soft and hard), set in the child before
         the server starts (not with preexec_fn: unsafe in a process with threads)."""
-        launcher = ["-m", "securechat.server_cli"] if nofile is None else [
+        launcher = ["-m", "securechat.cli.server"] if nofile is None else [
             "-c", "import resource, runpy, sys; "
                   f"resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile})); "
                   "sys.argv[0] = 'securechat-server'; "
-                  "runpy.run_module('securechat.server_cli', run_name='__main__')"]
+                  "runpy.run_module('securechat.cli.server', run_name='__main__')"]
         super().__init__([sys.executable, *launcher, *args], env=env)
 
     def log_lines(self) -> list[str]:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from securechat.backoff import Backoff, BackoffPolicy, is_fatal, is_fatal_code
+from securechat.client.backoff import Backoff, BackoffPolicy, is_fatal, is_fatal_code
 from securechat.errors import (
     AuthRefused,
     ConfigError,

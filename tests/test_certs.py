@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from securechat import certs_cli
-from securechat.certs import (
+from securechat.cli import certs as certs_cli
+from securechat.devcerts import (
     CA_CERT,
     CA_KEY,
     DEFAULT_NAMES,
@@ -34,11 +34,11 @@ from securechat.certs import (
     parse_names,
     write_file,
 )
-from securechat.config import ServerConfig
 from securechat.errors import ConfigError
+from securechat.io.tls import check_certificate, client_context, server_context
 from securechat.server import Server
-from securechat.tlsconfig import check_certificate, client_context, server_context
-from securechat.tokens import add_token
+from securechat.server.config import ServerConfig
+from securechat.server.tokens import add_token
 from tests.support import run_command, run_server_cli, seconds
 
 NOW = dt.datetime.now(dt.UTC)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import pytest
 
 from securechat import protocol
-from securechat.backoff import BackoffPolicy
 from securechat.client import (
     Client,
     Closed,
@@ -19,6 +18,7 @@ from securechat.client import (
     Gap,
     Reconnecting,
 )
+from securechat.client.backoff import BackoffPolicy
 from securechat.errors import (
     AuthRefused,
     ClientClosed,

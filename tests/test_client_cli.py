@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from securechat import client_cli, protocol
+from securechat import protocol
+from securechat.cli import client as client_cli
 from securechat.client import Connected
 from tests.client_support import (
     ClientPool,

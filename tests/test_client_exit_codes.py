@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from securechat import client_cli
+from securechat.cli import client as client_cli
 from tests.client_support import (
     CliProcess,
     cli_args,

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from securechat import protocol
-from securechat.backoff import Backoff, BackoffPolicy
 from securechat.client import Client, Connected, Disconnected, Reconnecting
+from securechat.client.backoff import Backoff, BackoffPolicy
 from securechat.errors import RemoteProtocolError
 from tests.client_support import FAST, ClientPool, Relay, next_of
 from tests.support import Certs, MakeServer, RunningServer, seconds, wait_for

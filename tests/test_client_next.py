@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 import pytest
 
 from securechat import protocol
-from securechat.backoff import BackoffPolicy
 from securechat.client import (
     Client,
     ClientLoop,
@@ -24,6 +23,7 @@ from securechat.client import (
     Gap,
     Reconnecting,
 )
+from securechat.client.backoff import BackoffPolicy
 from securechat.errors import AuthRefused, ClientClosed, TLSVerificationFailed
 from tests.client_support import FAST, Relay, closed_port
 from tests.support import Certs, RunningServer, make_certs, seconds, wait_for

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from securechat import protocol
-from securechat.backoff import BackoffPolicy
-from securechat.clientcore import (
+from securechat.client.backoff import BackoffPolicy
+from securechat.client.core import (
     DEAD_AFTER_INTERVALS,
     SEND_WINDOW,
     ClientCore,
@@ -22,7 +22,7 @@ from securechat.clientcore import (
     Phase,
     SeqTracker,
 )
-from securechat.clientevents import (
+from securechat.client.events import (
     Closed,
     Connected,
     Connecting,

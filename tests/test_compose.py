@@ -214,7 +214,7 @@ def _operate(engine: Engine, run: Run) -> None:
         ca_file.write_text(ca.stdout)
         host, _, number = port.stdout.strip().rpartition(":")
         run.extra["from_host"] = subprocess.run(
-            [sys.executable, "-m", "securechat.client_cli", "--host", host, "--port", number,
+            [sys.executable, "-m", "securechat.cli.client", "--host", host, "--port", number,
              "--ca", str(ca_file), "--server-name", "localhost", "--max-retries", "3",
              "--send", "hello from this machine"],
             capture_output=True, text=True, timeout=seconds(60), check=False,

@@ -1,10 +1,10 @@
-"""securechat.limits: the token bucket and the bounded per-key buckets (pure, no clock)."""
+"""securechat.server.limits: the token bucket and the bounded per-key buckets (pure, no clock)."""
 
 from __future__ import annotations
 
 import pytest
 
-from securechat.limits import KeyedBuckets, TokenBucket
+from securechat.server.limits import KeyedBuckets, TokenBucket
 
 
 def test_token_bucket_burst_then_rate() -> None:

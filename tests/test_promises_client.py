@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from securechat import client_cli, protocol
+from securechat import protocol
+from securechat.cli import client as client_cli
 from securechat.client import SendHandle
 from tests.client_support import ClientPool, cli_args, cli_env, closed_port, next_of, run_cli
 from tests.support import Certs, MakeServer, RunningServer, make_certs, seconds, wrong_token

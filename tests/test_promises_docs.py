@@ -1,5 +1,5 @@
 """README's limits table and the defaults quoted in README.md and docs/protocol.md agree
-with ``securechat.config.ServerConfig``, which ``--help`` is built from: the numbers
+with ``securechat.server.config.ServerConfig``, which ``--help`` is built from: the numbers
 cannot drift apart unnoticed (config.py promises exactly that)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from securechat import protocol
-from securechat.config import ServerConfig
-from securechat.server_cli import build_parser, config_from_args
+from securechat.cli.server import build_parser, config_from_args
+from securechat.server.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from securechat.config import ServerConfig
-from securechat.room import InProcessRoom
-from securechat.server_cli import build_parser, config_from_args
-from securechat.tlsconfig import server_context
-from securechat.tokens import add_token, load_store
+from securechat.cli.server import build_parser, config_from_args
+from securechat.io.tls import server_context
+from securechat.rooms.memory import InProcessRoom
+from securechat.server.config import ServerConfig
+from securechat.server.tokens import add_token, load_store
 from tests.support import (
     Certs,
     MakeServer,

@@ -1,11 +1,11 @@
-"""securechat.room: numbering, presence, duplicate ids and ordering (pure, no sockets)."""
+"""securechat.rooms.memory: numbering, presence, duplicate ids and ordering (pure, no sockets)."""
 
 from __future__ import annotations
 
 import json
 
 from securechat import protocol
-from securechat.room import InProcessRoom, RoomSnapshot
+from securechat.rooms import InProcessRoom, RoomSnapshot
 
 
 class FakeMember:

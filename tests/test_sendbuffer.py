@@ -1,8 +1,8 @@
-"""securechat.sendbuffer: coalescing queued frames into large writes (no socket)."""
+"""securechat.io.sendbuffer: coalescing queued frames into large writes (no socket)."""
 
 from __future__ import annotations
 
-from securechat.sendbuffer import SendBuffer
+from securechat.io.sendbuffer import SendBuffer
 
 
 def test_send_buffer_coalesces_up_to_the_chunk_size() -> None:

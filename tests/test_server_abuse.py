@@ -172,7 +172,7 @@ def test_tcp_connect_without_tls_is_not_logged_at_info(
 def test_log_throttle_counts_and_reports_per_key() -> None:
     """Pure: burst lines per window per key; the count held back is reported on the
     first line of the next window, or by pop_suppressed when the key is done."""
-    from securechat.logs import LogThrottle  # here, so the file imports on older trees
+    from securechat.server.logs import LogThrottle  # here, so the file imports on older trees
 
     throttle = LogThrottle(burst=2, window=10.0, max_keys=2)
     assert [throttle.admit("a", 0.0) for _ in range(5)] == [0, 0, None, None, None]

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-import securechat.server as server_module
-from securechat.session import Session
-from securechat.tokens import add_token, revoke_tokens
+from securechat.errors import ServerThreadDied
+from securechat.server.session import Session
+from securechat.server.tokens import add_token, revoke_tokens
 from tests.support import (
     Certs,
     LogRecords,
@@ -194,7 +194,7 @@ def test_a_dead_thread_makes_serve_forever_raise(
                     cleanup.callback(sock.close)
                     sock.sendall(json.dumps({"type": "auth", "token": token}).encode() + b"\n")
             wait_for(lambda: bool(outcome), what="serve_forever to give up")
-        assert isinstance(outcome[0], server_module.ServerThreadDied)
+        assert isinstance(outcome[0], ServerThreadDied)
         assert server.server.failed.is_set()
         assert len(server_log.tracebacks()) == 1
         assert len(server_log.named("thread_died")) == 1

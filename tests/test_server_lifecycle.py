@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from securechat.cli.server import build_parser, config_from_args
 from securechat.errors import ConfigError
-from securechat.logs import JsonFormatter, TextFormatter
-from securechat.server_cli import build_parser, config_from_args
-from securechat.tlsconfig import server_context
-from securechat.tokens import add_token
+from securechat.io.tls import server_context
+from securechat.server.logs import JsonFormatter, TextFormatter
+from securechat.server.tokens import add_token
 from tests.support import (
     Certs,
     MakeServer,

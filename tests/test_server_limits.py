@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from securechat.config import ServerConfig
+from securechat.cli.server import build_parser, config_from_args
 from securechat.errors import ConfigError
-from securechat.server_cli import build_parser, config_from_args
+from securechat.server.config import ServerConfig
 from tests.support import MakeServer, RunningServer, WireClient, error_codes, seconds, wait_for
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from securechat.tokens import add_token
+from securechat.server.tokens import add_token
 from tests.client_support import ClientPool, CliProcess, cli_env
 from tests.support import (
     SCALE,

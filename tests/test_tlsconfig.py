@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from securechat import tlsconfig
+from securechat.io import tls as tlsconfig
 from tests.support import RunningServer, seconds
 
 needs_ctypes_route = pytest.mark.skipif(
@@ -88,7 +88,7 @@ def test_set_groups_on_an_impostor_falls_back_in_a_fresh_process() -> None:
     """_set_groups on an int posing as a context returns False (main dereferenced the
     digit count as a pointer and died with SIGSEGV)."""
     code = textwrap.dedent("""
-        from securechat import tlsconfig
+        from securechat.io import tls as tlsconfig
         class IntImpostor(int):
             options = 0
         print(tlsconfig._set_groups(IntImpostor(1), "X25519"))

@@ -1,4 +1,4 @@
-"""securechat.tokens: hashing, the file format, names, revocation and the watcher."""
+"""securechat.server.tokens: hashing, the file format, names, revocation and the watcher."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from securechat.errors import ConfigError, TokenError
-from securechat.tokens import (
+from securechat.server.tokens import (
     TokenFileWatcher,
     TokenStore,
     add_token,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from securechat.errors import ConfigError, TokenError
-from securechat.tokens import TokenFileWatcher, add_token, load_store, revoke_tokens
+from securechat.server.tokens import TokenFileWatcher, add_token, load_store, revoke_tokens
 from tests.support import Certs, run_server_cli
 
 GOOD = {"id": "0123456789ab", "name": "alice", "salt": "00" * 16,

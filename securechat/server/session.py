@@ -23,16 +23,16 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from . import protocol
-from .errors import RemoteProtocolError
+from .. import protocol
+from ..errors import RemoteProtocolError
+from ..io.sendbuffer import SendBuffer
+from ..rooms.base import RoomSnapshot
 from .limits import TokenBucket
 from .logs import LogThrottle, log_event, log_suppressed
-from .room import RoomSnapshot
-from .sendbuffer import SendBuffer
 
 if TYPE_CHECKING:
-    from .ioloop import IOLoop
-    from .server import Server
+    from ..io.loop import IOLoop
+    from .listener import Server
 
 __all__ = ["Session", "State"]
 

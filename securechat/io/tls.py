@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "GROUP_LISTS",

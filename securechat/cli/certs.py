@@ -9,8 +9,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from .certs import CA_DAYS, DEFAULT_NAMES, MAX_SERVER_DAYS, generate, parse_names
-from .errors import ConfigError
+from ..devcerts import CA_DAYS, DEFAULT_NAMES, MAX_SERVER_DAYS, generate, parse_names
+from ..errors import ConfigError
 
 __all__ = ["build_parser", "main"]
 

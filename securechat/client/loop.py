@@ -1,16 +1,16 @@
-"""The client's I/O: client links driven by the server's loop, :class:`~securechat.ioloop.IOLoop`.
+"""The client's I/O: client links driven by the server's loop, :class:`~securechat.io.loop.IOLoop`.
 
 A :class:`ClientLoop` is one I/O thread (an ``IOLoop``) that owns any number of
-links (:class:`securechat.clientlink.Link`); a link is the sockets of one
-:class:`~securechat.clientcore.ClientCore`. All protocol decisions are the core's:
+links (:class:`securechat.client.link.Link`); a link is the sockets of one
+:class:`~securechat.client.core.ClientCore`. All protocol decisions are the core's:
 the link only resolves, connects, handshakes, reads, writes and closes, reports
-what happened to the core and carries out its :class:`~securechat.clientcore.Connect`
-and :class:`~securechat.clientcore.CloseLink` actions.
+what happened to the core and carries out its :class:`~securechat.client.core.Connect`
+and :class:`~securechat.client.core.CloseLink` actions.
 
 Thread model (shared/design-notes.md s1): every socket and SSL object is touched by
 the loop thread only (connect, handshake, read, write, close). Other threads talk
 to a link through ``Link.submit`` and ``Link.request_close``, which append
-to a list and :meth:`~securechat.ioloop.IOLoop.schedule` a flush, as the server's
+to a list and :meth:`~securechat.io.loop.IOLoop.schedule` a flush, as the server's
 sessions do. Name resolution runs in a helper thread per lookup (``getaddrinfo``
 cannot be interrupted and must not freeze the loop's heartbeats); its answer comes
 back through ``call_soon``, and the core's connect deadline covers it. An IP
@@ -37,8 +37,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
 
-from .errors import ClientClosed
-from .ioloop import Endpoint, IOLoop
+from ..errors import ClientClosed
+from ..io.loop import Endpoint, IOLoop
 
 __all__ = ["MAX_CONNECTING", "ClientLoop", "Link", "Resolver", "describe", "is_ip_literal",
            "resolve"]
@@ -89,7 +89,7 @@ def describe(exc: BaseException) -> str:
 
 
 class Link(Endpoint, Protocol):
-    """What a :class:`ClientLoop` needs from a link (:class:`securechat.clientlink.Link`
+    """What a :class:`ClientLoop` needs from a link (:class:`securechat.client.link.Link`
     is the one implementation; a protocol here keeps the two modules acyclic)."""
 
     timer_at: float | None

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import AuthRefused, ConfigError, LocalProtocolError, TLSVerificationFailed
+from ..errors import AuthRefused, ConfigError, LocalProtocolError, TLSVerificationFailed
 
 __all__ = [
     "FATAL_CODES",

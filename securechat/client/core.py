@@ -1,6 +1,6 @@
 """The client's protocol logic as a sans-I/O state machine for ONE link (pure).
 
-No sockets, no TLS, no threads, no clock: an I/O driver (:mod:`securechat.clientloop`)
+No sockets, no TLS, no threads, no clock: an I/O driver (:mod:`securechat.client.loop`)
 feeds :class:`ClientCore` what happened and carries out what it asks for::
 
     core.start(now)                  # -> Connect action (open TLS to the server)
@@ -16,16 +16,16 @@ feeds :class:`ClientCore` what happened and carries out what it asks for::
 
 Actions are :class:`Connect` ("open a connection now") and :class:`CloseLink`
 ("close the socket now; drop what is unsent"). "Reconnect after X s" is the
-:class:`~securechat.clientevents.Reconnecting` event plus the deadline the core
+:class:`~securechat.client.events.Reconnecting` event plus the deadline the core
 keeps (the driver calls :meth:`ClientCore.tick` when it passes); "give up" is
-:class:`~securechat.clientevents.Closed`.
+:class:`~securechat.client.events.Closed`.
 
 What it covers: auth and welcome, the ack window and the resend queue (ids,
 resend in order until acked, ``rate_limited`` pauses), seq/epoch tracking
 (:class:`SeqTracker`), heartbeat deadlines (ping after one idle interval, dead
 after :data:`DEAD_AFTER_INTERVALS`), the reconnect schedule
-(:class:`securechat.backoff.Backoff`, clock = the ``now`` passed in) and the
-retryable/fatal classification (:func:`securechat.backoff.is_fatal`).
+(:class:`securechat.client.backoff.Backoff`, clock = the ``now`` passed in) and the
+retryable/fatal classification (:func:`securechat.client.backoff.is_fatal`).
 
 All phase changes go through :meth:`ClientCore._goto` and the table
 :data:`TRANSITIONS` (in the spirit of h11's ``_state.py``).
@@ -40,9 +40,19 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Final
 
-from . import protocol
+from .. import protocol
+from ..errors import (
+    AuthRefused,
+    ClientClosed,
+    ClientError,
+    ConfigError,
+    GaveUp,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from ..protocol import Ack, ErrorFrame, Join, Leave, Message, Welcome
 from .backoff import Backoff, BackoffPolicy, is_fatal, is_fatal_code
-from .clientevents import (
+from .events import (
     Closed,
     Connected,
     Connecting,
@@ -52,23 +62,13 @@ from .clientevents import (
     SecureChatClientFailure,
     SendFailed,
 )
-from .clientparts import (
+from .parts import (
     Outgoing,
     SeqTracker,
     bye_reason,
     decoder_limit,
     validate_token,
 )
-from .errors import (
-    AuthRefused,
-    ClientClosed,
-    ClientError,
-    ConfigError,
-    GaveUp,
-    LocalProtocolError,
-    RemoteProtocolError,
-)
-from .protocol import Ack, ErrorFrame, Join, Leave, Message, Welcome
 
 __all__ = [
     "DEAD_AFTER_INTERVALS",
@@ -155,7 +155,7 @@ _LINKED = frozenset({Phase.CONNECTING, Phase.AUTH, Phase.ACTIVE})
 
 class _LinkFailure(Exception):
     """Internal: the current link or attempt failed. ``error``, when set, is what the
-    client ends with if :func:`securechat.backoff.is_fatal` says retrying cannot help."""
+    client ends with if :func:`securechat.client.backoff.is_fatal` says retrying cannot help."""
 
     def __init__(self, reason: str, *, retry_after: float | None = None,
                  error: ClientError | None = None) -> None:

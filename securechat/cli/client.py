@@ -34,9 +34,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final, TextIO
 
-from . import __version__, protocol
-from .backoff import BackoffPolicy
-from .client import (
+from .. import __version__, protocol
+from ..client.api import (
     Client,
     Closed,
     Connected,
@@ -49,7 +48,8 @@ from .client import (
     SendFailed,
     SendHandle,
 )
-from .errors import (
+from ..client.backoff import BackoffPolicy
+from ..errors import (
     AuthRefused,
     ClientClosed,
     ClientError,

@@ -9,7 +9,7 @@ import sys
 from collections import OrderedDict
 from typing import Any, TextIO
 
-from .protocol import rfc3339_utc
+from ..protocol import rfc3339_utc
 
 __all__ = ["JsonFormatter", "LogThrottle", "TextFormatter", "log_event", "log_suppressed",
            "setup_logging"]

@@ -30,16 +30,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import ServerThreadDied
+from ..io.loop import IOLoop
+from ..io.tls import server_context
+from ..rooms import InProcessRoom, Room
 from .config import ServerConfig
-from .ioloop import IOLoop
 from .limits import KeyedBuckets, QueueMeter
 from .logs import LogThrottle, log_event
-from .room import InProcessRoom, Room
 from .session import Session, State
-from .tlsconfig import server_context
 from .tokens import TokenFileWatcher, TokenStore, load_store
 
-__all__ = ["Server", "ServerThreadDied", "client_key"]
+__all__ = ["Server", "client_key"]
 
 logger = logging.getLogger("securechat.server")
 
@@ -62,11 +63,6 @@ _ACCEPT_SKIP = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.E
 _ACCEPT_OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 ACCEPT_PAUSE_MIN = 0.1
 ACCEPT_PAUSE_MAX = 1.0
-
-
-class ServerThreadDied(RuntimeError):
-    """An essential server thread (accept, an I/O loop) died of a bug. Its traceback is in
-    the log; the process should exit non-zero so that a supervisor restarts it."""
 
 
 def client_key(ip: str) -> str:

@@ -10,7 +10,7 @@ The events a :class:`~securechat.client.Client` emits are the protocol frames
 ran out).
 
 They live in their own module, importing only :mod:`securechat.protocol` and
-:mod:`securechat.errors`, so that the sans-I/O core (:mod:`securechat.clientcore`),
+:mod:`securechat.errors`, so that the sans-I/O core (:mod:`securechat.client.core`),
 the I/O driver and the public client can all import them without a cycle.
 ``securechat/client.py`` still has its own copies until it is replaced by
 :mod:`securechat.client` (then they are deleted and it re-exports these).
@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ClientError, ProtocolError
-from .protocol import Ack, ErrorFrame, Join, Leave, Message, Welcome
+from ..errors import ClientError, ProtocolError
+from ..protocol import Ack, ErrorFrame, Join, Leave, Message, Welcome
 
 __all__ = [
     "Closed",

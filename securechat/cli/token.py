@@ -8,8 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import ConfigError, TokenError
-from .tokens import add_token, load_store, revoke_tokens
+from ..errors import ConfigError, TokenError
+from ..server.tokens import add_token, load_store, revoke_tokens
 
 __all__ = ["main"]
 

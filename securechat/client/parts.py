@@ -1,14 +1,14 @@
 """Pure pieces of the client core: the outgoing-message record, gap detection from
 room numbers, and the checks on a token and on a server's hints (no I/O).
 
-Split from :mod:`securechat.clientcore` to keep each module small; it re-exports them.
+Split from :mod:`securechat.client.core` to keep each module small; it re-exports them.
 """
 
 from __future__ import annotations
 
-from . import protocol
-from .clientevents import Gap, SecureChatClientFailure
-from .errors import ConfigError
+from .. import protocol
+from ..errors import ConfigError
+from .events import Gap, SecureChatClientFailure
 
 __all__ = [
     "Outgoing",

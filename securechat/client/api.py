@@ -3,16 +3,16 @@
 Same public API as :class:`securechat.client.Client` (which this replaces), built
 from three layers:
 
-- :mod:`securechat.clientcore`: the protocol state machine (auth, acks, resends,
+- :mod:`securechat.client.core`: the protocol state machine (auth, acks, resends,
   gaps, heartbeats, backoff), pure;
-- :mod:`securechat.clientloop`: the I/O, on the server's :class:`~securechat.ioloop.IOLoop`
-  and :class:`~securechat.sendbuffer.SendBuffer`; one loop thread owns every socket
+- :mod:`securechat.client.loop`: the I/O, on the server's :class:`~securechat.io.loop.IOLoop`
+  and :class:`~securechat.io.sendbuffer.SendBuffer`; one loop thread owns every socket
   and SSL object of the clients on it (shared/design-notes.md s1);
 - this module: the thread-safe user API (send queue with ``queue_size``, event
   queue, waits).
 
 :class:`Client` keeps one authenticated TLS link to a server and hides its failures:
-it reconnects with jittered exponential backoff (:mod:`securechat.backoff`), pings
+it reconnects with jittered exponential backoff (:mod:`securechat.client.backoff`), pings
 when idle and declares the link dead after three silent heartbeat intervals, queues
 what the user sends while it is offline and resends every message the server has
 not acknowledged. Fatal failures (token refused, certificate not trusted) end it
@@ -24,7 +24,7 @@ that ends with it. Many clients can share one thread instead::
     with ClientLoop() as shared:
         clients = [Client(host, port, token=t, cafile=ca, loop=shared).start() for t in tokens]
 
-Events are the protocol frames and the events of :mod:`securechat.clientevents`;
+Events are the protocol frames and the events of :mod:`securechat.client.events`;
 :class:`Closed` is always last.
 """
 
@@ -44,10 +44,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from . import protocol
+from .. import protocol
+from ..errors import (
+    ClientClosed,
+    ClientError,
+    ConfigError,
+    LocalProtocolError,
+    QueueFull,
+)
+from ..io.tls import client_context
+from ..protocol import Join, Leave, Welcome
 from .backoff import BackoffPolicy
-from .clientcore import ClientCore, Outgoing, SeqTracker, validate_token
-from .clientevents import (
+from .core import ClientCore, Outgoing, SeqTracker, validate_token
+from .events import (
     Closed,
     Connected,
     Connecting,
@@ -59,17 +68,8 @@ from .clientevents import (
     SecureChatClientFailure,
     SendFailed,
 )
-from .clientlink import Link
-from .clientloop import ClientLoop, Resolver, resolve
-from .errors import (
-    ClientClosed,
-    ClientError,
-    ConfigError,
-    LocalProtocolError,
-    QueueFull,
-)
-from .protocol import Join, Leave, Welcome
-from .tlsconfig import client_context
+from .link import Link
+from .loop import ClientLoop, Resolver, resolve
 
 __all__ = [
     "Client",
@@ -183,7 +183,7 @@ class Client:
       clients; it outlives them and is closed by its owner.
 
     The first connection attempt starts at once; every *re*connect waits its jittered
-    delay first (see :mod:`securechat.backoff`).
+    delay first (see :mod:`securechat.client.backoff`).
     """
 
     __slots__ = (

@@ -14,11 +14,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import __version__
-from .config import ServerConfig
-from .errors import ConfigError, TokenError
-from .logs import setup_logging
-from .server import Server, ServerThreadDied
+from .. import __version__
+from ..errors import ConfigError, ServerThreadDied, TokenError
+from ..server import Server
+from ..server.config import ServerConfig
+from ..server.logs import setup_logging
 
 __all__ = ["build_parser", "config_from_args", "main"]
 

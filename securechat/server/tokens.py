@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from .errors import ConfigError, TokenError
+from ..errors import ConfigError, TokenError
 
 __all__ = [
     "TokenFileWatcher",

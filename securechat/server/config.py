@@ -10,8 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
-from .protocol import DEFAULT_MAX_FRAME, DEFAULT_PORT, PRE_AUTH_MAX_FRAME
+from ..errors import ConfigError
+from ..protocol import DEFAULT_MAX_FRAME, DEFAULT_PORT, PRE_AUTH_MAX_FRAME
 
 __all__ = ["ServerConfig"]
 

@@ -1,9 +1,9 @@
-"""One client link: the sockets of a :class:`~securechat.clientcore.ClientCore`,
-owned by a :class:`~securechat.clientloop.ClientLoop`'s thread.
+"""One client link: the sockets of a :class:`~securechat.client.core.ClientCore`,
+owned by a :class:`~securechat.client.loop.ClientLoop`'s thread.
 
 The link resolves (in a helper thread), connects (non-blocking), handshakes
 (``do_handshake_on_connect=False``, under the core's connect deadline), reads and
-writes through a :class:`~securechat.sendbuffer.SendBuffer`, and closes; it tells
+writes through a :class:`~securechat.io.sendbuffer.SendBuffer`, and closes; it tells
 the core what happened and carries out its actions. Every call into the socket and
 the SSL object happens in the loop thread (shared/design-notes.md s1).
 """
@@ -22,11 +22,11 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from .clientcore import ClientCore, CloseLink, Connect, Outgoing, Phase
-from .clientevents import Event
-from .clientloop import ClientLoop, Resolver, describe, is_ip_literal, resolve
-from .errors import ClientClosed, ClientError, TLSVerificationFailed
-from .sendbuffer import SendBuffer
+from ..errors import ClientClosed, ClientError, TLSVerificationFailed
+from ..io.sendbuffer import SendBuffer
+from .core import ClientCore, CloseLink, Connect, Outgoing, Phase
+from .events import Event
+from .loop import ClientLoop, Resolver, describe, is_ip_literal, resolve
 
 __all__ = ["RECV_SIZE", "Link"]
 

@@ -1,0 +1,1 @@
+"""The console commands: securechat-server, -client, -token and -certs."""

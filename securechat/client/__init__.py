@@ -1,0 +1,4 @@
+"""The client: a connection that survives the network."""
+
+from .api import *  # noqa: F403
+from .api import __all__ as __all__

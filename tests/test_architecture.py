@@ -13,6 +13,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "securechat"
 #: Modules that must do no I/O: bytes and time in, bytes and events out.
 PURE_MODULES = ("securechat.protocol", "securechat.client.core", "securechat.client.parts",
                 "securechat.client.events", "securechat.client.backoff")
+#: The client's state machine also never reads the clock: time comes in as ``now``.
+CLOCKLESS_MODULES = ("securechat.client.core", "securechat.client.parts",
+                     "securechat.client.events")
 #: What "no I/O" means here (design-notes: the sans-I/O layer never sees a socket).
 IO_MODULES = frozenset({"socket", "ssl", "selectors", "threading", "asyncio"})
 #: Which top-level packages each package may import (docs/architecture.md).
@@ -132,6 +135,14 @@ def test_sans_io_modules_import_no_io(module: str) -> None:
     path = _modules()[module]
     imported = {name.split(".")[0] for name in _imports(module, path, frozenset(_modules()))}
     assert not imported & IO_MODULES, f"{module} imports {sorted(imported & IO_MODULES)}"
+
+
+@pytest.mark.parametrize("module", CLOCKLESS_MODULES)
+def test_the_client_core_reads_no_clock(module: str) -> None:
+    """The core is driven by the ``now`` it is given, so tests control time exactly."""
+    path = _modules()[module]
+    imported = {name.split(".")[0] for name in _imports(module, path, frozenset(_modules()))}
+    assert "time" not in imported
 
 
 def test_packages_import_only_what_the_architecture_allows() -> None:

@@ -29,10 +29,10 @@ RUN_ELSEWHERE: dict[str, tuple[str, str]] = {
     r"export DOCKER_HOST=\S+": ("tests/test_compose.py", "DOCKER_HOST"),
     r"scripts/docker-wheels\.sh": ("tests/test_compose.py", "docker-wheels.sh"),
     r"securechat-client --ca certs/ca\.pem --token-file run/alice\.token":
-        ("tests/test_client_cli_interactive.py", "--token-file"),
-    r"securechat-client .* --json --listen": ("tests/test_client_cli.py", '"--listen"'),
+        ("tests/cli/test_client_interactive.py", "--token-file"),
+    r"securechat-client .* --json --listen": ("tests/cli/test_client.py", '"--listen"'),
     r"securechat-client .* --say hello --every 5 --count 10 --wait-for alice":
-        ("tests/test_client_cli.py", '"--wait-for"'),
+        ("tests/cli/test_client.py", '"--wait-for"'),
 }
 #: Commands this file runs itself (see the tests below).
 RUN_HERE = [

@@ -1,7 +1,7 @@
 """The server's TLS configuration against Mozilla's profiles, as sslyze checks them.
 
 Test certificates are made by trustme (long-lived, subjectAltName marked critical),
-so the two certificate findings are expected here; tests/test_certs.py checks the
+so the two certificate findings are expected here; tests/cli/test_certs.py checks the
 certificates securechat-certs makes. Everything else must be clean."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The client on the sans-I/O core (securechat.client) against a real server over
-real TLS: the behaviours of tests/test_client.py that matter most, plus shared loops."""
+real TLS: the behaviours of tests/client/test_client.py that matter most, plus shared loops."""
 
 from __future__ import annotations
 

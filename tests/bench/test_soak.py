@@ -13,7 +13,7 @@ from typing import Any
 
 from tests.support import seconds
 
-SOAK = Path(__file__).resolve().parent.parent / "bench" / "soak.py"
+SOAK = Path(__file__).resolve().parents[2] / "bench" / "soak.py"
 
 
 def _load_soak() -> ModuleType:

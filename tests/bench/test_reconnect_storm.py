@@ -10,7 +10,7 @@ import pytest
 
 from tests.support import run_command
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "reconnect_storm.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "reconnect_storm.py"
 
 
 @pytest.mark.timeout(120)  # above the command's own 90 s deadline (both scaled)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ast
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -620,42 +618,3 @@ def test_loss_while_closing_is_a_clean_close() -> None:
 
 
 # --------------------------------------------------------------------------- purity
-@pytest.mark.parametrize("module", ["clientcore.py", "clientevents.py", "clientparts.py"])
-def test_the_core_imports_no_io(module: str) -> None:
-    """The state machine never imports socket, ssl, selectors or threading."""
-    path = Path(__file__).resolve().parent.parent / "securechat" / module
-    tree = ast.parse(path.read_text())
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            assert node.module not in ("client", "client_next", "clientlink", "clientloop"), \
-                node.module
-    assert not names & {"socket", "ssl", "selectors", "threading", "time"}, names
-
-
-def test_client_modules_import_no_cycle() -> None:
-    """The client layers import downwards only: events/parts <- core <- loop <- link <- api."""
-    package = Path(__file__).resolve().parent.parent / "securechat"
-    graph: dict[str, set[str]] = {}
-    for path in package.glob("*.py"):
-        deps: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                if node.module:
-                    deps.add(node.module.split(".")[0])
-                else:
-                    deps.update(alias.name for alias in node.names)
-        graph[path.stem] = deps
-
-    def visit(name: str, trail: tuple[str, ...]) -> None:
-        assert name not in trail, f"import cycle: {' -> '.join((*trail, name))}"
-        for dep in graph.get(name, ()):
-            visit(dep, (*trail, name))
-
-    for module in ("client_next", "clientlink", "clientloop", "clientcore", "clientparts",
-                   "clientevents"):
-        visit(module, ())

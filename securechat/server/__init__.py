@@ -1,5 +1,6 @@
-"""The relay: listener and admission, one session per connection, tokens, limits."""
+"""The relay: listener, admission, one session per connection, tokens, limits."""
 
-from .listener import Server, client_key
+from .admission import client_key
+from .listener import Server
 
 __all__ = ["Server", "client_key"]

@@ -1,9 +1,10 @@
 """The securechat server: a listener, an accept thread and a pool of I/O threads.
 
-The accept thread never does TLS: it accepts plain sockets, applies admission
-limits (per-IP cap on unauthenticated connections, max connections) and hands
+The accept thread never does TLS: it accepts plain sockets, asks admission.py for
+a slot (per-IP cap on unauthenticated connections, max connections) and hands
 each socket to the I/O loop with the fewest connections. The loop is then the
-only thread that ever touches that socket (see session.py).
+only thread that ever touches that socket (see session.py). Sessions report to
+the :class:`~securechat.server.admission.Admission`, never to the Server.
 
 Usage::
 
@@ -15,17 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import itertools
 import logging
 import random
-import secrets
 import selectors
 import socket
 import ssl
 import threading
 import time
-from collections import Counter, OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,9 +32,9 @@ from ..errors import ServerThreadDied
 from ..io.loop import IOLoop
 from ..io.tls import server_context
 from ..rooms import InProcessRoom, Room
+from .admission import Admission, Pending, client_key
 from .config import ServerConfig
-from .limits import KeyedBuckets, QueueMeter
-from .logs import LogThrottle, log_event
+from .logs import log_event
 from .session import Session, State
 from .tokens import TokenFileWatcher, TokenStore, load_store
 
@@ -45,17 +43,6 @@ __all__ = ["Server", "client_key"]
 logger = logging.getLogger("securechat.server")
 
 ACCEPTS_PER_EVENT = 256
-#: When the unauthenticated cap is reached, a new connection may push out the oldest
-#: one only if that one has had this long to log in (a real client needs
-#: milliseconds); younger ones keep their slot and the newcomer is closed before TLS,
-#: so a flood of fresh connections cannot push out a real client mid-handshake.
-EVICT_AFTER = 1.0
-#: Past --max-queued-total with nothing left to cut in a loop, how long before it
-#: scans its sessions again (so no flush pays for a scan).
-TRIM_RESCAN = 0.05
-#: Pre-auth log lines (connect, auth_failed, close...) per client address per window.
-LOG_BURST_PER_IP = 20
-LOG_WINDOW = 10.0
 #: accept() errors that concern one connection only: skip it and go on.
 _ACCEPT_SKIP = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
 #: Out of file descriptors (or kernel memory): the listener stays readable, so accepting
@@ -63,33 +50,6 @@ _ACCEPT_SKIP = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.E
 _ACCEPT_OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 ACCEPT_PAUSE_MIN = 0.1
 ACCEPT_PAUSE_MAX = 1.0
-
-
-def client_key(ip: str) -> str:
-    """The per-address limit key: the IPv4 address, or the /64 of an IPv6 address
-    (one IPv6 host usually owns a whole /64)."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
-        return str(ipaddress.IPv6Network((addr, 64), strict=False))
-    return str(addr)
-
-
-class _Pending:
-    """Accounting for one connection that has not authenticated (yet)."""
-
-    __slots__ = ("accepted_at", "ip_key", "ip_released", "loop", "session")
-
-    def __init__(self, ip_key: str, loop: IOLoop, accepted_at: float) -> None:
-        self.ip_key = ip_key
-        self.loop = loop
-        self.accepted_at = accepted_at
-        self.ip_released = False
-        self.session: Session | None = None
 
 
 def _format_peer(addr: Any) -> tuple[str, str]:
@@ -112,37 +72,24 @@ class Server:
         if tokens is None:
             tokens = load_store(config.tokens)
             self._watcher = TokenFileWatcher(config.tokens)
-        self._tokens = tokens
-        self.room: Room = room or InProcessRoom(config.room, history=config.history)
-        self.session_prefix = secrets.token_hex(3)
-        self._lock = threading.Lock()
-        self._unauth: Counter[str] = Counter()
-        self._auth_failures = KeyedBuckets(config.auth_failures / 60.0, config.auth_failures)
-        self._connections = 0
-        #: Counted unauthenticated connections, oldest first (they may be pushed out).
-        self._pending: OrderedDict[int, _Pending] = OrderedDict()
-        #: Connections being turned away with server_full (not counted in _connections).
-        self._refusing: dict[int, _Pending] = {}
-        #: Pushed-out connections whose slot in _connections went to a newer one.
-        self._transferred: set[int] = set()
-        self._user_sessions: Counter[str] = Counter()
-        self._log_throttle = LogThrottle(LOG_BURST_PER_IP, LOG_WINDOW)
+        self._stopping = threading.Event()
         self._conn_ids = itertools.count(1)
-        self._stats: Counter[str] = Counter()
-        self._cut_at_shutdown = 0
         tick = min(0.25, config.heartbeat / 4, config.handshake_timeout / 4)
         self._loops = [IOLoop(f"securechat-io-{i}", tick_interval=tick,
                               on_crash=self._thread_died)
                        for i in range(config.io_threads)]
-        # One meter per loop, each written by its own loop thread only.
-        self._meters = {loop: QueueMeter() for loop in self._loops}
-        #: A loop checks the global bound only when its own share passes this.
-        self.queue_check_above = config.max_queued_total // len(self._loops)
+        #: The admission limits and the accounting; the host of every session.
+        self._admission = Admission(
+            config, ssl_context=self.ssl_context, tokens=tokens,
+            room=room or InProcessRoom(config.room, history=config.history),
+            loops=self._loops, stopping=self._stopping)
+        # The same objects as the host's (never rebound; tokens is a property).
+        self.room: Room = self._admission.room
+        self.session_prefix = self._admission.session_prefix
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._started = False
-        self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._shutdown_lock = threading.Lock()
         # Thread supervision: see _thread_died and serve_forever.
@@ -163,13 +110,13 @@ class Server:
     @property
     def tokens(self) -> TokenStore:
         """The tokens in force now (replaced as a whole when the file changes)."""
-        return self._tokens
+        return self._admission.tokens
 
     @tokens.setter
     def tokens(self, store: TokenStore) -> None:
         # Sessions whose token is gone notice on their next tick (< 0.25 s) and close
         # with "revoked": no list of sessions to walk here, no race with a login.
-        self._tokens = store
+        self._admission.tokens = store
 
     @property
     def address(self) -> tuple[str, int]:
@@ -263,8 +210,7 @@ class Server:
                 self._listener.close()
             self._wake_r.close()
             self._wake_w.close()
-            with self._lock:
-                cut = self._cut_at_shutdown
+            cut = self._admission.cut_at_shutdown()
             if cut:
                 # A clean exit promises that everyone got what they were owed.
                 ok = False
@@ -291,13 +237,7 @@ class Server:
 
     def stats(self) -> dict[str, int]:
         """Counters for tests, benchmarks and logs."""
-        with self._lock:
-            out = dict(self._stats)
-            out["connections"] = self._connections
-            out["unauthenticated"] = sum(self._unauth.values())
-            out["pending_auth"] = len(self._pending)
-            out["refusing"] = len(self._refusing)
-        out["queued_bytes"] = self.queued_total()
+        out = self._admission.stats()
         out["sessions"] = sum(len(loop.endpoints) for loop in self._loops)
         return out
 
@@ -388,74 +328,32 @@ class Server:
     def _admit(self, raw: socket.socket, addr: Any) -> None:
         now = time.monotonic()
         peer, ip_key = _format_peer(addr)
-        cfg = self.config
         loop = min(self._loops, key=lambda lp: len(lp.endpoints))
-        conn_id = next(self._conn_ids)
-        reject: str | None = None
-        refused = ""
-        victim: _Pending | None = None
-        entry = _Pending(ip_key, loop, now)
-        with self._lock:
-            if self._unauth[ip_key] >= cfg.max_unauth_per_ip:
-                self._stats["refused_unauth_per_ip"] += 1
-                refused = "too many unauthenticated connections from this address"
-            elif len(self._pending) >= cfg.unauth_limit:
-                oldest_id, oldest = next(iter(self._pending.items()))
-                if now - oldest.accepted_at < EVICT_AFTER:
-                    self._stats["refused_unauth"] += 1
-                    refused = "too many unauthenticated connections"
-                else:
-                    # The oldest has had its chance: its slot goes to the newcomer.
-                    del self._pending[oldest_id]
-                    self._release_ip(oldest)
-                    self._transferred.add(oldest_id)
-                    self._stats["evicted_unauth"] += 1
-                    victim = oldest
-            elif self._connections >= cfg.max_connections:
-                if len(self._refusing) >= cfg.max_refusing:
-                    # Saturated: telling each client why would cost a TLS handshake each.
-                    self._stats["refused_server_full_at_once"] += 1
-                    refused = "server full"
-                else:
-                    self._stats["refused_server_full"] += 1
-                    reject = "server_full"
-            else:
-                self._connections += 1
-            if not refused:
-                self._unauth[ip_key] += 1
-                if reject is None:
-                    self._pending[conn_id] = entry
-                else:
-                    self._refusing[conn_id] = entry
-        if refused:
+        entry = self._admission.admit(next(self._conn_ids), ip_key, loop, now)
+        if isinstance(entry, str):
             # Cheapest possible answer to a flood: no TLS handshake, just close (RST).
-            log_event(logger, logging.DEBUG, "refused", refused, peer=peer)
+            log_event(logger, logging.DEBUG, "refused", entry, peer=peer)
             with contextlib.suppress(OSError):
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
             raw.close()
             return
-        if victim is not None:
-            # Queued after the victim's own _adopt on its loop, so its session exists.
-            pushed = victim
-            pushed.loop.call_soon(lambda: pushed.session.evict() if pushed.session else None)
         try:
             raw.setblocking(False)
-            _tune_socket(raw, cfg)
+            _tune_socket(raw, self.config)
         except OSError:
             pass  # the peer may already be gone; the session will find out
-        loop.call_soon(lambda: self._adopt(loop, raw, peer, ip_key, conn_id, now, reject, entry))
+        loop.call_soon(lambda: self._adopt(raw, peer, entry))
 
-    def _adopt(self, loop: IOLoop, raw: socket.socket, peer: str, ip_key: str, conn_id: int,
-               accepted_at: float, reject: str | None, entry: _Pending) -> None:
+    def _adopt(self, raw: socket.socket, peer: str, entry: Pending) -> None:
         """In the loop thread: wrap the socket in TLS and start the handshake."""
         try:
-            session = Session(self, loop, raw, peer, ip_key, conn_id, accepted_at,
-                              reject=reject)
+            session = Session(self._admission, entry.loop, raw, peer, entry.ip_key,
+                              entry.conn_id, entry.accepted_at, reject=entry.reject)
         except (OSError, ValueError) as exc:
-            log_event(logger, logging.DEBUG, "close", "gone before TLS", conn=conn_id,
+            log_event(logger, logging.DEBUG, "close", "gone before TLS", conn=entry.conn_id,
                       peer=peer, detail=str(exc))
             raw.close()
-            self._release(conn_id, counted=reject is None)
+            self._admission.release(entry.conn_id, counted=entry.reject is None)
             return
         entry.session = session  # read only by this loop, in evict calls queued after us
         if self._stopping.is_set():
@@ -480,7 +378,7 @@ class Server:
             return
         self._token_fault = None
         if store is not None:
-            removed = self._tokens.ids() - store.ids()
+            removed = self.tokens.ids() - store.ids()
             self.tokens = store
             log_event(logger, logging.INFO, "tokens_reloaded", tokens=len(store),
                       revoked=len(removed))
@@ -501,130 +399,6 @@ class Server:
             for loop in self._loops:
                 loop._inject_fault = lambda: fault("io")
 
-    # ------------------------------------------------------------------ called by sessions
-    def auth_retry_after(self, ip_key: str, now: float) -> float:
-        """0 if ``ip_key`` may try a token now, else seconds to wait."""
-        if self.config.auth_failures <= 0:
-            return 0.0
-        with self._lock:
-            if self._auth_failures.allowed(ip_key, now):
-                return 0.0
-            return max(0.1, self._auth_failures.retry_after(ip_key, now))
-
-    def note_auth_failure(self, ip_key: str, now: float) -> None:
-        with self._lock:
-            self._stats["auth_failed"] += 1
-            if self.config.auth_failures > 0:
-                self._auth_failures.take(ip_key, now)
-
-    def on_authenticated(self, session: Session) -> str | None:
-        """A valid token: None if the session may go on, else the error code to close
-        it with (``too_many_sessions``, or ``server_full`` if its slot was given away)."""
-        with self._lock:
-            self._release_unauth(session.conn_id)
-            if session.conn_id in self._transferred:
-                return "server_full"  # pushed out while its token was being checked
-            if self._user_sessions[session.user] >= self.config.max_sessions_per_user:
-                self._stats["refused_sessions_per_user"] += 1
-                return "too_many_sessions"
-            self._user_sessions[session.user] += 1
-            session.user_counted = True
-            self._stats["authenticated"] += 1
-            return None
-
-    def on_auth_ended(self, session: Session) -> None:
-        """A session left the unauthenticated state without authenticating."""
-        with self._lock:
-            self._release_unauth(session.conn_id)
-
-    def on_closed(self, session: Session) -> None:
-        with self._lock:
-            self._release_unauth(session.conn_id)
-            if session.reject is not None:
-                self._refusing.pop(session.conn_id, None)
-            elif session.conn_id in self._transferred:
-                self._transferred.discard(session.conn_id)
-            else:
-                self._connections -= 1
-            if session.user_counted:
-                session.user_counted = False
-                _decrement(self._user_sessions, session.user)
-
-    def on_cut_off(self, session: Session) -> None:
-        """A closing session's linger ran out with frames still queued: they are lost."""
-        log_event(logger, logging.WARNING, "cut_off",
-                  "closed with frames still queued (the client did not read them in time)",
-                  reason=session.close_reason, **session.log_fields)
-        with self._lock:
-            self._stats["cut_off"] += 1
-            if self._stopping.is_set():
-                self._cut_at_shutdown += 1
-
-    def log_admit(self, ip_key: str, now: float) -> int | None:
-        """Per-address budget for log lines before auth (see :class:`LogThrottle`)."""
-        with self._lock:
-            return self._log_throttle.admit(ip_key, now)
-
-    def queue_meter(self, loop: IOLoop) -> QueueMeter:
-        return self._meters[loop]
-
-    def queued_total(self) -> int:
-        """Bytes queued for all clients (a racy sum of per-loop meters: fine for a bound)."""
-        return sum(meter.size for meter in self._meters.values())
-
-    def trim_queues(self, loop: IOLoop) -> None:
-        """In ``loop``'s thread, once its share passed ``queue_check_above``: while the
-        global total is over ``max_queued_total``, cut this loop's sessions with the
-        largest queues (slow_consumer). Only runs past the bound, never per message."""
-        bound = self.config.max_queued_total
-        total = self.queued_total()
-        if total <= bound:
-            return
-        meter = self._meters[loop]
-        now = time.monotonic()
-        if now < meter.scan_after:
-            return  # what is left is not ours to cut (closing sessions, other loops)
-        queued = [ep for ep in loop.endpoints
-                  if isinstance(ep, Session) and ep.state is State.ACTIVE and ep.out.size]
-        queued.sort(key=lambda ep: ep.out.size, reverse=True)
-        cut = 0
-        for victim in queued:
-            if total <= bound:
-                break
-            before = victim.out.size
-            victim.cut_for_memory(bound)
-            total -= before - victim.out.size
-            cut += 1
-        if total > bound:
-            meter.scan_after = now + TRIM_RESCAN
-        with self._lock:
-            self._stats["cut_queued_total"] += cut
-
-    def _release(self, conn_id: int, *, counted: bool) -> None:
-        with self._lock:
-            self._release_unauth(conn_id)
-            self._refusing.pop(conn_id, None)
-            if counted:
-                if conn_id in self._transferred:
-                    self._transferred.discard(conn_id)
-                else:
-                    self._connections -= 1
-
-    def _release_unauth(self, conn_id: int) -> None:
-        # caller holds self._lock; idempotent
-        entry = self._pending.pop(conn_id, None)
-        if entry is None:
-            entry = self._refusing.get(conn_id)
-        if entry is not None:
-            self._release_ip(entry)
-
-    def _release_ip(self, entry: _Pending) -> None:
-        # caller holds self._lock
-        if entry.ip_released:
-            return
-        entry.ip_released = True
-        _decrement(self._unauth, entry.ip_key)
-
     # ------------------------------------------------------------------ shutdown
     def _say_bye(self, loop: IOLoop, linger: float) -> None:
         spread = self.config.retry_spread
@@ -635,15 +409,6 @@ class Server:
                 # Spread the comebacks so N clients do not all reconnect at once.
                 retry_after = round(random.uniform(0, spread), 1) if spread else 0.0
                 endpoint.say_bye(retry_after, linger)
-
-
-def _decrement(counts: Counter[str], key: str) -> None:
-    """Count one fewer, and forget keys that reach zero (so the table stays small)."""
-    left = counts[key] - 1
-    if left > 0:
-        counts[key] = left
-    else:
-        del counts[key]
 
 
 def _tune_socket(sock: socket.socket, cfg: ServerConfig) -> None:

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import sys
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from ..protocol import rfc3339_utc
 
-__all__ = ["JsonFormatter", "LogThrottle", "TextFormatter", "log_event", "log_suppressed",
-           "setup_logging"]
+__all__ = ["ConnectionLog", "JsonFormatter", "LogThrottle", "TextFormatter", "describe_error",
+           "log_event", "log_suppressed", "setup_logging"]
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
@@ -80,6 +83,74 @@ def log_suppressed(logger: logging.Logger, count: int, /, **fields: Any) -> None
     if count:
         log_event(logger, logging.INFO, "suppressed", f"suppressed {count} similar",
                   count=count, **fields)
+
+
+class ConnectionLog:
+    """The log lines of one connection whose peer can cause them at will (connects,
+    failed logins, errors), under a budget: per client address before auth, through
+    ``shared`` (one throttle for the whole server), per connection after. Lines over
+    it are counted and reported as one "suppressed N similar" line. ``fields`` (who)
+    go on every line; :meth:`identify` adds the user once the token is known."""
+
+    __slots__ = ("_logger", "_own", "_shared", "fields", "ip_key", "user")
+
+    #: Error lines one authenticated session may cause per window; the rest are counted.
+    BURST = 5
+    WINDOW = 10.0
+
+    def __init__(self, logger: logging.Logger, shared: Callable[[str, float], int | None],
+                 ip_key: str, fields: dict[str, Any]) -> None:
+        self._logger = logger
+        self._shared = shared
+        self.ip_key = ip_key
+        self.fields = fields
+        self.user = ""
+        self._own: LogThrottle | None = None  # made on the first throttled line
+
+    def identify(self, user: str, fields: dict[str, Any]) -> None:
+        """The token is known: from now on lines carry ``fields`` and the budget is
+        this connection's own."""
+        self.user = user
+        self.fields = fields
+
+    def __call__(self, level: int, event: str, message: str = "", /, *, once: bool = False,
+                 **fields: Any) -> None:
+        """Log ``event`` under the budget; ``once`` lines (one per connection, such as
+        its close) skip the per-connection budget but not the per-address one."""
+        logger = self._logger
+        if not logger.isEnabledFor(level):
+            return
+        now = time.monotonic()
+        if not self.user:
+            suppressed = self._shared(self.ip_key, now)
+            if suppressed is None:
+                return
+            if suppressed:
+                log_suppressed(logger, suppressed, ip=self.ip_key)
+        elif not once:
+            throttle = self._own
+            if throttle is None:
+                throttle = self._own = LogThrottle(self.BURST, self.WINDOW)
+            suppressed = throttle.admit(None, now)
+            if suppressed is None:
+                return
+            if suppressed:
+                log_suppressed(logger, suppressed, **self.fields)
+        log_event(logger, level, event, message, **fields, **self.fields)
+
+    def flush_suppressed(self) -> None:
+        """The connection is closing: report what its own budget still holds back."""
+        if self._own is not None:
+            log_suppressed(self._logger, self._own.pop_suppressed(None), **self.fields)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short ``detail=`` for a TLS or socket error (the reason, not a traceback)."""
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or exc.__class__.__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return exc.__class__.__name__
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

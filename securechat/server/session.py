@@ -21,18 +21,18 @@ import socket
 import ssl
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import protocol
 from ..errors import RemoteProtocolError
 from ..io.sendbuffer import SendBuffer
 from ..rooms.base import RoomSnapshot
 from .limits import TokenBucket
-from .logs import LogThrottle, log_event, log_suppressed
+from .logs import ConnectionLog, describe_error, log_event
 
 if TYPE_CHECKING:
     from ..io.loop import IOLoop
-    from .listener import Server
+    from .host import SessionHost
 
 __all__ = ["Session", "State"]
 
@@ -53,9 +53,6 @@ _BYE = protocol.encode(protocol.Bye())
 #: no cheaper way to guess than well-formed ones.
 _PRE_AUTH_FAULTS = frozenset({"auth_failed", "bad_frame", "unknown_type", "frame_too_large",
                               "not_authenticated"})
-#: Error lines one authenticated session may cause per window; the rest are counted.
-LOG_BURST_PER_SESSION = 5
-LOG_WINDOW = 10.0
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -72,10 +69,11 @@ class State(enum.Enum):
 class Session:
     """A client connection: TLS handshake, authentication, room membership, heartbeats."""
 
-    def __init__(self, server: Server, loop: IOLoop, raw: socket.socket, peer: str, ip_key: str,
+    def __init__(self, host: SessionHost, loop: IOLoop, raw: socket.socket, peer: str, ip_key: str,
                  conn_id: int, accepted_at: float, *, reject: str | None = None) -> None:
-        cfg = server.config
-        self.server = server
+        cfg = host.config
+        #: All this session may ask of the server (see host.py), never the Server itself.
+        self.host = host
         self.loop = loop
         self.peer = peer
         self.ip_key = ip_key
@@ -87,7 +85,7 @@ class Session:
         self.token_id = ""
         self.joined = False
         self.close_reason = ""
-        self.sock: ssl.SSLSocket = server.ssl_context.wrap_socket(
+        self.sock: ssl.SSLSocket = host.ssl_context.wrap_socket(
             raw, server_side=True, do_handshake_on_connect=False)
         self.decoder = protocol.FrameDecoder(protocol.PRE_AUTH_MAX_FRAME)
         # Outbound: inbox is appended to by any thread; the rest belongs to the loop.
@@ -109,12 +107,12 @@ class Session:
         self.frame_bucket: TokenBucket | None = None
         self.error_bucket: TokenBucket | None = None
         self.max_pending = cfg.max_pending
-        self.log_fields: dict[str, Any] = {"conn": conn_id, "peer": peer}
-        self.log_throttle: LogThrottle | None = None  # made on the first throttled line
-        #: Set by the server while this session counts toward its user's session cap.
+        #: Log lines the peer can cause, under the host's and this session's budgets.
+        self.log = ConnectionLog(logger, host.log_admit, ip_key, {"conn": conn_id, "peer": peer})
+        #: True while this session counts toward its user's session cap.
         self.user_counted = False
-        self.meter = server.queue_meter(loop)
-        self.queue_check_above = server.queue_check_above
+        self.meter = host.queue_meter(loop)
+        self.queue_check_above = host.queue_check_above
 
     def __repr__(self) -> str:
         return f"<Session {self.conn_id} {self.peer} {self.user or '-'} {self.state.value}>"
@@ -133,7 +131,7 @@ class Session:
         self.loop.endpoints.add(self)
         self._set_events(_READ)
         # INFO only once TLS is up: a port scan or a silent TCP peer is not news.
-        log_event(logger, logging.DEBUG, "accept", **self.log_fields)
+        log_event(logger, logging.DEBUG, "accept", **self.log.fields)
         self._handshake()
 
     def _set_events(self, events: int) -> None:
@@ -207,12 +205,12 @@ class Session:
         except (ssl.SSLError, OSError, ValueError) as exc:
             # Plain TCP, HTTP, an old TLS version, garbage, an early close: this
             # connection ends, nobody else notices.
-            self._hard_close("handshake failed", detail=_describe(exc), level=logging.DEBUG)
+            self._hard_close("handshake failed", detail=describe_error(exc), level=logging.DEBUG)
             return
         self.state = State.AUTH
         self._set_events(_READ)
-        self._log(logging.INFO, "connect", tls=self.sock.version(),
-                  cipher=(self.sock.cipher() or ("",))[0])
+        self.log(logging.INFO, "connect", tls=self.sock.version(),
+                 cipher=(self.sock.cipher() or ("",))[0])
         if self.reject is not None:
             self._fail(self.reject, "the server is full; try again later",
                        retry_after=self._spread_retry())
@@ -233,7 +231,7 @@ class Session:
                 self._update_events()
                 return
             except (ssl.SSLError, OSError) as exc:
-                self._hard_close("read failed", detail=_describe(exc))
+                self._hard_close("read failed", detail=describe_error(exc))
                 return
             if not data:
                 self._on_eof()
@@ -301,28 +299,29 @@ class Session:
             self._fail("not_authenticated", "the first frame must be auth")
 
     def _authenticate(self, token: str) -> None:
-        server = self.server
+        host = self.host
         now = time.monotonic()
-        wait = server.auth_retry_after(self.ip_key, now)
+        wait = host.auth_retry_after(self.ip_key, now)
         if wait > 0:
             self._fail("auth_throttled", "too many failed logins from your address",
                        retry_after=round(wait, 1))
             return
         try:
-            record = server.tokens.verify(token)
+            record = host.tokens.verify(token)
         except (UnicodeError, ValueError):
             record = None  # e.g. a lone surrogate that slipped past frame validation
         if record is None:
-            self._log(logging.WARNING, "auth_failed")
+            self.log(logging.WARNING, "auth_failed")
             self._fail("auth_failed", "unknown or revoked token")  # counts the failure
             return
-        cfg = server.config
+        cfg = host.config
         self.user = record.name
         self.user_json = protocol.json_string(record.name)
         self.token_id = record.id
-        self.log_fields = {"conn": self.conn_id, "peer": self.peer, "user": record.name,
-                           "token": record.id}
-        refused = server.on_authenticated(self)
+        self.log.identify(record.name, {"conn": self.conn_id, "peer": self.peer,
+                                        "user": record.name, "token": record.id})
+        refused = host.on_authenticated(self.conn_id, record.name)
+        self.user_counted = refused is None
         if refused == "too_many_sessions":
             self._fail(refused, f"{record.name} already holds "
                        f"{cfg.max_sessions_per_user} sessions (--max-sessions-per-user)")
@@ -336,24 +335,24 @@ class Session:
         self.bucket = TokenBucket(cfg.msg_rate, cfg.msg_burst, now)
         self.frame_bucket = TokenBucket(cfg.frame_rate, cfg.frame_burst, now)
         self.error_bucket = TokenBucket(cfg.max_errors / 60.0, cfg.max_errors, now)
-        log_event(logger, logging.INFO, "auth", **self.log_fields)
-        server.room.subscribe(self, self._welcome)
+        log_event(logger, logging.INFO, "auth", **self.log.fields)
+        host.room.subscribe(self, self._welcome)
         self.joined = True
-        log_event(logger, logging.INFO, "join", room=server.room.name, **self.log_fields)
+        log_event(logger, logging.INFO, "join", room=host.room.name, **self.log.fields)
 
     def _spread_retry(self) -> float:
         """A ``retry_after`` hint spread at random, so clients turned away together do
         not all return together."""
-        spread = max(1.0, self.server.config.retry_spread)
+        spread = max(1.0, self.host.config.retry_spread)
         return round(random.uniform(1.0, spread), 1)
 
     def _welcome(self, snapshot: RoomSnapshot) -> bytes:
-        cfg = self.server.config
+        cfg = self.host.config
         return protocol.encode(protocol.Welcome(
             user=self.user, room=snapshot.room, members=snapshot.members,
             heartbeat=cfg.heartbeat, seq=snapshot.seq, max_frame=cfg.max_frame,
-            session=f"{self.server.session_prefix}-{self.conn_id}",
-            epoch=self.server.session_prefix,
+            session=f"{self.host.session_prefix}-{self.conn_id}",
+            epoch=self.host.session_prefix,
         ))
 
     def _on_message(self, frame: protocol.SendMessage) -> None:
@@ -365,7 +364,7 @@ class Session:
                             frame.id, retry_after=round(bucket.retry_after(now), 3),
                             counts=False)  # msg has its own budget and a resend rule
                 return
-        self.server.room.publish(self, frame.body, frame.id)  # the room sends the ack
+        self.host.room.publish(self, frame.body, frame.id)  # the room sends the ack
 
     # ------------------------------------------------------------------ sending
     def _send(self, frame: bytes) -> None:
@@ -402,7 +401,7 @@ class Session:
                 self._slow_consumer(f"more than {self.max_pending} bytes queued")
                 return
             if meter.size > self.queue_check_above:
-                self.server.trim_queues(self.loop)  # rare: only past the global bound
+                self.host.trim_queues(self.loop)  # rare: only past the global bound
                 if self.state is not state:
                     return
         if not self.write_blocked:
@@ -415,7 +414,7 @@ class Session:
             sent, drained = out.write_to(self.sock)
         except (ssl.SSLError, OSError) as exc:
             self.meter.size -= before - out.size  # what got out before the error
-            self._hard_close("write failed", detail=_describe(exc))
+            self._hard_close("write failed", detail=describe_error(exc))
             return
         if sent:
             self.meter.size -= sent
@@ -442,11 +441,11 @@ class Session:
             return
         errors = self.error_bucket
         if counts and errors is not None and not errors.take(time.monotonic()):
-            cfg = self.server.config
+            cfg = self.host.config
             self._fail("too_many_errors", f"more than {cfg.max_errors} protocol errors "
                        f"in a minute (last: {code}: {message})")
             return
-        self._log(logging.INFO, "error", code=code)
+        self.log(logging.INFO, "error", code=code)
         self._send(protocol.encode_error(code, message, mid, retry_after))
 
     def _fail(self, code: str, message: str, mid: protocol.MessageId = None,
@@ -454,10 +453,10 @@ class Session:
         """Send a closing error frame, then close once it is written (or after a linger)."""
         if self.state is State.CLOSING or self.state is State.CLOSED:
             return
-        self._log(logging.INFO, "error", code=code, detail=message, once=True)
+        self.log(logging.INFO, "error", code=code, detail=message, once=True)
         if self.state is State.AUTH and code in _PRE_AUTH_FAULTS:
             # Malformed or wrong: either way a failed login for the throttle.
-            self.server.note_auth_failure(self.ip_key, time.monotonic())
+            self.host.note_auth_failure(self.ip_key, time.monotonic())
         if self.state is State.HANDSHAKE:
             self._hard_close(code)
             return
@@ -465,7 +464,7 @@ class Session:
         self._begin_close(code)
 
     def _slow_consumer(self, detail: str) -> None:
-        log_event(logger, logging.WARNING, "slow_consumer", detail=detail, **self.log_fields)
+        log_event(logger, logging.WARNING, "slow_consumer", detail=detail, **self.log.fields)
         # What is queued will never get through in time: drop it, say why, close.
         before = self.out.size
         self.out.drop_queued()
@@ -476,13 +475,13 @@ class Session:
 
     def cut_for_memory(self, bound: int) -> None:
         """The server's queues together passed ``bound`` and this one is among the
-        largest: cut it (called by :meth:`Server.trim_queues` in this loop)."""
+        largest: cut it (called by the host's ``trim_queues`` in this loop)."""
         if self.state is State.ACTIVE:
             self._slow_consumer(f"{self.out.size} bytes queued while the server holds more "
                                 f"than {bound} for all clients (--max-queued-total)")
 
     def evict(self) -> None:
-        """Make room for a newer unauthenticated connection (see Server._admit)."""
+        """Make room for a newer unauthenticated connection (see Admission.admit)."""
         if self.state is State.HANDSHAKE:
             self._hard_close("pushed out before auth", level=logging.DEBUG)
         elif self.state is State.AUTH:
@@ -499,7 +498,7 @@ class Session:
         self.close_deadline = time.monotonic() + linger
         self._leave_room(reason)
         if previous is State.AUTH:
-            self.server.on_auth_ended(self)
+            self.host.on_auth_ended(self.conn_id)
         self._update_events()
         # Everything queued for this session goes out in the flush that follows.
         if not self.flush_scheduled:
@@ -518,8 +517,8 @@ class Session:
     def _leave_room(self, reason: str) -> None:
         if self.joined:
             self.joined = False
-            self.server.room.unsubscribe(self, reason)
-            log_event(logger, logging.INFO, "leave", reason=reason, **self.log_fields)
+            self.host.room.unsubscribe(self, reason)
+            log_event(logger, logging.INFO, "leave", reason=reason, **self.log.fields)
 
     def _finish_close(self, *, graceful: bool) -> None:
         if graceful and (self.out or self.inbox):
@@ -549,39 +548,15 @@ class Session:
         self.out.clear()
         self._leave_room(reason)
         if state is State.AUTH or state is State.HANDSHAKE:
-            self.server.on_auth_ended(self)
-        self.server.on_closed(self)
-        if self.log_throttle is not None:
-            log_suppressed(logger, self.log_throttle.pop_suppressed(None), **self.log_fields)
+            self.host.on_auth_ended(self.conn_id)
+        self.host.on_closed(self.conn_id, refused=self.reject is not None,
+                            user=self.user if self.user_counted else None)
+        self.user_counted = False
+        self.log.flush_suppressed()
         if not quiet:
-            self._log(level, "close", reason=reason, detail=detail, once=True)
+            self.log(level, "close", reason=reason, detail=detail, once=True)
         else:
-            self._log(logging.DEBUG, "close", reason=self.close_reason, once=True)
-
-    def _log(self, level: int, event: str, message: str = "", /, *, once: bool = False,
-             **fields: Any) -> None:
-        """A log line the peer can cause at will, under a budget: per client address
-        before auth (connects, failed logins), per connection after (errors). Lines
-        over it are counted and reported as one "suppressed N similar" line."""
-        if not logger.isEnabledFor(level):
-            return
-        now = time.monotonic()
-        if not self.user:
-            suppressed = self.server.log_admit(self.ip_key, now)
-            if suppressed is None:
-                return
-            if suppressed:
-                log_suppressed(logger, suppressed, ip=self.ip_key)
-        elif not once:
-            throttle = self.log_throttle
-            if throttle is None:
-                throttle = self.log_throttle = LogThrottle(LOG_BURST_PER_SESSION, LOG_WINDOW)
-            suppressed = throttle.admit(None, now)
-            if suppressed is None:
-                return
-            if suppressed:
-                log_suppressed(logger, suppressed, **self.log_fields)
-        log_event(logger, level, event, message, **fields, **self.log_fields)
+            self.log(logging.DEBUG, "close", reason=self.close_reason, once=True)
 
     def abort(self, reason: str) -> None:
         self._hard_close(reason, level=logging.DEBUG)
@@ -598,7 +573,7 @@ class Session:
     def tick(self, now: float) -> None:
         state = self.state
         if state is State.ACTIVE:
-            cfg = self.server.config
+            cfg = self.host.config
             silent = now - self.last_rx
             if silent >= 3 * cfg.heartbeat:
                 self._fail("idle_timeout", f"nothing received for {silent:.1f} s")
@@ -608,7 +583,7 @@ class Session:
                 self._send(_PING)
             if self.out and now - self.last_progress >= cfg.write_timeout:
                 self._slow_consumer(f"no write progress for {cfg.write_timeout:g} s")
-            elif self.token_id not in self.server.tokens:
+            elif self.token_id not in self.host.tokens:
                 self._fail("revoked", "your token was revoked")
         elif state is State.AUTH:
             if now >= self.auth_deadline:
@@ -618,13 +593,6 @@ class Session:
                 self._hard_close("handshake timeout", level=logging.DEBUG)
         elif state is State.CLOSING and now >= self.close_deadline:
             if self.out or self.inbox:
-                self.server.on_cut_off(self)  # frames it was owed are lost
+                self.host.on_cut_off(self.close_reason, self.log.fields)  # frames are lost
             self._finish_close(graceful=False)
 
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError):
-        return exc.reason or exc.__class__.__name__
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return exc.__class__.__name__

@@ -16,9 +16,10 @@ Layers (each imports only the ones below it; docs/architecture.md):
 - :mod:`~securechat.client.loop`, :mod:`~securechat.client.link`: the I/O on
   :class:`securechat.io.loop.IOLoop`, one thread owning every socket and SSL object;
 - :mod:`~securechat.client.core`: the sans-I/O state machine of one link (no
-  sockets, threads or clock), with :mod:`~securechat.client.sendqueue` (send queue,
-  ack window), :mod:`~securechat.client.parts` (seq tracking, messages, checks),
-  :mod:`~securechat.client.events` and :mod:`~securechat.client.backoff` (pure).
+  sockets, threads or clock), with :mod:`~securechat.client.phases` (the transition
+  table), :mod:`~securechat.client.sendqueue` (send queue, ack window),
+  :mod:`~securechat.client.parts` (seq tracking, messages, checks),
+  :mod:`~securechat.client.events` and :mod:`~securechat.client.backoff` (all pure).
 """
 
 from .api import *  # noqa: F403

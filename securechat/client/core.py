@@ -29,12 +29,11 @@ after :data:`DEAD_AFTER_INTERVALS`), the reconnect schedule
 retryable/fatal classification (:func:`securechat.client.backoff.is_fatal`).
 
 All phase changes go through :meth:`ClientCore._goto` and the table
-:data:`TRANSITIONS` (in the spirit of h11's ``_state.py``).
+:data:`~securechat.client.phases.TRANSITIONS` (in the spirit of h11's ``_state.py``).
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import random
 import sys
@@ -70,6 +69,7 @@ from .parts import (
     decoder_limit,
     validate_token,
 )
+from .phases import LINKED, READING, TRANSITIONS, Phase
 from .sendqueue import DEFAULT_RATE_PAUSE, SEND_WINDOW, SendQueue
 
 __all__ = [
@@ -116,35 +116,6 @@ class CloseLink:
 
 
 Output = Event | Connect | CloseLink
-
-
-class Phase(enum.Enum):
-    IDLE = "idle"  # not started
-    CONNECTING = "connecting"  # the driver resolves, connects, handshakes
-    AUTH = "auth"  # TLS is up, auth sent, waiting for welcome
-    ACTIVE = "active"
-    CLOSING = "closing"  # bye sent, waiting for the server's bye
-    WAITING = "waiting"  # backoff before the next attempt
-    DONE = "done"
-
-
-#: Every allowed phase change: (phase, trigger) -> next phase. ``finish`` (to DONE)
-#: is allowed from every phase but DONE and is not listed.
-TRANSITIONS: Final[dict[tuple[Phase, str], Phase]] = {
-    (Phase.IDLE, "start"): Phase.CONNECTING,
-    (Phase.WAITING, "retry"): Phase.CONNECTING,
-    (Phase.CONNECTING, "connection_made"): Phase.AUTH,
-    (Phase.AUTH, "welcome"): Phase.ACTIVE,
-    (Phase.ACTIVE, "close"): Phase.CLOSING,
-    (Phase.CONNECTING, "lost"): Phase.WAITING,
-    (Phase.AUTH, "lost"): Phase.WAITING,
-    (Phase.ACTIVE, "lost"): Phase.WAITING,
-}
-
-#: Phases in which frames from the server are read.
-_READING = frozenset({Phase.AUTH, Phase.ACTIVE, Phase.CLOSING})
-#: Phases in which the driver has a socket or an attempt going.
-_LINKED = frozenset({Phase.CONNECTING, Phase.AUTH, Phase.ACTIVE})
 
 
 class _LinkFailure(Exception):
@@ -287,19 +258,19 @@ class ClientCore:
         self._now = now
         if self.phase is Phase.CLOSING:
             self._finish(None, "closed")
-        elif self.phase in _LINKED:
+        elif self.phase in LINKED:
             self._link_failed(_LinkFailure(reason, error=error))
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Plaintext bytes from the server."""
         self._now = now
-        if self.phase not in _READING or not data:
+        if self.phase not in READING or not data:
             return
         self._last_rx = now
         try:
             for line in self._decoder.feed(data):
                 self._on_line(line)
-                if self.phase not in _READING:
+                if self.phase not in READING:
                     return  # the link failed or finished on this frame
             if (bad := self._decoder.failed) is not None:
                 raise _LinkFailure(f"bad data from the server: {bad}") from bad

@@ -12,9 +12,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "securechat"
 
 #: Modules that must do no I/O: bytes and time in, bytes and events out.
 PURE_MODULES = ("securechat.protocol", "securechat.client.core", "securechat.client.parts",
+                "securechat.client.sendqueue", "securechat.client.phases",
                 "securechat.client.events", "securechat.client.backoff")
 #: The client's state machine also never reads the clock: time comes in as ``now``.
 CLOCKLESS_MODULES = ("securechat.client.core", "securechat.client.parts",
+                     "securechat.client.sendqueue", "securechat.client.phases",
                      "securechat.client.events")
 #: What "no I/O" means here (design-notes: the sans-I/O layer never sees a socket).
 IO_MODULES = frozenset({"socket", "ssl", "selectors", "threading", "asyncio"})

@@ -1,12 +1,14 @@
 """The securechat client API on the sans-I/O core: a connection that survives the network.
 
-Same public API as :class:`securechat.client.Client` (which this replaces), built
-from three layers:
+:class:`Client` (also :class:`securechat.Client` and :class:`securechat.client.Client`)
+is built from three layers:
 
-- :mod:`securechat.client.core`: the protocol state machine (auth, acks, resends,
-  gaps, heartbeats, backoff), pure;
-- :mod:`securechat.client.loop`: the I/O, on the server's :class:`~securechat.io.loop.IOLoop`
-  and :class:`~securechat.io.sendbuffer.SendBuffer`; one loop thread owns every socket
+- :mod:`securechat.client.core`: the protocol state machine (auth, acks, gaps,
+  heartbeats, backoff), pure; its send queue and ack window are
+  :mod:`securechat.client.sendqueue`;
+- :mod:`securechat.client.loop` and :mod:`securechat.client.link`: the I/O, on the
+  server's :class:`~securechat.io.loop.IOLoop` and
+  :class:`~securechat.io.sendbuffer.SendBuffer`; one loop thread owns every socket
   and SSL object of the clients on it (shared/design-notes.md s1);
 - this module: the thread-safe user API (send queue with ``queue_size``, event
   queue, waits).
@@ -18,11 +20,24 @@ what the user sends while it is offline and resends every message the server has
 not acknowledged. Fatal failures (token refused, certificate not trusted) end it
 with a clear error instead of retrying forever.
 
-By default every client has its own loop thread (named ``securechat-client-io-...``)
-that ends with it. Many clients can share one thread instead::
+By default every client has its own private loop thread (named
+``securechat-client-io-...``) that starts with it and ends with it, so the one-liner
+needs nothing else::
+
+    with Client(host, port, token=token, cafile=ca) as client:
+        client.send("hello")
+
+Many clients can share one thread instead (one thread and no per-client thread
+stacks: what a bench or a bot farm with hundreds of clients wants)::
 
     with ClientLoop() as shared:
         clients = [Client(host, port, token=t, cafile=ca, loop=shared).start() for t in tokens]
+
+A shared loop outlives its clients: closing a client leaves it running, and closing
+the loop closes every client still on it. Everything the clients on one loop do runs
+on that one thread, so an ``on_event`` callback (called there) holds up every client
+on the loop while it runs: keep it quick, never block in it, and use
+:meth:`Client.next_event` / :meth:`Client.events` from another thread for slow work.
 
 Events are the protocol frames and the events of :mod:`securechat.client.events`;
 :class:`Closed` is always last.
@@ -151,7 +166,11 @@ class SendHandle(Outgoing):
 class Client:
     """A reconnecting, keep-alive chat client. See the module docstring.
 
-    Clients on one shared :class:`ClientLoop` share its lock and condition.
+    ``with Client(host, port, token=..., cafile=...)`` runs the client on a private
+    loop thread of its own, started by :meth:`start` and joined by :meth:`close`.
+    With ``loop=shared`` (a :class:`ClientLoop`) it runs on that loop's one thread
+    with every other client on it, and shares its lock and condition; ``on_event``
+    then runs on that thread too, so a slow callback delays every client there.
 
     Keyword-only settings (defaults in brackets):
 
@@ -168,7 +187,7 @@ class Client:
       dropped (and counted in :class:`EventsDropped`) if nobody reads. 0 keeps
       none (use ``on_event``).
     - ``on_event`` [None]: called in the I/O thread with every event; must be quick
-      and must not block (on a shared loop it holds up every client).
+      and must not block (on a shared loop it holds up every client on the loop).
     - ``connect_timeout`` [10 s]: name lookup + TCP connect + TLS handshake + welcome,
       per attempt.
     - ``close_timeout`` [2 s]: how long :meth:`close` waits for the server's bye.
@@ -179,8 +198,9 @@ class Client:
     - ``resolver`` [:func:`resolve`, i.e. ``getaddrinfo``]: turns ``host`` into
       addresses, in a daemon helper thread (``<loop name>-resolve``) under
       ``connect_timeout``. An IP literal with the default resolver needs no lookup.
-    - ``loop`` [None: a private one]: a :class:`ClientLoop` to share with other
-      clients; it outlives them and is closed by its owner.
+    - ``loop`` [None: a private one, started and stopped with this client]: a
+      :class:`ClientLoop` to share with other clients (one I/O thread for all of
+      them); it outlives them and is closed by its owner.
 
     The first connection attempt starts at once; every *re*connect waits its jittered
     delay first (see :mod:`securechat.client.backoff`).

@@ -21,19 +21,19 @@ keeps (the driver calls :meth:`ClientCore.tick` when it passes); "give up" is
 :class:`~securechat.client.events.Closed`.
 
 What it covers: auth and welcome, the ack window and the resend queue (ids,
-resend in order until acked, ``rate_limited`` pauses), seq/epoch tracking
+resend in order until acked, ``rate_limited`` pauses; the rules are
+:class:`securechat.client.sendqueue.SendQueue`'s), seq/epoch tracking
 (:class:`SeqTracker`), heartbeat deadlines (ping after one idle interval, dead
 after :data:`DEAD_AFTER_INTERVALS`), the reconnect schedule
 (:class:`securechat.client.backoff.Backoff`, clock = the ``now`` passed in) and the
 retryable/fatal classification (:func:`securechat.client.backoff.is_fatal`).
 
 All phase changes go through :meth:`ClientCore._goto` and the table
-:data:`TRANSITIONS` (in the spirit of h11's ``_state.py``).
+:data:`~securechat.client.phases.TRANSITIONS` (in the spirit of h11's ``_state.py``).
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import random
 import sys
@@ -69,6 +69,8 @@ from .parts import (
     decoder_limit,
     validate_token,
 )
+from .phases import LINKED, READING, TRANSITIONS, Phase
+from .sendqueue import DEFAULT_RATE_PAUSE, SEND_WINDOW, SendQueue
 
 __all__ = [
     "DEAD_AFTER_INTERVALS",
@@ -88,14 +90,6 @@ __all__ = [
 
 logger = logging.getLogger("securechat.client")
 
-#: Messages sent but not yet acknowledged at once. The server drops messages over
-#: its rate (50/s, bursts of 100 by default) with ``rate_limited``; a window keeps
-#: a long backlog flushed after a reconnect from being refused by the hundred.
-#: After a ``rate_limited`` the window drops to 1 and doubles with every ack (as
-#: TCP's slow start), so the refused message goes again before newer ones.
-SEND_WINDOW: Final = 32
-#: Pause after ``rate_limited`` when the server gave no ``retry_after``.
-DEFAULT_RATE_PAUSE: Final = 1.0
 #: Heartbeat intervals without any frame after which the link is declared dead.
 DEAD_AFTER_INTERVALS: Final = 3
 
@@ -124,35 +118,6 @@ class CloseLink:
 Output = Event | Connect | CloseLink
 
 
-class Phase(enum.Enum):
-    IDLE = "idle"  # not started
-    CONNECTING = "connecting"  # the driver resolves, connects, handshakes
-    AUTH = "auth"  # TLS is up, auth sent, waiting for welcome
-    ACTIVE = "active"
-    CLOSING = "closing"  # bye sent, waiting for the server's bye
-    WAITING = "waiting"  # backoff before the next attempt
-    DONE = "done"
-
-
-#: Every allowed phase change: (phase, trigger) -> next phase. ``finish`` (to DONE)
-#: is allowed from every phase but DONE and is not listed.
-TRANSITIONS: Final[dict[tuple[Phase, str], Phase]] = {
-    (Phase.IDLE, "start"): Phase.CONNECTING,
-    (Phase.WAITING, "retry"): Phase.CONNECTING,
-    (Phase.CONNECTING, "connection_made"): Phase.AUTH,
-    (Phase.AUTH, "welcome"): Phase.ACTIVE,
-    (Phase.ACTIVE, "close"): Phase.CLOSING,
-    (Phase.CONNECTING, "lost"): Phase.WAITING,
-    (Phase.AUTH, "lost"): Phase.WAITING,
-    (Phase.ACTIVE, "lost"): Phase.WAITING,
-}
-
-#: Phases in which frames from the server are read.
-_READING = frozenset({Phase.AUTH, Phase.ACTIVE, Phase.CLOSING})
-#: Phases in which the driver has a socket or an attempt going.
-_LINKED = frozenset({Phase.CONNECTING, Phase.AUTH, Phase.ACTIVE})
-
-
 class _LinkFailure(Exception):
     """Internal: the current link or attempt failed. ``error``, when set, is what the
     client ends with if :func:`securechat.client.backoff.is_fatal` says retrying cannot help."""
@@ -175,9 +140,9 @@ class ClientCore:
 
     __slots__ = (
         "_attempt_deadline", "_auth", "_backlog", "_close_deadline", "_decoder",
-        "_ever_connected", "_heartbeat", "_heartbeat_override", "_inflight", "_last_rx",
-        "_last_tx", "_linked", "_next_attempt_at", "_now", "_out", "_outbox", "_outputs",
-        "_paused_until", "_window", "address", "backoff", "close_requested", "close_timeout",
+        "_ever_connected", "_heartbeat", "_heartbeat_override", "_last_rx",
+        "_last_tx", "_linked", "_next_attempt_at", "_now", "_out", "_outputs", "_queue",
+        "address", "backoff", "close_requested", "close_timeout",
         "connect_timeout", "error", "max_frame", "phase", "stage", "stats", "tracker",
         "welcome",
     )
@@ -209,12 +174,7 @@ class ClientCore:
         self._out: list[bytes] = []
         self._outputs: list[Output] = []
         self._decoder = protocol.FrameDecoder(decoder_limit(protocol.DEFAULT_MAX_FRAME))
-        # Lists and a dict, not deques and an OrderedDict: a few hundred bytes less per
-        # client, which counts with thousands of clients on one loop.
-        self._outbox: list[Outgoing] = []
-        self._inflight: dict[str, Outgoing] = {}
-        self._window = SEND_WINDOW
-        self._paused_until = 0.0
+        self._queue = SendQueue()
         self._heartbeat = 0.0
         self._last_rx = 0.0
         self._last_tx = 0.0
@@ -252,8 +212,8 @@ class ClientCore:
         if phase is not Phase.ACTIVE:
             return None
         deadlines = []
-        if self._outbox and self._paused_until:
-            deadlines.append(self._paused_until)
+        if (paused := self._queue.pause_deadline()) is not None:
+            deadlines.append(paused)
         interval = self._heartbeat
         if interval > 0:
             deadlines.append(self._last_rx + DEAD_AFTER_INTERVALS * interval)
@@ -266,7 +226,7 @@ class ClientCore:
     @property
     def queued(self) -> int:
         """Messages held by the core: waiting to be sent, or sent and not acked."""
-        return len(self._outbox) + len(self._inflight)
+        return len(self._queue)
 
     @property
     def done(self) -> bool:
@@ -298,19 +258,19 @@ class ClientCore:
         self._now = now
         if self.phase is Phase.CLOSING:
             self._finish(None, "closed")
-        elif self.phase in _LINKED:
+        elif self.phase in LINKED:
             self._link_failed(_LinkFailure(reason, error=error))
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Plaintext bytes from the server."""
         self._now = now
-        if self.phase not in _READING or not data:
+        if self.phase not in READING or not data:
             return
         self._last_rx = now
         try:
             for line in self._decoder.feed(data):
                 self._on_line(line)
-                if self.phase not in _READING:
+                if self.phase not in READING:
                     return  # the link failed or finished on this frame
             if (bad := self._decoder.failed) is not None:
                 raise _LinkFailure(f"bad data from the server: {bad}") from bad
@@ -336,7 +296,7 @@ class ClientCore:
         if len(message.frame) - 1 > self.max_frame:
             self._fail_message(message, self._too_long(message))
             return
-        self._outbox.append(message)
+        self._queue.add(message)
         if self.phase is Phase.ACTIVE:
             self._pump()
 
@@ -436,9 +396,7 @@ class ClientCore:
         self._close_link(reason)
         self._goto("finish")
         self.error = error
-        pending = list(self._inflight.values()) + list(self._outbox)
-        self._inflight.clear()
-        self._outbox.clear()
+        pending = self._queue.drain()
         failure = error or ClientClosed("the client was closed before the server "
                                         "acknowledged the message")
         for message in pending:
@@ -497,7 +455,6 @@ class ClientCore:
         self.max_frame = welcome.max_frame
         self.welcome = welcome
         self._heartbeat = self._heartbeat_override or welcome.heartbeat
-        self._window = SEND_WINDOW  # a new session starts with a full rate bucket
         self._last_rx = self._last_tx = now
         self.backoff.connected()
         gap = self.tracker.welcome(welcome.seq, welcome.epoch)
@@ -507,7 +464,8 @@ class ClientCore:
         self._outputs.append(Connected(welcome, self.address, reconnect))
         if gap is not None:
             self._outputs.append(gap)
-        self._requeue_inflight()
+        # Unacknowledged messages go first, with their old ids, in a full window.
+        self.stats["resent"] += self._queue.requeue()
         self._fail_oversized()
         self._pump()
 
@@ -533,16 +491,15 @@ class ClientCore:
 
     def _on_ack(self, ack: Ack) -> None:
         self.tracker.seen(ack.seq)
-        message = self._inflight.pop(str(ack.id), None) if ack.id is not None else None
+        message = self._queue.acked(str(ack.id)) if ack.id is not None else None
         if message is not None:
-            self._window = min(SEND_WINDOW, self._window * 2)
             self.stats["acked"] += 1
             message.acked(ack.seq)
         self._outputs.append(ack)
         self._settle()
 
     def _settle(self) -> None:
-        if not self._inflight:
+        if not self._queue.in_flight:
             gap = self.tracker.settle()
             if gap is not None:
                 self._outputs.append(gap)
@@ -551,16 +508,11 @@ class ClientCore:
         if err.retry_after is not None:
             # Users see the hint the client honours, never inf or 1e300.
             err = replace(err, retry_after=self._hint(err.retry_after))
-        message = self._inflight.get(str(err.id)) if err.id is not None else None
+        message = self._queue.get(str(err.id)) if err.id is not None else None
         if err.code == "rate_limited" and message is not None:
             # The server dropped this message: send it again after the pause, in order.
-            del self._inflight[message.id]
             self.stats["rate_limited"] += 1
-            self._outbox.insert(0, message)
-            self._sort_outbox()
-            pause = err.retry_after if err.retry_after is not None else DEFAULT_RATE_PAUSE
-            self._paused_until = max(self._paused_until, self._now + pause)
-            self._window = 1
+            self._queue.rate_limited(message, self._now, err.retry_after)
             self._outputs.append(err)
             return
         if is_fatal_code(err.code):
@@ -574,7 +526,7 @@ class ClientCore:
                                retry_after=err.retry_after)
         if message is not None:
             # Refused for good (bad_frame...): resending the same bytes cannot help.
-            del self._inflight[message.id]
+            self._queue.remove(message)
             self._fail_message(message, RemoteProtocolError(err.code, err.message,
                                                             message_id=message.id))
         self._outputs.append(err)
@@ -582,44 +534,22 @@ class ClientCore:
     def _drop_largest_inflight(self, err: ErrorFrame) -> None:
         """``frame_too_large`` names no message: drop the largest in flight, or the
         resend after the reconnect would be refused the same way forever."""
-        if not self._inflight:
+        message = self._queue.largest_in_flight()
+        if message is None:
             return
-        message = max(self._inflight.values(), key=lambda m: len(m.frame))
-        del self._inflight[message.id]
+        self._queue.remove(message)
         self._fail_message(message, RemoteProtocolError(err.code, err.message,
                                                         message_id=message.id))
 
     # ================================================================== outgoing messages
     def _pump(self) -> None:
         """Move queued messages onto the wire, keeping at most the window in flight."""
-        if self.phase is not Phase.ACTIVE or not self._outbox:
+        if self.phase is not Phase.ACTIVE:
             return
-        if self._paused_until:
-            if self._now < self._paused_until:
-                return
-            self._paused_until = 0.0
-        room = self._window - len(self._inflight)
-        count = min(room, len(self._outbox))
-        if count <= 0:
-            return
-        self.stats["sent"] += count
-        batch = self._outbox[:count]
-        del self._outbox[:count]
-        for message in batch:
-            self._inflight[message.id] = message
-            self._out.append(message.frame)
-
-    def _sort_outbox(self) -> None:
-        self._outbox.sort(key=lambda m: m.order)
-
-    def _requeue_inflight(self) -> None:
-        """After a reconnect, unacknowledged messages go first, with their old ids."""
-        if not self._inflight:
-            return
-        self.stats["resent"] += len(self._inflight)
-        self._outbox[:0] = self._inflight.values()
-        self._sort_outbox()
-        self._inflight.clear()
+        batch = self._queue.take(self._now)
+        if batch:
+            self.stats["sent"] += len(batch)
+            self._out.extend(message.frame for message in batch)
 
     def _too_long(self, message: Outgoing) -> LocalProtocolError:
         return LocalProtocolError(
@@ -629,12 +559,7 @@ class ClientCore:
 
     def _fail_oversized(self) -> None:
         """The new server may accept smaller frames than the message was checked against."""
-        limit = self.max_frame
-        too_big = [m for m in self._outbox if len(m.frame) - 1 > limit]
-        if not too_big:
-            return
-        self._outbox = [m for m in self._outbox if len(m.frame) - 1 <= limit]
-        for message in too_big:
+        for message in self._queue.remove_oversized(self.max_frame):
             self._fail_message(message, self._too_long(message))
 
     def _fail_message(self, message: Outgoing, error: SecureChatClientFailure) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from securechat import protocol
 from securechat.cli import client as client_cli
+from securechat.cli import display
 from securechat.client import (
     Closed,
     Connected,
@@ -110,7 +111,7 @@ def test_untrusted_text_cannot_drive_the_terminal() -> None:
     assert "\x1b" not in line and "\n" not in line and "\u202e" not in line
     assert "\r" not in line
     assert line.endswith(r"mallory: a\x1b[2Jb\nc\u202ed\r")
-    assert client_cli.clean("naïve café 日本") == "naïve café 日本"
+    assert display.clean("naïve café 日本") == "naïve café 日本"
 
 
 EVERY_EVENT: list[Event] = [
@@ -145,14 +146,14 @@ def test_every_event_has_a_json_line(event: Event) -> None:
 def test_state_lines() -> None:
     """Connection state changes print as short human lines; acks print nothing."""
     welcome = protocol.Welcome("alice", "lobby", ("alice", "bob"), 20.0, 0)
-    assert client_cli.status_text(Connected(welcome, "h:1", True)) == \
+    assert display.status_text(Connected(welcome, "h:1", True)) == \
         "reconnected to h:1 as alice; here: bob"
-    assert client_cli.status_text(Reconnecting(1.25, 2, "connection refused")) == \
+    assert display.status_text(Reconnecting(1.25, 2, "connection refused")) == \
         "reconnecting in 1.2 s (attempt 2): connection refused"
-    assert client_cli.status_text(Reconnecting(0.031, 1, "x")) == \
+    assert display.status_text(Reconnecting(0.031, 1, "x")) == \
         "reconnecting in 0.03 s (attempt 1): x"
-    assert client_cli.status_text(Closed("closed")) is None
-    gave_up = client_cli.status_text(Closed("x", GaveUp("gave up after 3 retries: refused")))
+    assert display.status_text(Closed("closed")) is None
+    gave_up = display.status_text(Closed("x", GaveUp("gave up after 3 retries: refused")))
     assert gave_up == "gave up after 3 retries: refused"
     assert client_cli.event_text(protocol.ErrorFrame("rate_limited", "x", "a", 1.0)) is None
     assert client_cli.event_text(protocol.Leave("bob", "bye")) is not None

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import protocol
 from .errors import RemoteProtocolError
-from .limits import TokenBucket
+from .limits import OrderGate, TokenBucket
 from .logs import LogThrottle, log_event, log_suppressed
 from .room import RoomSnapshot
 from .sendbuffer import SendBuffer
@@ -41,6 +41,9 @@ logger = logging.getLogger("securechat.server")
 RECV_SIZE = 65536
 #: Reads per readiness event before other connections get a turn.
 MAX_READS_PER_EVENT = 16
+#: After ``rate_limited``, how long later messages wait for the refused one to be resent
+#: before they may overtake it (see :class:`~securechat.limits.OrderGate`).
+RATE_GATE_TIMEOUT = 5.0
 #: After an error frame, how long we try to deliver it before closing anyway.
 CLOSE_LINGER = 1.0
 
@@ -105,6 +108,7 @@ class Session:
         self.last_ping = 0.0
         self.last_progress = now
         self.bucket: TokenBucket | None = None
+        self.order_gate = OrderGate(RATE_GATE_TIMEOUT)
         #: After auth: every frame but msg (which has ``bucket``), and protocol errors.
         self.frame_bucket: TokenBucket | None = None
         self.error_bucket: TokenBucket | None = None
@@ -360,7 +364,9 @@ class Session:
         bucket = self.bucket
         if bucket is not None and bucket.rate > 0:
             now = time.monotonic()
-            if not bucket.take(now):
+            gate = self.order_gate
+            if gate.blocks(frame.id, now) or not bucket.take(now):
+                gate.refused(frame.id, now)
                 self._error("rate_limited", "message dropped: too many messages",
                             frame.id, retry_after=round(bucket.retry_after(now), 3),
                             counts=False)  # msg has its own budget and a resend rule

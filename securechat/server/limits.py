@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-__all__ = ["KeyedBuckets", "QueueMeter", "TokenBucket"]
+__all__ = ["KeyedBuckets", "OrderGate", "QueueMeter", "TokenBucket"]
 
 
 class TokenBucket:
@@ -107,3 +107,35 @@ class QueueMeter:
         self.size = 0
         #: Monotonic time before which the loop does not look for queues to cut again.
         self.scan_after = 0.0
+
+
+class OrderGate:
+    """Keeps a sender's order across ``rate_limited``: once a message with an id is
+    refused, every later message is refused too until that id is sent again (or
+    ``timeout`` passes). Without it, a message already in flight behind the refused one
+    could be accepted first when a token refills, and take the earlier seq."""
+
+    __slots__ = ("_held", "_until", "timeout")
+
+    def __init__(self, timeout: float = 5.0) -> None:
+        #: How long later messages wait for the refused one to be resent.
+        self.timeout = timeout
+        self._held: str | int | None = None
+        self._until = 0.0
+
+    def blocks(self, msg_id: str | int | None, now: float) -> bool:
+        """Whether this message must be refused to keep the order (and not spend a token)."""
+        held = self._held
+        if held is None:
+            return False
+        # ``type`` too: 1 and True, or 1 and 1.0, are not the same message id.
+        if (type(msg_id) is type(held) and msg_id == held) or now >= self._until:
+            self._held = None
+            return False
+        return True
+
+    def refused(self, msg_id: str | int | None, now: float) -> None:
+        """A message was refused for its rate: hold the gate for it (if it has an id)."""
+        if msg_id is not None and self._held is None:
+            self._held = msg_id
+            self._until = now + self.timeout

@@ -27,7 +27,7 @@ from .. import protocol
 from ..errors import RemoteProtocolError
 from ..io.sendbuffer import SendBuffer
 from ..rooms.base import RoomSnapshot
-from .limits import TokenBucket
+from .limits import OrderGate, TokenBucket
 from .logs import ConnectionLog, describe_error, log_event
 
 if TYPE_CHECKING:
@@ -103,6 +103,7 @@ class Session:
         self.last_ping = 0.0
         self.last_progress = now
         self.bucket: TokenBucket | None = None
+        self.order_gate = OrderGate()
         #: After auth: every frame but msg (which has ``bucket``), and protocol errors.
         self.frame_bucket: TokenBucket | None = None
         self.error_bucket: TokenBucket | None = None
@@ -359,7 +360,9 @@ class Session:
         bucket = self.bucket
         if bucket is not None and bucket.rate > 0:
             now = time.monotonic()
-            if not bucket.take(now):
+            gate = self.order_gate
+            if gate.blocks(frame.id, now) or not bucket.take(now):
+                gate.refused(frame.id, now)
                 self._error("rate_limited", "message dropped: too many messages",
                             frame.id, retry_after=round(bucket.retry_after(now), 3),
                             counts=False)  # msg has its own budget and a resend rule

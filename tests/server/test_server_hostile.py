@@ -168,6 +168,27 @@ def test_rate_limit_drops_excess_messages_with_their_id(make_server: MakeServer)
     assert bob.recv() == {"type": "pong"}  # nothing else was delivered to bob
 
 
+def test_a_message_behind_a_refused_one_cannot_take_its_place(make_server: MakeServer) -> None:
+    """After rate_limited for id 2, id 3 is refused too, even once tokens refilled, until
+    2 is resent: a client that resends in order keeps its order."""
+    server = make_server(msg_rate=2.0, msg_burst=2)
+    alice, _ = server.user("alice")
+    bob, _ = server.user("bob")
+    alice.expect("join")
+    for i in range(3):
+        alice.send({"type": "msg", "body": f"m{i}", "id": i})
+    assert [alice.recv()["type"] for _ in range(3)] == ["ack", "ack", "error"]
+    # Both tokens refill (2/s, burst 2): on time alone, id 3 would now get seq 3.
+    time.sleep(1.2)
+    alice.send({"type": "msg", "body": "m3", "id": 3})
+    held = alice.recv()
+    assert (held["type"], held["code"], held["id"]) == ("error", "rate_limited", 3)
+    alice.send({"type": "msg", "body": "m2", "id": 2})
+    alice.send({"type": "msg", "body": "m3", "id": 3})
+    assert [(r["id"], r["seq"]) for r in (alice.recv(), alice.recv())] == [(2, 3), (3, 4)]
+    assert [bob.expect("msg")["body"] for _ in range(4)] == ["m0", "m1", "m2", "m3"]
+
+
 def test_max_connections_answers_server_full(make_server: MakeServer) -> None:
     """Past max_connections: server_full with spread retry_after hints; room frees on leave."""
     server = make_server(max_connections=2)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import random
 from collections import OrderedDict
 
-__all__ = ["KeyedBuckets", "OrderGate", "QueueMeter", "TokenBucket"]
+__all__ = ["KeyedBuckets", "OrderGate", "QueueMeter", "TokenBucket", "spread_retry"]
 
 
 class TokenBucket:
@@ -139,3 +140,9 @@ class OrderGate:
         if msg_id is not None and self._held is None:
             self._held = msg_id
             self._until = now + self.timeout
+
+
+def spread_retry(low: float, spread: float) -> float:
+    """A ``retry_after`` hint drawn at random from ``[low, max(low, spread)]`` (0.1 s
+    steps), so clients turned away or said goodbye to together do not return together."""
+    return round(random.uniform(low, max(low, spread)), 1)

@@ -18,7 +18,6 @@ import contextlib
 import errno
 import itertools
 import logging
-import random
 import selectors
 import socket
 import ssl
@@ -34,6 +33,7 @@ from ..io.tls import server_context
 from ..rooms import InProcessRoom, Room
 from .admission import Admission, Pending, client_key
 from .config import ServerConfig
+from .limits import spread_retry
 from .logs import log_event
 from .session import Session, State
 from .tokens import TokenFileWatcher, TokenStore, load_store
@@ -407,7 +407,7 @@ class Server:
                 if endpoint.state is State.CLOSED:
                     continue
                 # Spread the comebacks so N clients do not all reconnect at once.
-                retry_after = round(random.uniform(0, spread), 1) if spread else 0.0
+                retry_after = spread_retry(0.0, spread)
                 endpoint.say_bye(retry_after, linger)
 
 

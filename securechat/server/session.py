@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-import random
 import selectors
 import socket
 import ssl
@@ -27,7 +26,7 @@ from .. import protocol
 from ..errors import RemoteProtocolError
 from ..io.sendbuffer import SendBuffer
 from ..rooms.base import RoomSnapshot
-from .limits import OrderGate, TokenBucket
+from .limits import OrderGate, TokenBucket, spread_retry
 from .logs import ConnectionLog, describe_error, log_event
 
 if TYPE_CHECKING:
@@ -214,7 +213,7 @@ class Session:
                  cipher=(self.sock.cipher() or ("",))[0])
         if self.reject is not None:
             self._fail(self.reject, "the server is full; try again later",
-                       retry_after=self._spread_retry())
+                       retry_after=spread_retry(1.0, self.host.config.retry_spread))
             return
         # The client's auth frame may already sit decrypted inside OpenSSL, where
         # the selector cannot see it.
@@ -329,7 +328,7 @@ class Session:
             return
         if refused is not None:
             self._fail(refused, "too many connections waiting to log in; try again later",
-                       retry_after=self._spread_retry())
+                       retry_after=spread_retry(1.0, self.host.config.retry_spread))
             return
         self.state = State.ACTIVE
         self.decoder.max_frame = cfg.max_frame
@@ -340,12 +339,6 @@ class Session:
         host.room.subscribe(self, self._welcome)
         self.joined = True
         log_event(logger, logging.INFO, "join", room=host.room.name, **self.log.fields)
-
-    def _spread_retry(self) -> float:
-        """A ``retry_after`` hint spread at random, so clients turned away together do
-        not all return together."""
-        spread = max(1.0, self.host.config.retry_spread)
-        return round(random.uniform(1.0, spread), 1)
 
     def _welcome(self, snapshot: RoomSnapshot) -> bytes:
         cfg = self.host.config
@@ -489,7 +482,7 @@ class Session:
             self._hard_close("pushed out before auth", level=logging.DEBUG)
         elif self.state is State.AUTH:
             self._fail("server_full", "too many connections waiting to log in; try again "
-                       "later", retry_after=self._spread_retry())
+                       "later", retry_after=spread_retry(1.0, self.host.config.retry_spread))
 
     def _begin_close(self, reason: str, *, linger: float = CLOSE_LINGER) -> None:
         """Stop reading, leave the room, flush what is queued, then close."""

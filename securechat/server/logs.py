@@ -33,7 +33,7 @@ class LogThrottle:
 
     A peer controls how often it makes us log (a bad frame, a connect, a wrong token),
     so without this one session could write 20,000 lines from 60 KB of input. The
-    caller passes the clock (pure arithmetic, like :mod:`securechat.limits`) and
+    caller passes the clock (pure arithmetic, like :mod:`securechat.server.limits`) and
     reports what was held back as one "suppressed N similar" line: on the first line
     admitted after the window ends, or via :meth:`pop_suppressed` when the key is done
     (the connection closed). At most ``max_keys`` keys are kept, least recently

@@ -106,7 +106,7 @@ from securechat.protocol import Ack, ErrorFrame, Message
 SEQ_BITS = 40  # a received copy is packed as (epoch index + 1) << SEQ_BITS | seq
 SEQ_MASK = (1 << SEQ_BITS) - 1
 MAX_ANOMALIES = 20000  # per client: enough to classify, bounded if everything breaks
-SHUTDOWN_PREFIX = "the server is shutting down"  # securechat.client._bye_reason
+SHUTDOWN_PREFIX = "the server is shutting down"  # securechat.client.parts.bye_reason
 
 
 class SoakError(Exception):

@@ -113,6 +113,8 @@ class Storm:
                "--key", str(self.work / "certs/server.key"),
                "--tokens", str(self.work / "tokens.json"),
                "--max-unauth-per-ip", str(n + 64), "--auth-failures", "0",
+               "--max-unauth", str(n + 64), "--max-connections", str(2 * n + 128),
+               "--max-sessions-per-user", str(n),  # --users 1: every client is one user
                "--msg-rate", "0", "--retry-spread", str(self.args.retry_spread),
                "--log-level", "warning"]
         started = time.monotonic()

@@ -9,6 +9,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .client import Client  # after __version__, which client_cli imports
+from .client import Client  # after __version__, which securechat.cli.client imports
 
 __all__ = ["Client", "__version__"]

@@ -23,70 +23,11 @@ from securechat.client import (
     Gap,
     Reconnecting,
     SendFailed,
-    SeqTracker,
 )
 from securechat.errors import ClientClosed, GaveUp, TLSVerificationFailed
 
 
 # --------------------------------------------------------------------------- SeqTracker
-def test_no_gap_when_every_number_is_seen() -> None:
-    """Consecutive seqs after the welcome report no gap."""
-    tracker = SeqTracker()
-    assert tracker.welcome(10) is None
-    for seq in (11, 12, 13):
-        tracker.seen(seq)
-    assert tracker.settle() is None
-    assert tracker.last == 13
-
-
-def test_own_ack_arriving_late_is_not_a_gap() -> None:
-    """Our ack for 11 may come after someone's 12: not a gap once it arrives."""
-    tracker = SeqTracker()
-    tracker.welcome(10)
-    tracker.seen(12)
-    tracker.seen(11)
-    assert tracker.settle() is None
-    assert tracker.last == 12
-
-
-def test_hole_with_nothing_in_flight_is_a_gap() -> None:
-    """A hole in the numbering with nothing of ours in flight is a Gap, reported once."""
-    tracker = SeqTracker()
-    tracker.welcome(10)
-    tracker.seen(11)
-    tracker.seen(14)
-    assert tracker.settle() == Gap(11, 15, 2)
-    assert tracker.settle() is None
-
-
-def test_reconnect_reports_what_was_numbered_meanwhile() -> None:
-    """A welcome seq past the last seen one reports what was missed."""
-    tracker = SeqTracker()
-    tracker.welcome(5)
-    tracker.seen(6)
-    assert tracker.welcome(9) == Gap(6, 10, 3)
-    assert tracker.welcome(9) is None
-
-
-def test_new_epoch_means_a_new_numbering() -> None:
-    """After a restart (new epoch) seq 0..3 is all new: 3 messages were missed, even
-    when the new numbering has already passed the old one."""
-    tracker = SeqTracker()
-    tracker.welcome(2, "aaa")
-    assert tracker.welcome(3, "bbb") == Gap(0, 4, 3, restarted=True)
-    assert tracker.welcome(3, "bbb") is None
-    assert tracker.welcome(0, "ccc") is None
-
-
-def test_restarted_server_numbering_starts_again() -> None:
-    """A welcome seq below the last seen one means a restart: all of it is new."""
-    tracker = SeqTracker()
-    tracker.welcome(40)
-    assert tracker.welcome(3) == Gap(0, 4, 3, restarted=True)
-    assert tracker.welcome(0) is None
-    assert tracker.last == 0
-
-
 # --------------------------------------------------------------------------- formatting
 @pytest.fixture
 def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:

@@ -1,5 +1,5 @@
-"""The client on the sans-I/O core (securechat.client) against a real server over
-real TLS: the behaviours of tests/client/test_client.py that matter most, plus shared loops."""
+"""Many clients on one ClientLoop, against a real server over real TLS: one thread for
+all, bye for all on close, connect slots, and a hung lookup that stalls nobody else."""
 
 from __future__ import annotations
 
@@ -17,16 +17,13 @@ from securechat.client import (
     Client,
     ClientLoop,
     Closed,
-    Connected,
-    Disconnected,
     Event,
-    Gap,
     Reconnecting,
 )
 from securechat.client.backoff import BackoffPolicy
-from securechat.errors import AuthRefused, ClientClosed, TLSVerificationFailed
-from tests.client_support import FAST, Relay, closed_port
-from tests.support import Certs, RunningServer, make_certs, seconds, wait_for
+from securechat.errors import ClientClosed
+from tests.client_support import FAST, closed_port
+from tests.support import Certs, RunningServer, seconds, wait_for
 
 Factory = Callable[..., RunningServer]
 E = TypeVar("E")
@@ -97,99 +94,6 @@ def pool(certs: Certs) -> Iterator[Pool]:
     made.close_all()
 
 
-def test_send_ack_receive_and_close_with_bye(server: RunningServer, pool: Pool) -> None:
-    """A message gets its seq from the ack, the other member receives it, close says bye."""
-    alice = pool.make(server.port, server.add_user("alice"))
-    bob = pool.make(server.port, server.add_user("bob"))
-    assert alice.connect(seconds(5)).user == "alice"
-    welcome = bob.connect(seconds(5))
-    next_of(alice, protocol.Join, where=lambda e: e.user == "bob")
-    seq = alice.send("hello bob").wait(seconds(5))
-    assert seq == welcome.seq + 1
-    received = next_of(bob, protocol.Message)
-    assert (received.sender, received.body, received.seq) == ("alice", "hello bob", seq)
-    alice.close()
-    leave = next_of(bob, protocol.Leave)
-    assert (leave.user, leave.reason) == ("alice", "bye")
-    assert not alice.thread.is_alive()
-    assert alice.thread.name.startswith("securechat-client-io")
-    assert isinstance(list(alice.events(timeout=1.0))[-1], Closed)
-    with pytest.raises(ClientClosed):
-        alice.send("too late")
-
-
-def test_auth_failure_is_fatal_after_one_attempt(server: RunningServer, pool: Pool) -> None:
-    """A wrong token ends the client with AuthRefused; it does not retry."""
-    token = server.add_user("mallory")
-    wrong = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
-    client = pool.make(server.port, wrong)
-    with pytest.raises(AuthRefused):
-        client.connect(seconds(5))
-    assert client.stats()["attempts"] == 1
-    client.thread.join(seconds(5))
-    assert not client.thread.is_alive()
-
-
-def test_untrusted_certificate_is_fatal(server: RunningServer, pool: Pool,
-                                        tmp_path_factory: pytest.TempPathFactory) -> None:
-    """A server certificate from another CA ends the client without retrying."""
-    other = make_certs(tmp_path_factory.mktemp("other-ca"))
-    client = pool.make(server.port, server.add_user("alice"), cafile=other.ca_path)
-    with pytest.raises(TLSVerificationFailed, match="did not verify"):
-        client.connect(seconds(5))
-    assert client.stats()["attempts"] == 1
-
-
-def test_offline_messages_are_sent_in_order_after_a_server_restart(
-        make_server: Factory, pool: Pool) -> None:
-    """Stop the server, queue messages, start another on the same port: the client comes
-    back by itself and the messages arrive in order."""
-    first = make_server(retry_spread=0.1)
-    port = first.port
-    # Alice waits a full second before coming back, so bob is there to receive.
-    alice = pool.make(port, first.add_user("alice"), rng=Longest(),
-                      backoff=BackoffPolicy(base=1.0, cap=1.0))
-    bob = pool.make(port, first.add_user("bob"))
-    alice.connect(seconds(5))
-    bob.connect(seconds(5))
-    first.server.shutdown()
-    assert "shutting down" in next_of(alice, Disconnected).reason
-    handles = [alice.send(f"offline {i}") for i in range(5)]
-    make_server(port=port, retry_spread=0.1)
-    next_of(bob, Connected, timeout=10, where=lambda e: e.reconnect)
-    seqs = [h.wait(seconds(10)) for h in handles]
-    assert seqs == sorted(seqs) and len(set(seqs)) == 5
-    got = [next_of(bob, protocol.Message, timeout=10) for _ in range(5)]
-    assert [m.body for m in got] == [f"offline {i}" for i in range(5)]
-    assert alice.stats()["queued"] == 0
-
-
-def test_hung_link_is_detected_and_the_unacked_message_resent(
-        make_server: Factory, pool: Pool) -> None:
-    """A relay that stops forwarding: dead after 3 heartbeats, reconnect, resend, deliver,
-    and the messages missed meanwhile are a Gap."""
-    running = make_server(heartbeat=0.2)
-    relay = Relay((running.host, running.port))
-    try:
-        alice = pool.make(relay.port, running.add_user("alice"))
-        bob = pool.make(running.port, running.add_user("bob"))
-        alice.connect(seconds(5))
-        bob.connect(seconds(5))
-        relay.freeze()
-        bob.send("missed").wait(seconds(5))
-        seq = alice.send("through the outage").wait(seconds(10))
-        assert alice.stats()["resent"] >= 1
-        received = next_of(bob, protocol.Message)
-        assert (received.body, received.seq) == ("through the outage", seq)
-        gone = next_of(alice, Disconnected, timeout=5)
-        assert "heartbeat" in gone.reason
-        assert next_of(alice, Connected, timeout=5).reconnect
-        gap = next_of(alice, Gap, timeout=5)
-        assert gap.missing >= 1
-    finally:
-        relay.close()
-
-
 def test_many_clients_share_one_loop_thread(server: RunningServer, pool: Pool) -> None:
     """Twenty clients on one ClientLoop: one I/O thread for all, all connected, a message
     reaches every one, closing a client leaves the loop running for the others."""
@@ -247,16 +151,6 @@ def test_close_in_every_state_ends_with_closed(pool: Pool) -> None:
     next_of(waiting, Reconnecting)
     waiting.close()
     assert not waiting.thread.is_alive() and not waiting.threads()
-
-
-def test_context_manager_one_liner(server: RunningServer, certs: Certs) -> None:
-    """``with Client(host, port, token=..., cafile=...)`` owns a private loop and joins it."""
-    with Client("127.0.0.1", server.port, token=server.add_user("alice"),
-                cafile=certs.ca_path, server_name="localhost") as client:
-        assert client.wait_connected(seconds(5)).user == "alice"
-        thread = client.thread
-    assert client.closed and not thread.is_alive()
-    wait_for(lambda: server.server.stats()["sessions"] == 0, what="the server to see the bye")
 
 
 def test_connects_beyond_the_in_flight_limit_wait_their_turn(server: RunningServer,

@@ -171,6 +171,12 @@ class Link:
         self._guard(lambda: self._on_timer(now))
 
     def _on_timer(self, now: float) -> None:
+        if self._stage == "open" and self._sock is not None:
+            # After a freeze (SIGSTOP, a laptop lid, a slow on_event) a deadline can come
+            # due before the selector reports what the server sent meanwhile, a bye and
+            # its acks say: read it first, so the core judges the link on what arrived.
+            self._read()
+            now = time.monotonic()
         self.core.tick(now)
         self._process()
 

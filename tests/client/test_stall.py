@@ -3,12 +3,18 @@ sent meanwhile before it calls the link dead (found by bench/soak.py)."""
 
 from __future__ import annotations
 
+import json
+import signal
 import threading
 import time
+from pathlib import Path
 
 from securechat.client import Client, Disconnected, Event
 from securechat.protocol import Message
+from tests.client_support import CliProcess, cli_args, token_file
 from tests.support import Certs, MakeServer, seconds
+
+pytest_plugins = ["tests.client_support"]
 
 
 def test_a_bye_that_arrived_while_the_client_was_frozen_is_read(make_server: MakeServer,
@@ -48,3 +54,26 @@ def test_a_bye_that_arrived_while_the_client_was_frozen_is_read(make_server: Mak
         sender.close()
         for thread in stopper:
             thread.join(seconds(5))
+
+
+def test_a_client_process_stopped_past_the_deadline_reads_the_bye(
+        make_server: MakeServer, certs: Certs, tmp_path: Path,
+        procs: list[CliProcess]) -> None:
+    """SIGSTOP (a laptop lid) for 4 heartbeats while the server said bye, then SIGCONT:
+    the client reports the bye it finds in its socket, not a dead link."""
+    heartbeat = seconds(0.5)
+    running = make_server(heartbeat=heartbeat, shutdown_timeout=seconds(3))
+    token = token_file(tmp_path, running)
+    proc = CliProcess(*cli_args(running.port, certs.ca_path, "--token-file", str(token),
+                                "--json", "--listen"))
+    procs.append(proc)
+    proc.read_until(lambda line: '"type": "connected"' in line, timeout=10)
+    proc.proc.send_signal(signal.SIGSTOP)
+    try:
+        assert running.server.shutdown(), "the server could not flush its bye"
+        time.sleep(4 * heartbeat)  # the freeze itself: past 3 heartbeats of silence
+    finally:
+        proc.proc.send_signal(signal.SIGCONT)
+    line = proc.read_until(lambda line: '"type": "disconnected"' in line, timeout=10)
+    reason = json.loads(line)["reason"]
+    assert "shutting down" in reason and "heartbeat" not in reason, reason

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from securechat.client import Client, Event
+from securechat.client import Client, ClientLoop, Event
 from securechat.client.backoff import BackoffPolicy
 from tests.support import Certs, Process, RunningServer, clean_env, free_port, run_command, seconds
 
@@ -38,6 +38,7 @@ class ClientPool:
     def __init__(self, ca: Path) -> None:
         self.ca = ca
         self.clients: list[Client] = []
+        self.loops: list[ClientLoop] = []
 
     def make(self, port: int, token: str, *, host: str = "127.0.0.1", start: bool = True,
              **kwargs: Any) -> Client:
@@ -51,10 +52,19 @@ class ClientPool:
             client.start()
         return client
 
+    def loop(self) -> ClientLoop:
+        """A shared loop for ``make(..., loop=...)``, closed (and joined) by close_all."""
+        shared = ClientLoop("test-shared-loop")
+        self.loops.append(shared)
+        return shared
+
     def close_all(self) -> None:
         for client in self.clients:
             client.close()
-        alive = [c.thread.name for c in self.clients if c.thread.is_alive()]
+        for shared in self.loops:
+            assert shared.close(seconds(5)), "shared loop did not stop"
+        alive = [t.name for c in self.clients for t in c.threads()]
+        alive += [s.thread.name for s in self.loops if s.thread.is_alive()]
         assert not alive, f"client threads still running: {alive}"
 
 

@@ -5,44 +5,20 @@ from __future__ import annotations
 
 import random
 import threading
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from securechat import protocol
 from securechat.client import (
-    Client,
     ClientLoop,
     Closed,
-    Event,
     Reconnecting,
 )
 from securechat.client.backoff import BackoffPolicy
 from securechat.errors import ClientClosed
-from tests.client_support import FAST, closed_port
-from tests.support import Certs, RunningServer, seconds, wait_for
-
-Factory = Callable[..., RunningServer]
-E = TypeVar("E")
-
-
-def next_of(client: Client, kind: type[E], timeout: float = 5.0,
-            where: Callable[[E], bool] = lambda e: True) -> E:
-    """The next event of type ``kind`` (matching ``where``); AssertionError if none comes
-    in time (tests.client_support.next_of, typed for this Client)."""
-    deadline = time.monotonic() + seconds(timeout)
-    skipped: list[Event] = []
-    while (left := deadline - time.monotonic()) > 0:
-        event = client.next_event(left)
-        if event is None:
-            break
-        if isinstance(event, kind) and where(event):
-            return event
-        skipped.append(event)
-    raise AssertionError(f"no {kind.__name__} within {timeout} s; got {skipped}")
+from tests.client_support import ClientPool, closed_port, next_of
+from tests.support import RunningServer, seconds, wait_for
 
 
 class Longest(random.Random):
@@ -52,54 +28,15 @@ class Longest(random.Random):
         return b
 
 
-class Pool:
-    """Clients made by a test, all closed after it; their own threads must have ended."""
-
-    def __init__(self, ca: Path) -> None:
-        self.ca = ca
-        self.clients: list[Client] = []
-        self.loops: list[ClientLoop] = []
-
-    def make(self, port: int, token: str, *, host: str = "127.0.0.1", start: bool = True,
-             **kwargs: Any) -> Client:
-        kwargs.setdefault("cafile", self.ca)
-        kwargs.setdefault("backoff", FAST)
-        kwargs.setdefault("server_name", "localhost")
-        kwargs.setdefault("connect_timeout", seconds(5))
-        client = Client(host, port, token=token, **kwargs)
-        self.clients.append(client)
-        if start:
-            client.start()
-        return client
-
-    def loop(self) -> ClientLoop:
-        shared = ClientLoop("test-shared-loop")
-        self.loops.append(shared)
-        return shared
-
-    def close_all(self) -> None:
-        for client in self.clients:
-            client.close()
-        for shared in self.loops:
-            assert shared.close(seconds(5)), "shared loop did not stop"
-        alive = [t.name for c in self.clients for t in c.threads()]
-        alive += [s.thread.name for s in self.loops if s.thread.is_alive()]
-        assert not alive, f"client threads still running: {alive}"
+pytest_plugins = ["tests.client_support"]
 
 
-@pytest.fixture
-def pool(certs: Certs) -> Iterator[Pool]:
-    made = Pool(certs.ca_path)
-    yield made
-    made.close_all()
-
-
-def test_many_clients_share_one_loop_thread(server: RunningServer, pool: Pool) -> None:
+def test_many_clients_share_one_loop_thread(server: RunningServer, clients: ClientPool) -> None:
     """Twenty clients on one ClientLoop: one I/O thread for all, all connected, a message
     reaches every one, closing a client leaves the loop running for the others."""
-    shared = pool.loop()
+    shared = clients.loop()
     threads_before = threading.active_count()
-    group = [pool.make(server.port, server.add_user(f"user{i}"), loop=shared)
+    group = [clients.make(server.port, server.add_user(f"user{i}"), loop=shared)
              for i in range(20)]
     for client in group:
         client.wait_connected(seconds(10))
@@ -115,13 +52,13 @@ def test_many_clients_share_one_loop_thread(server: RunningServer, pool: Pool) -
 
 
 def test_closing_a_shared_loop_says_bye_for_every_client(server: RunningServer,
-                                                         pool: Pool) -> None:
+                                                         clients: ClientPool) -> None:
     """ClientLoop.close() closes the clients still on it (the server sees their bye),
     ends each with Closed, and joins its thread; new clients on it are refused."""
-    watcher = pool.make(server.port, server.add_user("watcher"))
+    watcher = clients.make(server.port, server.add_user("watcher"))
     watcher.connect(seconds(5))
     with ClientLoop("test-closing-loop") as shared:
-        members = [pool.make(server.port, server.add_user(f"m{i}"), loop=shared)
+        members = [clients.make(server.port, server.add_user(f"m{i}"), loop=shared)
                    for i in range(5)]
         for client in members:
             client.wait_connected(seconds(5))
@@ -132,21 +69,21 @@ def test_closing_a_shared_loop_says_bye_for_every_client(server: RunningServer,
     leaves = {next_of(watcher, protocol.Leave, where=lambda e: e.reason == "bye").user
               for _ in members}
     assert leaves == {f"m{i}" for i in range(5)}
-    late = pool.make(server.port, server.add_user("late"), loop=shared)
+    late = clients.make(server.port, server.add_user("late"), loop=shared)
     assert late.closed
     with pytest.raises(ClientClosed):
         late.wait_connected(0)
 
 
-def test_close_in_every_state_ends_with_closed(pool: Pool) -> None:
+def test_close_in_every_state_ends_with_closed(clients: ClientPool) -> None:
     """close() before start and while waiting to reconnect: Closed, nothing left running."""
-    idle = pool.make(closed_port(), "sct1.000000000000.x", start=False)
+    idle = clients.make(closed_port(), "sct1.000000000000.x", start=False)
     handle = idle.send("never")
     idle.close()
     assert isinstance(next_of(idle, Closed), Closed)
     with pytest.raises(ClientClosed):
         handle.wait(0)
-    waiting = pool.make(closed_port(), "sct1.000000000000.x",
+    waiting = clients.make(closed_port(), "sct1.000000000000.x",
                         backoff=BackoffPolicy(base=30.0, cap=30.0))
     next_of(waiting, Reconnecting)
     waiting.close()
@@ -154,18 +91,18 @@ def test_close_in_every_state_ends_with_closed(pool: Pool) -> None:
 
 
 def test_connects_beyond_the_in_flight_limit_wait_their_turn(server: RunningServer,
-                                                             pool: Pool) -> None:
+                                                             clients: ClientPool) -> None:
     """With one connect slot, six clients on one loop still all get in, one at a time."""
     shared = ClientLoop("test-one-slot", max_connecting=1)
-    pool.loops.append(shared)
-    group = [pool.make(server.port, server.add_user(f"s{i}"), loop=shared) for i in range(6)]
+    clients.loops.append(shared)
+    group = [clients.make(server.port, server.add_user(f"s{i}"), loop=shared) for i in range(6)]
     for client in group:
         client.wait_connected(seconds(10))
     assert all(c.stats()["attempts"] == 1 for c in group)
 
 
 def test_a_hung_lookup_does_not_stall_the_other_clients_on_the_loop(
-        server: RunningServer, pool: Pool) -> None:
+        server: RunningServer, clients: ClientPool) -> None:
     """Name resolution runs off the loop thread: while one client's lookup hangs, another
     on the same loop connects and chats; the hung one times out and closes cleanly."""
     release = threading.Event()
@@ -174,11 +111,11 @@ def test_a_hung_lookup_does_not_stall_the_other_clients_on_the_loop(
         release.wait(seconds(30))
         return []
 
-    shared = pool.loop()
+    shared = clients.loop()
     try:
-        stuck = pool.make(server.port, "sct1.000000000000.x", host="chat.invalid",
+        stuck = clients.make(server.port, "sct1.000000000000.x", host="chat.invalid",
                           resolver=hung, connect_timeout=seconds(0.5), loop=shared)
-        alive = pool.make(server.port, server.add_user("alice"), loop=shared)
+        alive = clients.make(server.port, server.add_user("alice"), loop=shared)
         alive.wait_connected(seconds(5))
         assert alive.send("while the other waits").wait(seconds(5)) > 0
         retry = next_of(stuck, Reconnecting)

@@ -361,7 +361,7 @@ def test_close_before_start_and_while_reconnecting(clients: ClientPool) -> None:
                            backoff=BackoffPolicy(base=30.0, cap=30.0))
     next_of(waiting, Reconnecting)
     waiting.close()
-    assert not waiting.thread.is_alive()
+    assert not waiting.thread.is_alive() and not waiting.threads()
     with pytest.raises(ClientClosed):
         waiting.wait_connected(0)
 

@@ -12,12 +12,10 @@ import pytest
 from securechat import protocol
 from securechat.client import (
     ClientLoop,
-    Closed,
     Reconnecting,
 )
-from securechat.client.backoff import BackoffPolicy
 from securechat.errors import ClientClosed
-from tests.client_support import ClientPool, closed_port, next_of
+from tests.client_support import ClientPool, next_of
 from tests.support import RunningServer, seconds, wait_for
 
 
@@ -73,21 +71,6 @@ def test_closing_a_shared_loop_says_bye_for_every_client(server: RunningServer,
     assert late.closed
     with pytest.raises(ClientClosed):
         late.wait_connected(0)
-
-
-def test_close_in_every_state_ends_with_closed(clients: ClientPool) -> None:
-    """close() before start and while waiting to reconnect: Closed, nothing left running."""
-    idle = clients.make(closed_port(), "sct1.000000000000.x", start=False)
-    handle = idle.send("never")
-    idle.close()
-    assert isinstance(next_of(idle, Closed), Closed)
-    with pytest.raises(ClientClosed):
-        handle.wait(0)
-    waiting = clients.make(closed_port(), "sct1.000000000000.x",
-                        backoff=BackoffPolicy(base=30.0, cap=30.0))
-    next_of(waiting, Reconnecting)
-    waiting.close()
-    assert not waiting.thread.is_alive() and not waiting.threads()
 
 
 def test_connects_beyond_the_in_flight_limit_wait_their_turn(server: RunningServer,

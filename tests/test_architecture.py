@@ -11,7 +11,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "securechat"
 
 #: Modules that must do no I/O: bytes and time in, bytes and events out.
-PURE_MODULES = ("securechat.protocol", "securechat.client.core", "securechat.client.parts",
+PURE_MODULES = ("securechat.protocol", "securechat.protocol.frames",
+                "securechat.protocol.framing", "securechat.protocol.decode",
+                "securechat.protocol.encode", "securechat.client.core", "securechat.client.parts",
                 "securechat.client.sendqueue", "securechat.client.phases",
                 "securechat.client.events", "securechat.client.backoff")
 #: The client's state machine also never reads the clock: time comes in as ``now``.

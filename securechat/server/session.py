@@ -13,7 +13,6 @@ CLOSED (hard close: peer gone, TLS error, loop shutdown).
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import selectors
 import socket
@@ -23,11 +22,11 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from .. import protocol
-from ..errors import RemoteProtocolError
 from ..io.sendbuffer import SendBuffer
-from ..rooms.base import RoomSnapshot
+from .dispatch import FrameDispatch
 from .limits import OrderGate, TokenBucket, spread_retry
 from .logs import ConnectionLog, describe_error, log_event
+from .state import State
 
 if TYPE_CHECKING:
     from ..io.loop import IOLoop
@@ -43,9 +42,7 @@ MAX_READS_PER_EVENT = 16
 #: After an error frame, how long we try to deliver it before closing anyway.
 CLOSE_LINGER = 1.0
 
-_PONG = protocol.encode(protocol.Pong())
 _PING = protocol.encode(protocol.Ping())
-_BYE = protocol.encode(protocol.Bye())
 
 #: Closing errors before auth that the peer's own bytes caused: each counts as a failed
 #: login toward --auth-failures, as a wrong token does, so malformed auth frames are
@@ -57,16 +54,11 @@ _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 
 
-class State(enum.Enum):
-    HANDSHAKE = "handshake"
-    AUTH = "auth"
-    ACTIVE = "active"
-    CLOSING = "closing"
-    CLOSED = "closed"
+class Session(FrameDispatch):
+    """A client connection: TLS handshake, authentication, room membership, heartbeats.
 
-
-class Session:
-    """A client connection: TLS handshake, authentication, room membership, heartbeats."""
+    What it does with each frame it reads is :class:`FrameDispatch`'s part.
+    """
 
     def __init__(self, host: SessionHost, loop: IOLoop, raw: socket.socket, peer: str, ip_key: str,
                  conn_id: int, accepted_at: float, *, reject: str | None = None) -> None:
@@ -258,109 +250,6 @@ class Session:
             self._hard_close("closed before auth", level=logging.DEBUG)
         else:
             self._hard_close("disconnected")
-
-    def _on_line(self, line: bytes) -> None:
-        if not line or line.isspace():
-            return  # blank lines are allowed as keepalive filler
-        try:
-            frame = protocol.decode_client_frame(line)
-        except RemoteProtocolError as exc:
-            if self.state is State.AUTH:
-                self._fail(exc.code, exc.message)  # before auth every error closes
-                return
-            frames = self.frame_bucket
-            if frames is not None and not frames.take(now := time.monotonic()):
-                self._error("rate_limited", "frame dropped: too many frames",
-                            retry_after=round(frames.retry_after(now), 3))
-            else:
-                self._error(exc.code, exc.message, exc.message_id)
-            return
-        if self.state is State.ACTIVE:
-            if type(frame) is protocol.SendMessage:
-                self._on_message(frame)
-                return
-            frames = self.frame_bucket
-            if frames is not None and not frames.take(now := time.monotonic()):
-                self._error("rate_limited", "frame dropped: too many frames",
-                            retry_after=round(frames.retry_after(now), 3))
-                return
-            if type(frame) is protocol.Ping:
-                self._send(_PONG)
-            elif type(frame) is protocol.Pong:
-                pass  # last_rx already moved
-            elif type(frame) is protocol.Bye:
-                self._send(_BYE)
-                self._begin_close("bye")
-            else:
-                self._error("already_authenticated", "this session is already authenticated")
-        elif type(frame) is protocol.Auth:
-            self._authenticate(frame.token)
-        else:
-            self._fail("not_authenticated", "the first frame must be auth")
-
-    def _authenticate(self, token: str) -> None:
-        host = self.host
-        now = time.monotonic()
-        wait = host.auth_retry_after(self.ip_key, now)
-        if wait > 0:
-            self._fail("auth_throttled", "too many failed logins from your address",
-                       retry_after=round(wait, 1))
-            return
-        try:
-            record = host.tokens.verify(token)
-        except (UnicodeError, ValueError):
-            record = None  # e.g. a lone surrogate that slipped past frame validation
-        if record is None:
-            self.log(logging.WARNING, "auth_failed")
-            self._fail("auth_failed", "unknown or revoked token")  # counts the failure
-            return
-        cfg = host.config
-        self.user = record.name
-        self.user_json = protocol.json_string(record.name)
-        self.token_id = record.id
-        self.log.identify(record.name, {"conn": self.conn_id, "peer": self.peer,
-                                        "user": record.name, "token": record.id})
-        refused = host.on_authenticated(self.conn_id, record.name)
-        self.user_counted = refused is None
-        if refused == "too_many_sessions":
-            self._fail(refused, f"{record.name} already holds "
-                       f"{cfg.max_sessions_per_user} sessions (--max-sessions-per-user)")
-            return
-        if refused is not None:
-            self._fail(refused, "too many connections waiting to log in; try again later",
-                       retry_after=spread_retry(1.0, self.host.config.retry_spread))
-            return
-        self.state = State.ACTIVE
-        self.decoder.max_frame = cfg.max_frame
-        self.bucket = TokenBucket(cfg.msg_rate, cfg.msg_burst, now)
-        self.frame_bucket = TokenBucket(cfg.frame_rate, cfg.frame_burst, now)
-        self.error_bucket = TokenBucket(cfg.max_errors / 60.0, cfg.max_errors, now)
-        log_event(logger, logging.INFO, "auth", **self.log.fields)
-        host.room.subscribe(self, self._welcome)
-        self.joined = True
-        log_event(logger, logging.INFO, "join", room=host.room.name, **self.log.fields)
-
-    def _welcome(self, snapshot: RoomSnapshot) -> bytes:
-        cfg = self.host.config
-        return protocol.encode(protocol.Welcome(
-            user=self.user, room=snapshot.room, members=snapshot.members,
-            heartbeat=cfg.heartbeat, seq=snapshot.seq, max_frame=cfg.max_frame,
-            session=f"{self.host.session_prefix}-{self.conn_id}",
-            epoch=self.host.session_prefix,
-        ))
-
-    def _on_message(self, frame: protocol.SendMessage) -> None:
-        bucket = self.bucket
-        if bucket is not None and bucket.rate > 0:
-            now = time.monotonic()
-            gate = self.order_gate
-            if gate.blocks(frame.id, now) or not bucket.take(now):
-                gate.refused(frame.id, now)
-                self._error("rate_limited", "message dropped: too many messages",
-                            frame.id, retry_after=round(bucket.retry_after(now), 3),
-                            counts=False)  # msg has its own budget and a resend rule
-                return
-        self.host.room.publish(self, frame.body, frame.id)  # the room sends the ack
 
     # ------------------------------------------------------------------ sending
     def _send(self, frame: bytes) -> None:

@@ -22,7 +22,7 @@ def test_auth_ok_gets_welcome(server: RunningServer) -> None:
     assert welcome["heartbeat"] == 20
     assert welcome["seq"] == 0
     assert welcome["max_frame"] == 65536
-    assert welcome["protocol"] == 1
+    assert welcome["protocol"] == 2
     assert welcome["epoch"] == server.server.session_prefix
     assert welcome["session"].startswith(welcome["epoch"] + "-")
 

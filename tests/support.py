@@ -5,6 +5,7 @@ server sends). Every server started here is shut down and its threads joined."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -194,15 +195,23 @@ class RunningServer:
         self.clients.append(client)
         return client
 
-    def login(self, token: str, *, rcvbuf: int | None = None
-              ) -> tuple[WireClient, dict[str, Any]]:
-        """Connect, authenticate, return the client and its welcome frame."""
+    def login(self, token: str, *, rcvbuf: int | None = None, client_id: str | None = None,
+              resume: tuple[str, int] | None = None) -> tuple[WireClient, dict[str, Any]]:
+        """Connect, authenticate (with ``auth.client`` / ``auth.resume`` if given),
+        return the client and its welcome frame."""
         client = self.tls_connect(rcvbuf=rcvbuf)
-        client.send({"type": "auth", "token": token})
+        auth: dict[str, Any] = {"type": "auth", "token": token}
+        if client_id is not None:
+            auth["client"] = client_id
+        if resume is not None:
+            auth["resume"] = {"epoch": resume[0], "seq": resume[1]}
+        client.send(auth)
         return client, client.expect("welcome")
 
-    def user(self, name: str) -> tuple[WireClient, dict[str, Any]]:
-        return self.login(self.add_user(name))
+    def user(self, name: str, *, client_id: str | None = None,
+             resume: tuple[str, int] | None = None) -> tuple[WireClient, dict[str, Any]]:
+        """Log in as ``name`` with a new token of that user."""
+        return self.login(self.add_user(name), client_id=client_id, resume=resume)
 
     def close_clients(self) -> None:
         for client in self.clients:
@@ -222,6 +231,9 @@ class RunningServer:
 MakeServer = Callable[..., RunningServer]
 
 
+_data_dirs = itertools.count(1)
+
+
 def start_server(tmp: Path, certs: Certs, **overrides: Any) -> RunningServer:
     tokens_path = tmp / "tokens.json"
     if not tokens_path.exists():
@@ -230,6 +242,8 @@ def start_server(tmp: Path, certs: Certs, **overrides: Any) -> RunningServer:
     settings: dict[str, Any] = {
         "host": "127.0.0.1", "port": 0, "cert": certs.cert_path, "key": certs.key_path,
         "tokens": tokens_path, "tokens_poll": 0.05, "shutdown_timeout": seconds(3.0),
+        # The default store (SQLite), each server in a data dir of its own unless told.
+        "data_dir": tmp / f"data-{next(_data_dirs)}",
     }
     settings.update(overrides)
     config = ServerConfig(**settings)
@@ -443,7 +457,8 @@ class Process:
 def server_argv(certs: Certs, tokens: Path, *args: str) -> list[str]:
     """``securechat-server`` arguments for 127.0.0.1, port 0, ``certs`` and ``tokens``."""
     return ["--host", "127.0.0.1", "--port", "0", "--cert", str(certs.cert_path),
-            "--key", str(certs.key_path), "--tokens", str(tokens), *args]
+            "--key", str(certs.key_path), "--tokens", str(tokens),
+            "--data-dir", str(tokens.parent / "data"), *args]
 
 
 class ServerProcess(Process):

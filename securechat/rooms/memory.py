@@ -1,25 +1,56 @@
-"""The in-process room backend: members, message numbering, presence and recent
-history in this process's memory (lost on restart).
+"""The in-process room: members, presence and fan-out in this process, messages kept
+by a :class:`~securechat.store.base.MessageLog` (in memory, or SQLite on disk).
 
-Frames are encoded once per room event and handed to every member.
+Store first, then fan out: a message is numbered by the log when it is stored, and
+only then reaches the members and the sender's ack, in seq order, under the room lock.
+So a seq anyone has seen is always a stored message, even after a crash. With the
+memory log that all happens in the publisher's thread; with SQLite the writer thread
+reports each committed batch to :meth:`InProcessRoom.on_stored`.
+
+Frames are encoded once per room event and handed to every member; the newest ones
+are also kept (``cache``) so that resume replays and short catch-ups never touch disk.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import deque
+import time
 from collections.abc import Callable
+from typing import Protocol, cast
 
 from .. import protocol
-from .base import HistoryEntry, Member, RoomSnapshot
+from ..store.base import MessageLog, Pending, StoredMessage, StoreUnavailable
+from ..store.memory import MemoryLog
+from .base import HistoryEntry, HistoryPage, Member, RoomSnapshot
+from .resends import PENDING, ResendTable
 
 __all__ = ["InProcessRoom"]
+
+#: Frames kept in memory for replays: at most this many, and this many bytes.
+CACHE_FRAMES = 10_000
+CACHE_BYTES = 32 * 1024 * 1024
+#: How often (in publishes) expired resend entries are swept.
+_SWEEP_EVERY = 4096
+
+
+class _Appends(Protocol):
+    def append(self, item: Pending) -> None: ...
+
+
+class _Submits(Protocol):
+    def submit(self, item: Pending) -> None: ...
 
 
 def _ack(msg_id: str | int | None, seq: int) -> bytes:
     if msg_id is None:
         return b'{"type":"ack","id":null,"seq":%d}\n' % seq
     return protocol.encode(protocol.Ack(msg_id, seq))
+
+
+def encode_stored(message: StoredMessage) -> bytes:
+    """The ``msg`` frame of a stored message, as it was sent live."""
+    return protocol.encode_room_message(protocol.json_string(message.sender), message.body,
+                                        message.seq, message.ts)
 
 
 class InProcessRoom:
@@ -29,21 +60,35 @@ class InProcessRoom:
     when the last one goes, so a second device is not announced as a new person.
     """
 
-    def __init__(self, name: str = "lobby", *, history: int = 1000) -> None:
+    def __init__(self, name: str = "lobby", *, log: MessageLog | None = None,
+                 resend_window: float = 300.0, resends_per_client: int = 1000,
+                 cache: int = CACHE_FRAMES, clock: Callable[[], float] = time.time) -> None:
         self.name = name
+        self.log: MessageLog = log if log is not None else MemoryLog()
+        self._clock = clock
         self._lock = threading.Lock()
         self._sessions: dict[Member, None] = {}
         self._users: dict[str, int] = {}
-        self._seq = 0
-        self._history: deque[HistoryEntry] = deque(maxlen=max(history, 1))
-        self._keep_history = history > 0
-        # (user, client message id) -> seq, oldest first, at most max(history, 1000) kept.
-        self._recent_ids: dict[tuple[str, str | int], int] = {}
-        self._max_ids = max(history, 1000)
+        self._seq = self.log.last_seq(name)
+        self._resends = ResendTable(window=resend_window, per_client=resends_per_client)
+        for sender, client, mid, seq, stored_at in self.log.recent_ids(
+                name, clock() - resend_window):
+            self._resends.take(sender, client, mid, stored_at, seq)
+        self._publishes = 0
+        # Encoded msg frames of the newest seqs: _cache[i] is seq _cache_first + i.
+        self._cache: list[bytes] = []
+        self._cache_first = self._seq + 1
+        self._cache_bytes = 0
+        self._cache_max = max(cache, 0)
 
     @property
     def seq(self) -> int:
+        """The last seq fanned out (everything up to it is stored)."""
         return self._seq
+
+    @property
+    def epoch(self) -> str:
+        return self.log.epoch
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -78,37 +123,154 @@ class InProcessRoom:
             self._users.pop(user, None)
             self._broadcast(protocol.encode(protocol.Leave(user, reason)), member)
 
-    def publish(self, sender: Member, body: str, msg_id: str | int | None = None) -> int:
+    # ------------------------------------------------------------------ publishing
+    def publish(self, sender: Member, body: str, msg_id: str | int | None = None) -> int | None:
+        """Store a message, then deliver it to every other session and the ``ack`` to
+        the sender (in seq order with everything else the sender receives). Returns
+        the seq if it was stored at once (memory log), None if it is queued for the
+        writer (the ack follows), or the original seq of a recognised resend.
+
+        A resend is recognised by ``(user, client, id)`` when the sender has a client
+        id: it is acknowledged with its original seq and ``duplicate``, not delivered
+        again; a resend of a message still being stored gets no second ack."""
+        client = sender.client_id
+        key_ok = client is not None and msg_id is not None
         with self._lock:
-            if msg_id is not None:
-                key = (sender.user, msg_id)
-                seen = self._recent_ids.get(key)
+            now = self._clock()
+            if key_ok:
+                assert client is not None and msg_id is not None
+                seen = self._resends.lookup(sender.user, client, msg_id, now)
                 if seen is not None:
-                    sender.deliver(_ack(msg_id, seen))
-                    return seen
-            seq = self._seq + 1
-            self._seq = seq
-            if msg_id is not None:
-                recent = self._recent_ids
-                recent[key] = seq
-                if len(recent) > self._max_ids:
-                    del recent[next(iter(recent))]
-            frame = protocol.encode_room_message(
-                sender.user_json, body, seq, protocol.rfc3339_utc()
-            )
-            if self._keep_history:
-                self._history.append(HistoryEntry(seq, frame))
-            for member in self._sessions:
-                if member is not sender:
-                    member.deliver(frame)
-            # Under the lock, so the sender sees ack N before any message N+1.
-            sender.deliver(_ack(msg_id, seq))
-            return seq
+                    if seen != PENDING:
+                        sender.deliver(protocol.encode(protocol.Ack(msg_id, seen, True)))
+                    return seen if seen != PENDING else None
+                self._resends.take(sender.user, client, msg_id, now)
+            self._publishes += 1
+            if self._publishes % _SWEEP_EVERY == 0:
+                self._resends.sweep(now)
+            item = Pending(self.name, sender.user, client, msg_id, body, sender)
+            if self.log.synchronous:
+                cast(_Appends, self.log).append(item)
+                self._fan_out(item)
+                return item.seq
+            try:
+                cast(_Submits, self.log).submit(item)
+            except StoreUnavailable as exc:
+                self._refuse(item, exc)
+            return None
+
+    def on_stored(self, batch: list[Pending]) -> None:
+        """The writer stored ``batch`` (numbered, in seq order): fan it out."""
+        with self._lock:
+            for item in batch:
+                self._fan_out(item)
+
+    def on_failed(self, batch: list[Pending], error: StoreUnavailable) -> None:
+        """The writer could not store ``batch``: nothing of it was numbered or seen;
+        each sender is told to resend (error store_unavailable, not acknowledged)."""
+        with self._lock:
+            for item in batch:
+                self._refuse(item, error)
+
+    def _refuse(self, item: Pending, error: StoreUnavailable) -> None:
+        if item.client is not None and item.msg_id is not None:
+            self._resends.forget(item.sender, item.client, item.msg_id)
+        sender = cast(Member, item.ref)
+        sender.deliver(protocol.encode_error(
+            "store_unavailable", f"message not stored: {error.reason}", item.msg_id,
+            round(error.retry_after, 3)))
+
+    def _fan_out(self, item: Pending) -> None:
+        """Deliver a stored message; called with the lock held, in seq order."""
+        sender = cast(Member, item.ref)
+        seq = item.seq
+        frame = protocol.encode_room_message(sender.user_json, item.body, seq, item.ts)
+        self._seq = seq
+        if item.client is not None and item.msg_id is not None:
+            self._resends.stored(item.sender, item.client, item.msg_id, seq)
+        self._remember(seq, frame)
+        for member in self._sessions:
+            if member is not sender:
+                member.deliver(frame)
+        # Under the lock, so the sender sees ack N before any message N+1.
+        sender.deliver(_ack(item.msg_id, seq))
+
+    def _remember(self, seq: int, frame: bytes) -> None:
+        if not self._cache_max:
+            return
+        cache = self._cache
+        if seq != self._cache_first + len(cache):  # a hole (memory durability lost writes)
+            cache.clear()
+            self._cache_bytes = 0
+            self._cache_first = seq
+        cache.append(frame)
+        self._cache_bytes += len(frame)
+        if len(cache) > self._cache_max or self._cache_bytes > CACHE_BYTES:
+            drop = max(len(cache) // 4, 1)  # amortised: trim a quarter at a time
+            self._cache_bytes -= sum(map(len, cache[:drop]))
+            del cache[:drop]
+            self._cache_first += drop
+
+    # ------------------------------------------------------------------ reading
+    def frames_after(self, after: int, upto: int, max_bytes: int,
+                     max_count: int = 500) -> tuple[list[bytes], int | None]:
+        """Encoded ``msg`` frames with ``after < seq <= upto``, ascending, about
+        ``max_bytes`` at most (at least one), and the seq of the first one (None if
+        the log holds nothing in that range). From memory when it can, else from the
+        log, outside the room lock."""
+        with self._lock:
+            first = self._cache_first
+            if self._cache and first <= after + 1 <= upto:
+                start = after + 1 - first
+                stop = min(upto - first + 1, len(self._cache), start + max_count)
+                frames: list[bytes] = []
+                size = 0
+                for frame in self._cache[start:stop]:
+                    frames.append(frame)
+                    size += len(frame)
+                    if size >= max_bytes:
+                        break
+                return frames, after + 1
+        if after >= upto:
+            return [], None
+        stored = self.log.read_after(self.name, after, min(max_count, upto - after))
+        frames = []
+        size = 0
+        for message in stored:
+            if message.seq > upto:
+                break
+            frame = encode_stored(message)
+            frames.append(frame)
+            size += len(frame)
+            if size >= max_bytes:
+                break
+        return frames, (stored[0].seq if stored and stored[0].seq <= upto else None)
+
+    def history_page(self, *, before: int | None = None, after: int | None = None,
+                     limit: int = 50) -> HistoryPage:
+        """Read from the log, outside the lock; only what the members were already sent
+        (seq <= :attr:`seq`) is shown, never a message still on its way."""
+        latest = self._seq
+        log, name = self.log, self.name
+        if after is not None:
+            rows = [m for m in log.read_after(name, after, limit + 1) if m.seq <= latest]
+            more = len(rows) > limit
+            rows = rows[:limit]
+        else:
+            if before is None or before > latest + 1:
+                before = latest + 1
+            rows = log.read_before(name, before, limit + 1)
+            more = len(rows) > limit
+            rows = rows[-limit:] if more else rows
+        return HistoryPage(rows, more, log.oldest_seq(name), latest)
 
     def members(self) -> tuple[str, ...]:
         with self._lock:
             return tuple(sorted(self._users))
 
     def history(self, after_seq: int = 0) -> list[HistoryEntry]:
+        """Messages with ``seq`` > ``after_seq`` still held in the room's memory."""
         with self._lock:
-            return [entry for entry in self._history if entry.seq > after_seq]
+            first = self._cache_first
+            return [HistoryEntry(first + i, frame) for i, frame in enumerate(self._cache)
+                    if first + i > after_seq]

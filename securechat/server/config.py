@@ -87,8 +87,22 @@ class ServerConfig:
         "deadline for the TLS handshake"))
     auth_timeout: float = field(default=15.0, metadata=_doc(
         "deadline from TCP accept to a valid auth frame (includes the handshake)"))
-    history: int = field(default=1000, metadata=_doc(
-        "recent room messages kept in memory (for a later resume feature)"))
+    store: str = field(default="sqlite", metadata=_doc(
+        "where room messages are kept: sqlite (a durable log in --data-dir; members who "
+        "come back get what they missed, also after a restart) or memory (lost on "
+        "restart; for tests and benchmarks)"))
+    data_dir: Path = field(default=Path("data"), metadata=_doc(
+        "directory of the message log (created 0700; one server at a time, locked)"))
+    durability: str = field(default="commit", metadata=_doc(
+        "when a message is acknowledged: commit (once committed: survives kill -9), "
+        "fsync (once fsynced: survives power loss), memory (before it is written)"))
+    history_max: int = field(default=100_000, metadata=_doc(
+        "messages kept per room; older ones are pruned in the background. 0 = no limit"))
+    history_age: float = field(default=30 * 86400.0, metadata=_doc(
+        "seconds a message is kept (default 30 days). 0 = no limit"))
+    resend_window: float = field(default=300.0, metadata=_doc(
+        "seconds a client's message ids are remembered, so that a resend after a lost "
+        "ack is acknowledged again and not delivered twice"))
     backlog: int = field(default=4096, metadata=_doc(
         "listen queue length (the kernel caps it at net.core.somaxconn)"))
     shutdown_timeout: float = field(default=5.0, metadata=_doc(
@@ -112,8 +126,8 @@ class ServerConfig:
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("msg_rate", "frame_rate", "auth_failures", "history", "retry_spread",
-                     "max_unauth"):
+        for name in ("msg_rate", "frame_rate", "auth_failures", "retry_spread",
+                     "max_unauth", "history_max", "history_age", "resend_window"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
         if self.max_unauth and self.max_unauth >= self.max_connections:
@@ -127,6 +141,10 @@ class ServerConfig:
             raise ConfigError("--port must be between 0 and 65535")
         if self.tls_min not in ("1.2", "1.3"):
             raise ConfigError("--tls-min must be 1.2 or 1.3")
+        if self.store not in ("sqlite", "memory"):
+            raise ConfigError("--store must be sqlite or memory")
+        if self.durability not in ("commit", "fsync", "memory"):
+            raise ConfigError("--durability must be commit, fsync or memory")
         if self.log_format not in ("text", "json"):
             raise ConfigError("--log-format must be text or json")
         if self.log_level not in ("debug", "info", "warning", "error"):

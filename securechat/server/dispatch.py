@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING
 from .. import protocol
 from ..errors import RemoteProtocolError
 from ..rooms.base import RoomSnapshot
+from ..store.base import StoreUnavailable
 from .limits import OrderGate, TokenBucket, spread_retry
 from .logs import ConnectionLog, log_event
+from .replay import Replay, resume_outcome
 from .state import State
 
 if TYPE_CHECKING:
@@ -50,6 +52,9 @@ class FrameDispatch:
     error_bucket: TokenBucket | None
     order_gate: OrderGate
     log: ConnectionLog
+    client_id: str | None
+    resume: protocol.Resume | None
+    replay: Replay | None
 
     def deliver(self, frame: bytes) -> None:
         raise NotImplementedError
@@ -66,6 +71,9 @@ class FrameDispatch:
         raise NotImplementedError
 
     def _begin_close(self, reason: str, *, linger: float = 1.0) -> None:
+        raise NotImplementedError
+
+    def _queue_out(self, chunk: bytes) -> None:
         raise NotImplementedError
 
     def _on_line(self, line: bytes) -> None:
@@ -95,6 +103,8 @@ class FrameDispatch:
                 return
             if type(frame) is protocol.Ping:
                 self._send(_PONG)
+            elif type(frame) is protocol.History:
+                self._on_history(frame)
             elif type(frame) is protocol.Pong:
                 pass  # last_rx already moved
             elif type(frame) is protocol.Bye:
@@ -128,6 +138,8 @@ class FrameDispatch:
         self.user = record.name
         self.user_json = protocol.json_string(record.name)
         self.token_id = record.id
+        self.client_id = auth.client
+        self.resume = auth.resume
         self.log.identify(record.name, {"conn": self.conn_id, "peer": self.peer,
                                         "user": record.name, "token": record.id})
         refused = host.on_authenticated(self.conn_id, record.name)
@@ -151,13 +163,42 @@ class FrameDispatch:
         log_event(logger, logging.INFO, "join", room=host.room.name, **self.log.fields)
 
     def _welcome(self, snapshot: RoomSnapshot) -> bytes:
+        """The welcome, and for a resume either ``caught_up`` at once or the start of a
+        replay (called by the room under its lock, on this session's loop thread)."""
         cfg = self.host.config
-        return protocol.encode(protocol.Welcome(
+        room = self.host.room
+        welcome = protocol.encode(protocol.Welcome(
             user=self.user, room=snapshot.room, members=snapshot.members,
             heartbeat=cfg.heartbeat, seq=snapshot.seq, max_frame=cfg.max_frame,
             session=f"{self.host.session_prefix}-{self.conn_id}",
-            epoch=self.host.session_prefix,
+            epoch=room.epoch,
         ))
+        resume = self.resume
+        if resume is None:
+            return welcome
+        outcome = resume_outcome(resume, room.epoch, snapshot.seq)
+        if outcome is not None:
+            return welcome + protocol.encode(outcome)
+        # Welcome now; the replay's pages and then the held live frames follow it.
+        self.replay = Replay(resume.seq, snapshot.seq)
+        self._queue_out(welcome)
+        return b""
+
+    def _on_history(self, frame: protocol.History) -> None:
+        room = self.host.room
+        try:
+            page = room.history_page(before=frame.before, after=frame.after,
+                                     limit=frame.limit)
+        except StoreUnavailable as exc:
+            self._error("store_unavailable", f"history not readable: {exc.reason}", frame.id,
+                        retry_after=round(exc.retry_after, 3), counts=False)
+            return
+        mid = frame.id
+        parts = [protocol.encode_history_message(mid, protocol.json_string(m.sender), m.body,
+                                                 m.seq, m.ts) for m in page.messages]
+        parts.append(protocol.encode(protocol.HistoryEnd(
+            mid, len(page.messages), page.more, page.oldest, page.latest)))
+        self._send(b"".join(parts))
 
     def _on_message(self, frame: protocol.SendMessage) -> None:
         bucket = self.bucket

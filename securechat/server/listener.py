@@ -25,12 +25,15 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ServerThreadDied
 from ..io.loop import IOLoop
 from ..io.tls import server_context
 from ..rooms import InProcessRoom, Room
+from ..store.base import Durability, MessageLog
+from ..store.memory import MemoryLog
+from ..store.sqlite import SQLiteLog
 from .admission import Admission, Pending, client_key
 from .config import ServerConfig
 from .limits import spread_retry
@@ -66,6 +69,7 @@ class Server:
     def __init__(self, config: ServerConfig, *, ssl_context: ssl.SSLContext | None = None,
                  tokens: TokenStore | None = None, room: Room | None = None) -> None:
         self.config = config
+        self._log: MessageLog | None = None
         self.ssl_context = ssl_context or server_context(
             config.cert, config.key, tls_min=config.tls_min)
         self._watcher: TokenFileWatcher | None = None
@@ -81,7 +85,7 @@ class Server:
         #: The admission limits and the accounting; the host of every session.
         self._admission = Admission(
             config, ssl_context=self.ssl_context, tokens=tokens,
-            room=room or InProcessRoom(config.room, history=config.history),
+            room=room or self._make_room(config),
             loops=self._loops, stopping=self._stopping)
         # The same objects as the host's (never rebound; tokens is a property).
         self.room: Room = self._admission.room
@@ -105,6 +109,20 @@ class Server:
         self._accept_resume_at = 0.0
         #: Tests only: called with "accept" or "tokens" at those points; may raise.
         self._inject_fault: Callable[[str], None] | None = None
+
+    def _make_room(self, config: ServerConfig) -> Room:
+        """The room over the log ``--store`` names; opening SQLite may raise
+        StoreOpenError (a ConfigError: the server refuses to start, saying why)."""
+        log: MessageLog
+        if config.store == "memory":
+            log = MemoryLog(history_max=config.history_max, history_age=config.history_age)
+        else:
+            log = SQLiteLog.open(
+                config.data_dir, durability=cast(Durability, config.durability),
+                history_max=config.history_max, history_age=config.history_age,
+                on_thread_died=lambda exc: self._thread_died("securechat-store", exc))
+        self._log = log
+        return InProcessRoom(config.room, log=log, resend_window=config.resend_window)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -137,6 +155,8 @@ class Server:
         listener.setblocking(False)
         self._listener = listener
         self._started = True
+        if isinstance(self._log, SQLiteLog) and isinstance(self.room, InProcessRoom):
+            self._log.start(self.room.on_stored, self.room.on_failed)
         for loop in self._loops:
             loop.start()
         self._accept_thread = threading.Thread(target=self._accept_loop,
@@ -187,6 +207,7 @@ class Server:
         Safe to call twice and from any thread but an I/O loop."""
         with self._shutdown_lock:
             if self._stopped.is_set() or not self._started:
+                self._close_log()
                 self._stopped.set()
                 self._serve_wakeup.set()
                 return True
@@ -206,6 +227,7 @@ class Server:
                 loop.stop()
             for loop in self._loops:
                 ok = loop.join(max(0.0, deadline - time.monotonic()) + 0.5) and ok
+            self._close_log()
             if self._listener is not None:
                 self._listener.close()
             self._wake_r.close()
@@ -220,6 +242,19 @@ class Server:
             self._stopped.set()
             self._serve_wakeup.set()
             return ok
+
+    def _close_log(self) -> None:
+        """Store what is still queued, stop the writer, release the data dir's lock."""
+        if self._log is not None:
+            try:
+                self._log.close()
+            except Exception:  # the process is stopping: say so, go on
+                logger.exception("closing the message log failed")
+
+    def close_unstarted(self) -> None:
+        """Release what the constructor opened (the log's lock) when start never ran."""
+        if not self._started:
+            self._close_log()
 
     def __enter__(self) -> Server:
         self.start()

@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING
 
 from .. import protocol
 from ..io.sendbuffer import SendBuffer
+from ..store.base import StoreUnavailable
 from .dispatch import FrameDispatch
 from .limits import OrderGate, TokenBucket, spread_retry
 from .logs import ConnectionLog, describe_error, log_event
+from .replay import LOW_WATER, Replay
 from .state import State
 
 if TYPE_CHECKING:
@@ -41,6 +43,8 @@ RECV_SIZE = 65536
 MAX_READS_PER_EVENT = 16
 #: After an error frame, how long we try to deliver it before closing anyway.
 CLOSE_LINGER = 1.0
+#: Replay pages sent in one turn of the loop before other connections get theirs.
+REPLAY_PAGES_PER_TURN = 16
 
 _PING = protocol.encode(protocol.Ping())
 
@@ -103,6 +107,11 @@ class Session(FrameDispatch):
         self.log = ConnectionLog(logger, host.log_admit, ip_key, {"conn": conn_id, "peer": peer})
         #: True while this session counts toward its user's session cap.
         self.user_counted = False
+        #: From auth: the client instance id, and where a returning client left off.
+        self.client_id: str | None = None
+        self.resume: protocol.Resume | None = None
+        #: A resume replay in progress (loop-owned), see replay.py.
+        self.replay: Replay | None = None
         self.meter = host.queue_meter(loop)
         self.queue_check_above = host.queue_check_above
 
@@ -184,6 +193,8 @@ class Session(FrameDispatch):
             self._read()
         if self.write_blocked:
             self._write()
+        if self.replay is not None:
+            self._pump_replay()
 
     def _handshake(self) -> None:
         try:
@@ -277,20 +288,70 @@ class Session(FrameDispatch):
                 except IndexError:
                     pass
                 chunk = b"".join(parts)
-            if not self.out:
-                self.last_progress = time.monotonic()
-            self.out.append(chunk)
-            meter = self.meter
-            meter.size += len(chunk)
-            if self.out.size > self.max_pending and state is State.ACTIVE:
-                self._slow_consumer(f"more than {self.max_pending} bytes queued")
-                return
-            if meter.size > self.queue_check_above:
-                self.host.trim_queues(self.loop)  # rare: only past the global bound
-                if self.state is not state:
+            replay = self.replay
+            if replay is not None:
+                # Live frames wait until the replay before them is out (replay.py).
+                replay.hold(chunk)
+                if replay.held_bytes + self.out.size > self.max_pending:
+                    self._slow_consumer(f"more than {self.max_pending} bytes queued "
+                                        "while catching up")
                     return
+            else:
+                if not self.out:
+                    self.last_progress = time.monotonic()
+                self.out.append(chunk)
+                meter = self.meter
+                meter.size += len(chunk)
+                if self.out.size > self.max_pending and state is State.ACTIVE:
+                    self._slow_consumer(f"more than {self.max_pending} bytes queued")
+                    return
+                if meter.size > self.queue_check_above:
+                    self.host.trim_queues(self.loop)  # rare: only past the global bound
+                    if self.state is not state:
+                        return
         if not self.write_blocked:
             self._write()
+        if self.replay is not None:
+            self._pump_replay()
+
+    def _queue_out(self, chunk: bytes) -> None:
+        """Append straight to the send buffer (loop thread only): the welcome before a
+        replay, replay pages, and what the replay held."""
+        if not self.out:
+            self.last_progress = time.monotonic()
+        self.out.append(chunk)
+        self.meter.size += len(chunk)
+
+    def _pump_replay(self) -> None:
+        """Send replay pages while the socket keeps up (below LOW_WATER unsent), then
+        ``caught_up`` and the held live frames. Bounded per call; resumes on writable."""
+        replay = self.replay
+        room = self.host.room
+        for _ in range(REPLAY_PAGES_PER_TURN):
+            if replay is None or self.state is not State.ACTIVE or self.replay is not replay:
+                return
+            if self.out.size >= LOW_WATER:
+                return  # on_writable calls again once the client reads
+            if replay.done:
+                self.replay = None
+                self._queue_out(replay.finish())
+                log_event(logger, logging.INFO, "caught_up", upto=replay.upto,
+                          replayed=replay.replayed, missing_after=replay.missing_after,
+                          missing_before=replay.missing_before, **self.log.fields)
+                if not self.write_blocked:
+                    self._write()
+                return
+            try:
+                page = replay.next_page(room)
+            except StoreUnavailable as exc:
+                self._fail("store_unavailable", f"replay not readable: {exc.reason}",
+                           retry_after=round(exc.retry_after, 3))
+                return
+            if page:
+                self._queue_out(page)
+                if not self.write_blocked:
+                    self._write()
+        self.loop.call_soon(self._pump_replay)  # more to send: let the others run first
 
     def _write(self) -> None:
         out = self.out
@@ -355,6 +416,7 @@ class Session(FrameDispatch):
         self.out.drop_queued()
         self.meter.size -= before - self.out.size
         self.inbox.clear()
+        self.replay = None  # what it held is dropped with the rest
         self._send(protocol.encode_error("slow_consumer", f"client too slow: {detail}"))
         self._begin_close("slow_consumer", linger=CLOSE_LINGER)
 
@@ -380,6 +442,7 @@ class Session(FrameDispatch):
         previous = self.state
         self.close_reason = reason
         self.state = State.CLOSING
+        self.replay = None  # the last frames (error, bye) go out; the client resumes again
         self.close_deadline = time.monotonic() + linger
         self._leave_room(reason)
         if previous is State.AUTH:
@@ -429,6 +492,7 @@ class Session(FrameDispatch):
             self.sock.close()
         self.loop.endpoints.discard(self)
         self.inbox.clear()
+        self.replay = None
         self.meter.size -= self.out.size
         self.out.clear()
         self._leave_room(reason)

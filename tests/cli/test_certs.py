@@ -427,7 +427,7 @@ def live_server(out: Path) -> Iterator[tuple[Server, Path]]:
     add_token(out / "tokens.json", "alice")
     config = ServerConfig(host="127.0.0.1", port=0, cert=out / SERVER_CERT,
                           key=out / SERVER_KEY, tokens=out / "tokens.json",
-                          shutdown_timeout=seconds(3.0))
+                          data_dir=out / "data", shutdown_timeout=seconds(3.0))
     server = Server(config)
     server.start()
     try:

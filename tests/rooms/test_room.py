@@ -11,8 +11,9 @@ from securechat.rooms import InProcessRoom, RoomSnapshot
 class FakeMember:
     """A room member that records frames (a test double of the session, not of the room)."""
 
-    def __init__(self, user: str) -> None:
+    def __init__(self, user: str, client_id: str | None = None) -> None:
         self.user = user
+        self.client_id = client_id
         self.user_json = protocol.json_string(user)
         self.frames: list[dict[str, object]] = []
 
@@ -25,8 +26,8 @@ def _greet(snapshot: RoomSnapshot) -> bytes:
 
 
 def test_room_numbers_messages_and_skips_sender() -> None:
-    """Messages get consecutive seqs, reach everyone but the sender, history is bounded."""
-    room = InProcessRoom("r", history=2)
+    """Messages get consecutive seqs, reach everyone but the sender, the cache is bounded."""
+    room = InProcessRoom("r", cache=2)
     alice, bob = FakeMember("alice"), FakeMember("bob")
     room.subscribe(alice, _greet)
     room.subscribe(bob, _greet)
@@ -53,18 +54,39 @@ def test_room_presence_is_per_user() -> None:
     assert room.members() == ("w",)
 
 
-def test_room_drops_resent_message_ids() -> None:
-    """A resend with the same (user, id) gets the original seq and is not delivered twice."""
+def test_room_recognises_resends_per_user_and_client() -> None:
+    """A resend with the same (user, client, id) gets the original seq with duplicate and
+    is not delivered twice; another client of the same user, or a session without a
+    client id, is never taken for a resend."""
     room = InProcessRoom()
-    alice, bob = FakeMember("alice"), FakeMember("bob")
-    room.subscribe(alice, _greet)
-    room.subscribe(bob, _greet)
-    assert room.publish(alice, "hi", "c-1") == 1
-    assert room.publish(alice, "hi", "c-1") == 1
-    assert room.publish(bob, "hi", "c-1") == 2  # ids are per user
-    assert len([f for f in bob.frames if f["type"] == "msg"]) == 1
-    acks = [f for f in alice.frames if f["type"] == "ack"]
-    assert acks == [{"type": "ack", "id": "c-1", "seq": 1}] * 2
+    phone, laptop = FakeMember("alice", "phone"), FakeMember("alice", "laptop")
+    anon, bob = FakeMember("alice"), FakeMember("bob", "phone")
+    for member in (phone, laptop, anon, bob):
+        room.subscribe(member, _greet)
+    assert room.publish(phone, "hi", "c-1") == 1
+    assert room.publish(phone, "hi again?", "c-1") == 1
+    assert room.publish(laptop, "other body", "c-1") == 2  # another device, same id
+    assert room.publish(bob, "hi", "c-1") == 3  # another user, same client name
+    assert room.publish(anon, "x", "c-1") == 4
+    assert room.publish(anon, "x", "c-1") == 5  # no client id: never a duplicate
+    bodies = [f["body"] for f in bob.frames if f["type"] == "msg"]
+    assert bodies == ["hi", "other body", "x", "x"]
+    acks = [f for f in phone.frames if f["type"] == "ack"]
+    assert acks == [{"type": "ack", "id": "c-1", "seq": 1},
+                    {"type": "ack", "id": "c-1", "seq": 1, "duplicate": True}]
+
+
+def test_resends_expire_after_the_window() -> None:
+    """Past the resend window the same id is a new message."""
+    now = [1000.0]
+    room = InProcessRoom(resend_window=300, clock=lambda: now[0])
+    phone = FakeMember("alice", "phone")
+    room.subscribe(phone, _greet)
+    assert room.publish(phone, "a", 1) == 1
+    now[0] += 299
+    assert room.publish(phone, "a", 1) == 1
+    now[0] += 2
+    assert room.publish(phone, "a", 1) == 2
 
 
 def test_sender_sees_its_ack_before_later_messages() -> None:

@@ -1,6 +1,6 @@
 """Server promises from README.md and docs/protocol.md that no other test exercised:
 revocation at the default poll, exit codes on SIGINT, flushing before ``bye``, the
-clean TLS close, errors before auth, slow consumers, leave reasons, ``--history`` and
+clean TLS close, errors before auth, slow consumers, leave reasons and
 the environment variables. The real ``securechat-server`` / ``securechat-token``
 commands run as subprocesses where users run them; protocol details use the
 in-process ``make_server`` fixture."""
@@ -22,7 +22,6 @@ import pytest
 
 from securechat.cli.server import build_parser, config_from_args
 from securechat.io.tls import server_context
-from securechat.rooms.memory import InProcessRoom
 from securechat.server.config import ServerConfig
 from securechat.server.tokens import add_token, load_store
 from tests.support import (
@@ -379,76 +378,6 @@ def test_leave_reason_idle_timeout_is_seen_by_another_member(make_server: MakeSe
     assert frames[-1]["type"] == "error" and frames[-1]["code"] == "idle_timeout"
 
 
-# --------------------------------------------------------------------------- --history
-def test_room_keeps_only_the_last_history_messages(make_server: MakeServer) -> None:
-    """--history N: the room holds the last N messages in memory, the oldest evicted."""
-    running = make_server(history=5, msg_rate=0)
-    alice, _ = running.user("alice")
-    for i in range(8):
-        alice.send({"type": "msg", "body": f"m{i}", "id": i})
-        assert alice.expect("ack")["seq"] == i + 1
-    kept = running.server.room.history()
-    assert [entry.seq for entry in kept] == [4, 5, 6, 7, 8]
-    assert [json.loads(entry.frame)["body"] for entry in kept] == [f"m{i}" for i in range(3, 8)]
-    assert [e.seq for e in running.server.room.history(after_seq=6)] == [7, 8]
-
-
-def test_room_history_zero_keeps_nothing() -> None:
-    """--history 0 keeps no messages (the Room API, no server needed)."""
-    room = InProcessRoom(history=0)
-
-    class Member:
-        user = "alice"
-        user_json = '"alice"'
-
-        def deliver(self, frame: bytes) -> None:
-            pass
-
-    member = Member()
-    room.subscribe(member, lambda snap: b"")
-    assert room.publish(member, "hi", "a") == 1
-    assert room.history() == []
-
-
-def test_resent_ids_are_remembered_for_the_last_history_messages(
-        make_server: MakeServer) -> None:
-    """A resent id is deduplicated while among the last --history ids, new once evicted."""
-    history = 1200
-    running = make_server(history=history, msg_rate=0)
-    alice, _ = running.user("alice")
-    bob, _ = running.user("bob")
-    alice.expect("join")
-    total = history + 1  # ids 0..history: id 0 is pushed out, id 1 is the oldest kept
-    batch = 100
-    for start in range(0, total, batch):  # pipelined, acks checked per batch
-        ids = range(start, min(start + batch, total))
-        alice.send(b"".join(json.dumps({"type": "msg", "body": f"b{i}", "id": i}).encode()
-                            + b"\n" for i in ids))
-        for i in ids:
-            assert alice.expect("ack") == {"type": "ack", "id": i, "seq": i + 1}
-    for i in range(total):
-        assert bob.expect("msg", timeout=10)["seq"] == i + 1
-    alice.send({"type": "msg", "body": "b1 again", "id": 1})
-    assert alice.expect("ack") == {"type": "ack", "id": 1, "seq": 2}
-    alice.send({"type": "msg", "body": "b0 again", "id": 0})
-    assert alice.expect("ack") == {"type": "ack", "id": 0, "seq": total + 1}
-    again = bob.expect("msg")
-    assert (again["body"], again["seq"]) == ("b0 again", total + 1)  # not b1 again
-
-
-def test_resent_ids_are_remembered_for_at_least_1000_messages(
-        make_server: MakeServer) -> None:
-    """With --history below 1000 the server still remembers the last 1000 ids."""
-    running = make_server(history=5, msg_rate=0)
-    alice, _ = running.user("alice")
-    alice.send(b"".join(json.dumps({"type": "msg", "body": "x", "id": i}).encode() + b"\n"
-                        for i in range(1000)))
-    for i in range(1000):
-        assert alice.expect("ack")["seq"] == i + 1
-    alice.send({"type": "msg", "body": "x", "id": 0})
-    assert alice.expect("ack") == {"type": "ack", "id": 0, "seq": 1}
-
-
 # --------------------------------------------------------------------------- environment
 FIELDS = [f.name for f in dataclasses.fields(ServerConfig)]
 
@@ -457,7 +386,7 @@ def _other_value(name: str) -> str:
     """A valid non-default value for field ``name``, as an environment string."""
     special = {"host": "::1", "port": "7444", "tls_min": "1.2", "log_level": "debug",
                "log_format": "json", "room": "ops", "auth_timeout": "20",
-               "max_frame": "8192"}
+               "max_frame": "8192", "store": "memory", "durability": "fsync"}
     if name in special:
         return special[name]
     default = getattr(ServerConfig(), name)
@@ -493,8 +422,10 @@ def test_every_option_has_an_environment_variable_that_is_applied() -> None:
 def _bad_value(name: str) -> tuple[str, int, str]:
     """An environment value the real command must refuse: (value, exit code, message)."""
     default = getattr(ServerConfig(), name)
-    if name in ("tls_min", "log_level", "log_format"):
+    if name in ("tls_min", "log_level", "log_format", "store", "durability"):
         return "bogus", 2, f"--{name.replace('_', '-')} must be"
+    if name == "data_dir":  # not creatable, even by root: a path under a file
+        return "/dev/null/securechat-data", 1, "/dev/null/securechat-data"
     if name == "host":
         return "192.0.2.1", 1, "cannot listen on 192.0.2.1"
     if isinstance(default, Path):

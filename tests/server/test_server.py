@@ -23,8 +23,8 @@ def test_auth_ok_gets_welcome(server: RunningServer) -> None:
     assert welcome["seq"] == 0
     assert welcome["max_frame"] == 65536
     assert welcome["protocol"] == 2
-    assert welcome["epoch"] == server.server.session_prefix
-    assert welcome["session"].startswith(welcome["epoch"] + "-")
+    assert welcome["epoch"] == server.server.room.epoch  # the log's identity
+    assert welcome["session"].startswith(server.server.session_prefix + "-")
 
 
 def test_wrong_token_is_refused_and_closed(server: RunningServer) -> None:
@@ -113,13 +113,15 @@ def test_ack_seq_and_no_spoofing(server: RunningServer) -> None:
 
 
 def test_resent_id_is_acked_once_and_delivered_once(server: RunningServer) -> None:
-    """A client resending after a lost ack does not make others see the message twice."""
-    alice, _ = server.user("alice")
+    """A client (with a client id) resending after a lost ack does not make others see
+    the message twice: the resend's ack carries the original seq and duplicate."""
+    alice, _ = server.user("alice", client_id="alice-phone")
     bob, _ = server.user("bob")
     alice.expect("join")
-    for _ in range(2):
-        alice.send({"type": "msg", "body": "once", "id": "dup-1"})
-        assert alice.expect("ack")["seq"] == 1
+    alice.send({"type": "msg", "body": "once", "id": "dup-1"})
+    assert alice.expect("ack") == {"type": "ack", "id": "dup-1", "seq": 1}
+    alice.send({"type": "msg", "body": "once", "id": "dup-1"})
+    assert alice.expect("ack") == {"type": "ack", "id": "dup-1", "seq": 1, "duplicate": True}
     alice.send({"type": "msg", "body": "next", "id": "dup-2"})
     assert alice.expect("ack")["seq"] == 2
     assert [bob.expect("msg")["body"] for _ in range(2)] == ["once", "next"]

@@ -125,6 +125,7 @@ class MemoryLog:
             found = self._room(room)
             if found is None or limit <= 0:
                 return []
+            before_seq = min(before_seq, found.last + 1)
             return found.window(before_seq - limit, before_seq)
 
     def read_latest(self, room: str, limit: int) -> list[StoredMessage]:

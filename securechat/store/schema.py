@@ -102,8 +102,8 @@ class DirLock:
             self.release()
             mine = " (this process)" if holder == str(os.getpid()) else ""
             raise StoreOpenError(
-                f"lock file {self.path}: the message log is in use by another securechat "
-                f"server, pid {holder}{mine}; stop it or choose another --data-dir") from None
+                f"lock file {self.path}: the message log is in use by a securechat server, "
+                f"pid {holder}{mine}; stop it or choose another --data-dir") from None
         except OSError as exc:
             self.release()
             raise StoreOpenError(f"lock file {self.path}: cannot lock it: "
@@ -184,7 +184,8 @@ def open_database(path: Path, durability: Durability, *, vfs: str | None = None,
                 raise _not_ours(path, f"corrupt: securechat schema {version} with tables "
                                       f"{sorted(tables)}")
             if check:
-                problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+                problems = [" ".join(str(row[0]).split())
+                            for row in conn.execute("PRAGMA quick_check(5)")]
                 if problems != ["ok"]:
                     raise _not_ours(path, "corrupt: quick_check says " + "; ".join(problems))
             row = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()

@@ -123,7 +123,7 @@ def child_main() -> None:
                         break
                     except StoreUnavailable as exc:
                         if not kill_after:
-                            say(f"refused {body} {exc.reason}")
+                            say(f"refused {body} {exc.retry_after:.3f} {exc.reason}")
                             break
                         time.sleep(0.001)  # queue full while racing to the kill
             say(f"sent {words[2]}")

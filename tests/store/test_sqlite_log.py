@@ -264,3 +264,16 @@ def test_reads_are_fast_enough_to_page_a_replay(tmp_path: Path) -> None:
         assert time.perf_counter() - start < seconds(2)
     finally:
         log.close()
+
+
+def test_memory_durability_acknowledges_and_still_writes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    log, collector = open_started(data, durability="memory")
+    sent = store_all(log, collector, [item(f"m{i}") for i in range(50)])
+    log.close()
+    assert [p.seq for p in sent] == list(range(1, 51))
+    log = SQLiteLog.open(data)
+    try:
+        assert [m.body for m in log.read_after("lobby", 0, 100)] == [f"m{i}" for i in range(50)]
+    finally:
+        log.close()

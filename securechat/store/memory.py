@@ -118,6 +118,8 @@ class MemoryLog:
             found = self._room(room)
             if found is None or limit <= 0:
                 return []
+            if found.head < len(found.items):
+                after_seq = max(after_seq, found.items[found.head].seq - 1)
             return found.window(after_seq + 1, after_seq + 1 + limit)
 
     def read_before(self, room: str, before_seq: int, limit: int) -> list[StoredMessage]:

@@ -1,0 +1,126 @@
+"""What every message log offers: the stored message, the message waiting to be stored,
+the two errors, and the read interface both backends satisfy.
+
+A log numbers messages per room (seq = last + 1) at the moment it stores them, so a
+seq that anyone has seen always belongs to a stored message (store first, then fan out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from ..errors import ConfigError, SecureChatError
+
+__all__ = [
+    "Durability",
+    "MessageLog",
+    "Pending",
+    "RecentId",
+    "StoreOpenError",
+    "StoreUnavailable",
+    "StoredMessage",
+]
+
+#: ``commit``: survives ``kill -9``; ``fsync``: survives power loss; ``memory``: acknowledged
+#: before it is written (a crash may lose the tail). sqlite.py states each promise exactly.
+Durability = Literal["commit", "fsync", "memory"]
+
+#: (sender, client, msg_id, seq, stored_at): what the resend de-duplication table needs.
+RecentId = tuple[str, str, str | int, int, float]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One message as the log holds it. ``ts`` is the RFC 3339 string sent on the wire;
+    ``stored_at`` is unix time, used for retention and never going back within a room."""
+
+    room: str
+    seq: int
+    sender: str
+    client: str | None
+    msg_id: str | int | None
+    body: str
+    ts: str
+    stored_at: float
+
+
+@dataclass(slots=True)
+class Pending:
+    """A message waiting to be stored. ``ref`` is the room's own back-reference (e.g. the
+    sender session), never looked at by the log. ``seq``, ``ts`` and ``stored_at`` are
+    filled in by the log when it assigns the number, and reset to their defaults if
+    storing fails (the number was not used)."""
+
+    room: str
+    sender: str
+    client: str | None
+    msg_id: str | int | None
+    body: str
+    ref: object = None
+    seq: int = 0
+    ts: str = ""
+    stored_at: float = 0.0
+
+
+class StoreUnavailable(SecureChatError):
+    """The log cannot take or read messages right now (disk full, I/O error, queue full,
+    closed). Nothing in the refused messages was stored or numbered; try again after
+    ``retry_after`` seconds."""
+
+    def __init__(self, reason: str, retry_after: float = 1.0) -> None:
+        super().__init__(f"message store unavailable: {reason} (retry after {retry_after:g} s)")
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class StoreOpenError(ConfigError):
+    """The log cannot be opened; the message names the file or directory, says why and
+    what to do (the server refuses to start)."""
+
+
+class MessageLog(Protocol):
+    """The read side both backends share; reads may come from any thread, concurrently
+    with writes.
+
+    Writing differs by backend and ``synchronous`` tells which: ``MemoryLog.append``
+    numbers and keeps a message in the caller's thread; ``SQLiteLog.submit`` queues it for
+    a writer thread that reports back through the callbacks given to ``start``.
+    """
+
+    @property
+    def epoch(self) -> str:
+        """The identity of this log (≤ 64 visible ASCII characters); it changes only when
+        the log is new, so a client's (epoch, seq) position is meaningful across restarts."""
+        ...
+
+    @property
+    def synchronous(self) -> bool: ...
+
+    def last_seq(self, room: str) -> int:
+        """The highest seq given out in ``room`` (0 if none), even if pruned since."""
+        ...
+
+    def oldest_seq(self, room: str) -> int | None:
+        """The lowest seq still held for ``room``, or None if it holds none."""
+        ...
+
+    def read_after(self, room: str, after_seq: int, limit: int) -> list[StoredMessage]:
+        """Up to ``limit`` messages with seq > ``after_seq``, ascending."""
+        ...
+
+    def read_before(self, room: str, before_seq: int, limit: int) -> list[StoredMessage]:
+        """The newest ``limit`` messages with seq < ``before_seq``, ascending."""
+        ...
+
+    def read_latest(self, room: str, limit: int) -> list[StoredMessage]:
+        """The newest ``limit`` messages, ascending."""
+        ...
+
+    def recent_ids(self, room: str, since: float) -> Sequence[RecentId]:
+        """Stored messages with a client and an id, stored at or after ``since``,
+        ascending by seq: the resend table is rebuilt from this after a restart."""
+        ...
+
+    def close(self) -> None: ...

@@ -322,6 +322,9 @@ def free_port() -> int:
 def clean_env(**extra: str) -> dict[str, str]:
     """The test process environment without SECURECHAT_* settings, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECHAT_")}
+    # Except the test's own data dir (conftest.py): a server never writes ./data.
+    if "SECURECHAT_DATA_DIR" in os.environ:
+        env["SECURECHAT_DATA_DIR"] = os.environ["SECURECHAT_DATA_DIR"]
     env.update(extra)
     return env
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MakeServer
-from tests.support import publish, read_replay, run_command, stop_server
+from tests.support import MakeServer, publish, read_replay, run_command, stop_server
 
 #: The two commands of README's "Messages: the data dir, durability and backups".
 BACKUP = """sqlite3 data/messages.sqlite3 ".backup 'backup-$(date +%F).sqlite3'\""""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import itertools
 import logging
 import selectors
@@ -156,7 +157,14 @@ class Server:
         self._listener = listener
         self._started = True
         if isinstance(self._log, SQLiteLog) and isinstance(self.room, InProcessRoom):
-            self._log.start(self.room.on_stored, self.room.on_failed)
+            # The writer thread only runs SQLite (which releases the GIL); the fan-out of
+            # each committed batch is Python work and goes to an I/O loop, in order
+            # (call_soon is FIFO), so the two threads do not fight over the GIL.
+            fanout, room = self._loops[0], self.room
+            self._log.start(
+                lambda batch: fanout.call_soon(functools.partial(room.on_stored, batch)),
+                lambda batch, error: fanout.call_soon(
+                    functools.partial(room.on_failed, batch, error)))
         for loop in self._loops:
             loop.start()
         self._accept_thread = threading.Thread(target=self._accept_loop,

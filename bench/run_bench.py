@@ -450,7 +450,11 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for key in runs[0]:
         values = [r.get(key) for r in runs]
         numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
-        out[key] = statistics.median(numbers) if len(numbers) == len(values) else values[0]
+        if len(numbers) == len(values):
+            med = statistics.median(numbers)
+            out[key] = int(med) if float(med).is_integer() else round(med, 3)
+        else:
+            out[key] = values[0]
     return out
 
 

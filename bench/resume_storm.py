@@ -367,7 +367,8 @@ def storm(args: argparse.Namespace) -> dict[str, Any]:
         if cu is None:
             errs[c.error[:80]] = errs.get(c.error[:80], 0) + 1
             continue
-        if (c.got != want or cu.get("replayed") != want or cu.get("seq") != last_seq
+        if (want != m or c.got != want or cu.get("replayed") != want
+                or cu.get("seq") != last_seq
                 or cu.get("reset") or cu.get("missing_after") is not None):
             wrong += 1
             if len(examples) < 5:

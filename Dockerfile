@@ -43,7 +43,8 @@ COPY docker/healthcheck.py /usr/local/bin/securechat-healthcheck
 RUN groupadd --system --gid 10001 securechat \
     && useradd --system --uid 10001 --gid 10001 --home-dir /home/securechat \
         --create-home --shell /usr/sbin/nologin securechat \
-    && install -d -o securechat -g securechat -m 0700 /data/server /data/client
+    && install -d -o securechat -g securechat -m 0700 /data/server /data/client \
+        /data/messages
 # Where the files live in the volumes; the same variables serve securechat-server,
 # securechat-token and securechat-client, so `docker compose exec securechat
 # securechat-token add dave` needs no options. SECURECHAT_HOST is left to each service:
@@ -52,6 +53,7 @@ ENV PATH=/opt/securechat/bin:$PATH \
     SECURECHAT_CERT=/data/server/certs/server.pem \
     SECURECHAT_KEY=/data/server/certs/server.key \
     SECURECHAT_TOKENS=/data/server/tokens.json \
+    SECURECHAT_DATA_DIR=/data/messages \
     SECURECHAT_CA=/data/client/ca.pem
 USER 10001:10001
 WORKDIR /home/securechat

@@ -45,7 +45,7 @@ prefixed() { trap '' INT TERM; sed -u "s/^/$1 | /"; }
 # Environment variables, not options, for everything but the listening address:
 # the same names work in a shell profile, a service unit or docker-compose.yml.
 export SECURECHAT_CERT=certs/server.pem SECURECHAT_KEY=certs/server.key \
-    SECURECHAT_TOKENS="$RUN_DIR/tokens.json"
+    SECURECHAT_TOKENS="$RUN_DIR/tokens.json" SECURECHAT_DATA_DIR="$RUN_DIR/data"
 : >"$server_log"
 "$BIN/securechat-server" --host "$HOST" --port "$PORT" \
     2> >(trap '' INT TERM; tee -a "$server_log" | prefixed "server") &

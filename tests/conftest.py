@@ -75,6 +75,15 @@ def make_server(tmp_path: Path, certs: Certs) -> Iterator[MakeServer]:
         stop_server(running)
 
 
+@pytest.fixture(autouse=True)
+def _default_data_dir(tmp_path_factory: pytest.TempPathFactory,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every server a test starts without --data-dir keeps its log in a fresh temporary
+    directory, never in ./data of the checkout (SECURECHAT_DATA_DIR, which subprocesses
+    inherit and clean_env keeps)."""
+    monkeypatch.setenv("SECURECHAT_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+
+
 @pytest.fixture
 def server_log() -> Iterator[LogRecords]:
     """Capture the securechat logger at INFO (the production default)."""

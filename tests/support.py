@@ -322,6 +322,9 @@ def free_port() -> int:
 def clean_env(**extra: str) -> dict[str, str]:
     """The test process environment without SECURECHAT_* settings, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECHAT_")}
+    # Except the test's own data dir (conftest.py): a server never writes ./data.
+    if "SECURECHAT_DATA_DIR" in os.environ:
+        env["SECURECHAT_DATA_DIR"] = os.environ["SECURECHAT_DATA_DIR"]
     env.update(extra)
     return env
 
@@ -548,3 +551,103 @@ class ServerProcess(Process):
             return self.wait_exit(timeout)
         finally:
             self.kill()
+
+
+# --------------------------------------------------------------------------- issue 9: the room log
+#: Frames a publisher passes over while it waits for its acks (others' traffic).
+OTHERS = ("ping", "msg", "join", "leave")
+
+
+def publish(wire: WireClient, bodies: Sequence[str], ids: Sequence[str | int] | None = None,
+            *, window: int = 500, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Send one msg per body (``window`` at a time, pipelined) and return their acks in
+    order; pings are answered and others' msg/join/leave frames passed over."""
+    ids = list(range(len(bodies))) if ids is None else list(ids)
+    assert len(ids) == len(bodies)
+    acks: list[dict[str, Any]] = []
+    for start in range(0, len(bodies), window):
+        part = range(start, min(start + window, len(bodies)))
+        wire.send(b"".join(json.dumps({"type": "msg", "body": bodies[i], "id": ids[i]}).encode()
+                           + b"\n" for i in part))
+        acks.extend(wire.expect("ack", timeout, skip=OTHERS) for _ in part)
+    assert [a["id"] for a in acks] == ids, "acks out of order"
+    return acks
+
+
+def read_replay(wire: WireClient, timeout: float = 10.0
+                ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """After a resume's welcome: the replayed msg frames and the ``caught_up`` that ends
+    them. Live frames (pings included) are held until then, so anything else fails."""
+    msgs: list[dict[str, Any]] = []
+    while True:
+        frame = wire.recv(timeout)
+        if frame.get("type") == "caught_up":
+            return msgs, frame
+        assert frame.get("type") == "msg", f"during a replay: {frame}"
+        msgs.append(frame)
+
+
+class ServerProcesses:
+    """Real ``securechat-server`` processes for one test, one after another or side by
+    side, sharing one tokens file and one data dir (``tmp/data``). ``close`` closes every
+    client and kills and reaps every process."""
+
+    def __init__(self, tmp: Path, certs: Certs) -> None:
+        self.tmp = tmp
+        self.certs = certs
+        self.procs: list[ServerProcess] = []
+        self.wires: list[WireClient] = []
+
+    @property
+    def tokens(self) -> Path:
+        return self.tmp / "tokens.json"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.tmp / "data"
+
+    def argv(self, *args: str) -> list[str]:
+        if not self.tokens.exists():
+            add_token(self.tokens, "nobody")
+        return server_argv(self.certs, self.tokens, "--msg-rate", "0", *args)
+
+    def token(self, name: str) -> str:
+        """A new token of ``name``; running servers are waited for until they load it."""
+        from securechat.server.tokens import load_store  # (only this helper needs it)
+        token, _ = add_token(self.tokens, name)
+        count = len(load_store(self.tokens))
+        for proc in self.procs:
+            if proc.proc.poll() is None:
+                proc.wait_tokens(count)
+        return token
+
+    def start(self, *args: str) -> ServerProcess:
+        """Start one (``--msg-rate 0`` plus ``args``) and wait until it listens."""
+        proc = ServerProcess(*self.argv(*args), env=clean_env())
+        self.procs.append(proc)
+        assert proc.port > 0
+        return proc
+
+    def run(self, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+        """Run one to completion (for servers that must refuse to start)."""
+        return run_command(server_cli_command(*self.argv(*args)), timeout=timeout,
+                           env=clean_env())
+
+    def login(self, proc: ServerProcess, token: str, *, client_id: str | None = None,
+              resume: tuple[str, int] | None = None, rcvbuf: int | None = None
+              ) -> tuple[WireClient, dict[str, Any]]:
+        wire = tls_connect(proc.port, self.certs.client_context(), rcvbuf=rcvbuf)
+        self.wires.append(wire)
+        auth: dict[str, Any] = {"type": "auth", "token": token}
+        if client_id is not None:
+            auth["client"] = client_id
+        if resume is not None:
+            auth["resume"] = {"epoch": resume[0], "seq": resume[1]}
+        wire.send(auth)
+        return wire, wire.expect("welcome")
+
+    def close(self) -> None:
+        for wire in self.wires:
+            wire.close()
+        for proc in self.procs:
+            proc.kill()

@@ -26,7 +26,8 @@ FIELDS = {f.name for f in dataclasses.fields(ServerConfig)}
 #: Fields that are settings, not limits, so they have no row in the limits table.
 #: A new field must go into the table or here: the test below fails until it does.
 SETTINGS = {"host", "port", "cert", "key", "tokens", "room", "tls_min", "io_threads",
-            "shutdown_timeout", "retry_spread", "tokens_poll", "log_level", "log_format"}
+            "shutdown_timeout", "retry_spread", "tokens_poll", "log_level", "log_format",
+            "store", "data_dir", "durability"}
 
 UNITS = {"": 1, "s": 1, "B": 1, "KiB": 1024, "MiB": 1024 * 1024, "/s": 1}
 
@@ -125,10 +126,11 @@ def test_defaults_quoted_in_the_text_match(doc: str) -> None:
             f"{getattr(DEFAULTS, name)}")
 
 
-def test_history_memory_is_at_least_1000_as_documented() -> None:
-    """protocol.md: resent ids are remembered for at least 1000 messages by default."""
-    assert "(the last `--history` messages, at least 1000)" in PROTOCOL_FLAT
-    assert DEFAULTS.history >= 1000
+def test_resend_rules_are_documented_as_built() -> None:
+    """protocol.md: resends are recognised per (user, client, id) only, for the window."""
+    assert "by `(user, client, id)`, for `--resend-window` (300 s)" in PROTOCOL_FLAT
+    assert "nothing is ever dropped as a duplicate" in PROTOCOL_FLAT
+    assert DEFAULTS.resend_window == 300
 
 
 def test_every_table_option_is_a_flag_and_an_environment_variable() -> None:

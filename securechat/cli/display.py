@@ -1,5 +1,6 @@
 """How ``securechat-client`` shows events: chat lines and connection state made safe
-for a terminal, or one JSON object per event (``--json``)."""
+for a terminal, or one JSON object per event (``--json``). Messages from before we
+joined (a resume replay, or history) carry the :data:`EARLIER` marker."""
 
 from __future__ import annotations
 
@@ -22,7 +23,11 @@ from ..client.api import (
 from ..errors import GaveUp, TLSVerificationFailed
 from .options import exit_code
 
-__all__ = ["clean", "clock", "event_json", "event_text", "status_text", "write_line"]
+__all__ = ["EARLIER", "clean", "clock", "event_json", "event_text", "status_text",
+           "write_line"]
+
+#: Marks a line sent before we (re)joined: missed while away, or loaded history.
+EARLIER = "[earlier]"
 
 
 def clean(text: str) -> str:
@@ -66,6 +71,9 @@ def status_text(event: Event) -> str | None:
     if isinstance(event, Reconnecting):
         delay = f"{event.delay:.2f}" if event.delay < 1 else f"{event.delay:.1f}"
         return f"reconnecting in {delay} s (attempt {event.attempt}): {clean(event.reason)}"
+    if isinstance(event, protocol.CaughtUp):
+        plural = "" if event.replayed == 1 else "s"
+        return f"caught up: {event.replayed} missed message{plural} shown as {EARLIER}"
     if isinstance(event, Closed):
         if isinstance(event.error, GaveUp):
             return str(event.error)
@@ -80,8 +88,10 @@ def status_text(event: Event) -> str | None:
 
 def event_text(event: Event) -> str | None:
     """The chat line for a content event (``12:01:03 alice: hi``), else None."""
-    if isinstance(event, protocol.Message):
-        return f"{clock(event.ts)} {clean(event.sender)}: {clean(event.body)}"
+    if isinstance(event, protocol.Message | protocol.HistoryMessage):
+        earlier = f" {EARLIER}" if isinstance(event, protocol.HistoryMessage) or (
+            event.replayed) else ""
+        return f"{clock(event.ts)}{earlier} {clean(event.sender)}: {clean(event.body)}"
     if isinstance(event, protocol.Join):
         return f"{clock()} * {clean(event.user)} joined"
     if isinstance(event, protocol.Leave):
@@ -89,11 +99,13 @@ def event_text(event: Event) -> str | None:
         return f"{clock()} * {clean(event.user)} left{reason}"
     if isinstance(event, Gap):
         plural = "s" if event.missing != 1 else ""
-        why = " (the server restarted)" if event.restarted else ""
+        why = " (the server started a new log)" if event.restarted else ""
         return f"{clock()} ! {event.missing} message{plural} missed while away{why}"
     if isinstance(event, protocol.ErrorFrame):
         if event.code == "rate_limited":
             return None  # the client resends it; nothing is lost
+        if event.code == "store_unavailable" and event.id is not None:
+            return f"{clock()} ! the server could not store a message; resending it"
         return f"{clock()} ! server: {clean(event.code)}: {clean(event.message)}"
     if isinstance(event, SendFailed):
         return f"{clock()} ! not delivered: {clean(event.body)!r}: {clean(str(event.error))}"
@@ -105,10 +117,22 @@ def event_text(event: Event) -> str | None:
 def event_json(event: Event) -> dict[str, Any]:
     """One event as a JSON-ready object; ``type`` names it."""
     match event:
-        case protocol.Message(sender, body, seq, ts):
-            return {"type": "msg", "from": sender, "body": body, "seq": seq, "ts": ts}
-        case protocol.Ack(mid, seq):
-            return {"type": "ack", "id": mid, "seq": seq}
+        case protocol.Message(sender, body, seq, ts, replayed):
+            obj = {"type": "msg", "from": sender, "body": body, "seq": seq, "ts": ts}
+            return {**obj, "replayed": True} if replayed else obj
+        case protocol.Ack(mid, seq, duplicate):
+            ack = {"type": "ack", "id": mid, "seq": seq}
+            return {**ack, "duplicate": True} if duplicate else ack
+        case protocol.CaughtUp(seq, replayed, missing_after, missing_before, reset):
+            return {"type": "caught_up", "seq": seq, "replayed": replayed,
+                    "missing_after": missing_after, "missing_before": missing_before,
+                    "reset": reset}
+        case protocol.HistoryMessage(mid, sender, body, seq, ts):
+            return {"type": "history_msg", "id": mid, "from": sender, "body": body,
+                    "seq": seq, "ts": ts}
+        case protocol.HistoryEnd(mid, count, more, oldest, latest):
+            return {"type": "history_end", "id": mid, "count": count, "more": more,
+                    "oldest": oldest, "latest": latest}
         case protocol.Join(user):
             return {"type": "join", "user": user}
         case protocol.Leave(user, reason):

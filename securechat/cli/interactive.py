@@ -13,33 +13,48 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-from ..client.api import Client
+from .. import protocol
+from ..client.api import Client, Connected
 from ..errors import ClientError, ProtocolError, QueueFull
 from .display import clean, clock, event_text, status_text
-from .options import PROG, exit_code
+from .options import DEFAULT_INTERACTIVE_HISTORY, PROG, exit_code
 
 __all__ = ["INTERACTIVE_HELP", "run_interactive"]
 
 
 INTERACTIVE_HELP = """\
 commands:
-  /quit     say bye and leave (also Ctrl-D, Ctrl-C)
-  /who      who is in the room
-  /help     this list
-  //text    send a line that starts with '/'
+  /quit         say bye and leave (also Ctrl-D, Ctrl-C)
+  /who          who is in the room
+  /history [N]  show N (default 20) messages older than the oldest shown
+  /help         this list
+  //text        send a line that starts with '/'
 anything else is sent to the room."""
 
 
-def run_interactive(client: Client) -> int:
+class _Shown:
+    """The oldest seq on screen, so that ``/history`` asks for what is before it."""
+
+    def __init__(self) -> None:
+        self.oldest: int | None = None
+
+    def saw(self, seq: int) -> None:
+        if self.oldest is None or seq < self.oldest:
+            self.oldest = seq
+
+
+def run_interactive(client: Client, history: int = DEFAULT_INTERACTIVE_HISTORY) -> int:
     """Chat through ``client`` (not started yet) at a prompt until /quit, Ctrl-D, Ctrl-C,
     SIGTERM or the client stops; returns the exit code. Lines printed by other threads
-    go above the line being typed (patch_stdout), which is redrawn intact under them."""
+    go above the line being typed (patch_stdout), which is redrawn intact under them.
+    The last ``history`` messages are shown once the first welcome came."""
     from prompt_toolkit import PromptSession
     from prompt_toolkit.patch_stdout import patch_stdout
 
     session: PromptSession[str] = PromptSession()
     app = session.app
     finished = threading.Event()
+    shown = _Shown()
 
     def prompt_text() -> str:
         welcome = client.welcome
@@ -70,6 +85,13 @@ def run_interactive(client: Client) -> int:
     def on_events() -> None:
         try:
             for event in client.events():
+                if isinstance(event, Connected) and not event.reconnect and history:
+                    with contextlib.suppress(ClientError):
+                        client.history(limit=history)
+                elif isinstance(event, protocol.Message | protocol.HistoryMessage):
+                    shown.saw(event.seq)
+                elif isinstance(event, protocol.HistoryEnd) and not event.count:
+                    show("-- no earlier messages")
                 status = status_text(event)
                 if status is not None:
                     show(f"{clock()} -- {status}")
@@ -100,7 +122,7 @@ def run_interactive(client: Client) -> int:
                     break
                 if finished.is_set():
                     break
-                if not _interactive_line(client, line.rstrip("\r\n"), show):
+                if not _interactive_line(client, line.rstrip("\r\n"), show, shown):
                     break
             client.close()
             printer.join(2.0)
@@ -109,7 +131,8 @@ def run_interactive(client: Client) -> int:
     return exit_code(client.error)
 
 
-def _interactive_line(client: Client, line: str, show: Callable[[str], None]) -> bool:
+def _interactive_line(client: Client, line: str, show: Callable[[str], None],
+                      shown: _Shown) -> bool:
     """Handle one typed line; False means leave."""
     if not line.strip():
         return True
@@ -119,6 +142,8 @@ def _interactive_line(client: Client, line: str, show: Callable[[str], None]) ->
             return False
         if command == "/help":
             show(INTERACTIVE_HELP)
+        elif command == "/history":
+            _history_command(client, line, show, shown)
         elif command == "/who":
             members = sorted(client.members)
             show(f"-- in the room: {', '.join(clean(m) for m in members) or 'nobody'}"
@@ -140,3 +165,16 @@ def _interactive_line(client: Client, line: str, show: Callable[[str], None]) ->
         if not client.connected:
             show("-- offline: queued, it will be sent once reconnected")
     return True
+
+
+def _history_command(client: Client, line: str, show: Callable[[str], None],
+                     shown: _Shown) -> None:
+    """``/history [N]``: ask for N messages before the oldest one on screen."""
+    words = line.split()
+    try:
+        count = int(words[1]) if len(words) > 1 else DEFAULT_INTERACTIVE_HISTORY
+        client.history(before=shown.oldest, limit=count)
+    except ValueError:
+        show(f"-- usage: /history [N], N from 1 to {protocol.MAX_HISTORY_LIMIT}")
+    except ClientError as exc:
+        show(f"-- no history: {exc}")

@@ -22,11 +22,14 @@ from ..errors import (
 )
 
 __all__ = [
-    "EXIT_AUTH", "EXIT_ERROR", "EXIT_GAVE_UP", "EXIT_OK", "EXIT_TLS", "EXIT_USAGE", "PROG",
+    "DEFAULT_INTERACTIVE_HISTORY", "EXIT_AUTH", "EXIT_ERROR", "EXIT_GAVE_UP", "EXIT_OK",
+    "EXIT_TLS", "EXIT_USAGE", "PROG",
     "Options", "UsageError", "build_parser", "exit_code", "options_from_args",
 ]
 
 PROG: Final = "securechat-client"
+#: Messages shown on joining in interactive mode (``--history``), and per ``/history``.
+DEFAULT_INTERACTIVE_HISTORY: Final = 20
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_AUTH, EXIT_TLS, EXIT_GAVE_UP = 0, 1, 2, 3, 4, 5
 
 DESCRIPTION = """\
@@ -44,13 +47,20 @@ attempt n (n = 0, 1, ...), plus the server's retry_after when it gave one
 healthy for 30 s. A token refused by the server or a certificate that does not
 verify is not retried. Lines typed while disconnected are queued (up to 1000)
 and sent after the reconnect; a message counts as delivered only when the
-server acknowledges it, and unacknowledged ones are sent again.
+server acknowledges it, and unacknowledged ones are sent again (with this
+client's id, so a server that got one already does not deliver it twice).
+
+After a reconnect, a server that keeps the room's log (protocol 2) replays what
+was missed meanwhile; those lines are marked [earlier], as are the last
+--history messages shown on joining. Only what the server no longer has is
+reported as missed.
 """
 
 EPILOG = """\
 interactive commands:
   /quit            say bye and leave (also Ctrl-D, Ctrl-C)
   /who             who is in the room
+  /history [N]     show N (default 20) messages older than the oldest shown
   /help            list the commands
   //text           send a line that starts with '/'
 
@@ -119,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "reads messages from stdin unless another mode is chosen")
     out.add_argument("--quiet", action="store_true", help="do not print connection state "
                      "changes on stderr (non-interactive modes)")
+    out.add_argument("--history", type=int, metavar="N", help="on joining, show the last N "
+                     "messages of the room, marked [earlier] (with --json: history_msg "
+                     "objects); needs a server that keeps the room's log (default: 20 "
+                     f"interactive, 0 otherwise; at most {protocol.MAX_HISTORY_LIMIT})")
     modes = parser.add_argument_group("modes (default: interactive on a terminal, "
                                       "else one message per stdin line)")
     modes.add_argument("--send", metavar="TEXT", help="send TEXT, wait for its ack, exit")
@@ -148,6 +162,7 @@ class Options:
     mode: str  # interactive, lines, send, say, listen
     json: bool
     quiet: bool
+    history: int
     send: str | None
     say: str | None
     every: float
@@ -215,6 +230,8 @@ def options_from_args(args: argparse.Namespace, env: dict[str, str] | None = Non
         raise UsageError("--every and --count must not be negative")
     if args.connect_timeout <= 0:
         raise UsageError("--connect-timeout must be greater than 0")
+    if args.history is not None and not 0 <= args.history <= protocol.MAX_HISTORY_LIMIT:
+        raise UsageError(f"--history must be from 0 to {protocol.MAX_HISTORY_LIMIT}")
     try:
         backoff = BackoffPolicy(base=args.retry_base, cap=args.retry_cap,
                                 max_retries=args.max_retries)
@@ -222,11 +239,14 @@ def options_from_args(args: argparse.Namespace, env: dict[str, str] | None = Non
         raise UsageError(str(exc).replace("backoff base", "--retry-base")
                          .replace("backoff cap", "--retry-cap")
                          .replace("max_retries", "--max-retries")) from exc
+    mode = _mode(args, stdin_tty)
+    history = args.history if args.history is not None else (
+        DEFAULT_INTERACTIVE_HISTORY if mode == "interactive" else 0)
     return Options(
         host=host, port=port, ca=Path(ca) if ca else None,
         server_name=args.server_name or env.get("SECURECHAT_SERVER_NAME") or None,
         token=_token(args, env), backoff=backoff, connect_timeout=args.connect_timeout,
-        mode=_mode(args, stdin_tty), json=args.json, quiet=args.quiet, send=args.send,
+        mode=mode, json=args.json, quiet=args.quiet, history=history, send=args.send,
         say=args.say, every=args.every, count=args.count, wait_for=args.wait_for)
 
 

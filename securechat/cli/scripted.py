@@ -20,7 +20,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from .. import protocol
-from ..client.api import Client, Closed, Connecting, Event, SendHandle
+from ..client.api import Client, Closed, Connected, Connecting, Event, SendHandle
 from ..errors import ClientClosed, ClientError, ProtocolError
 from .display import event_json, event_text, status_text, write_line
 from .options import PROG, Options, exit_code
@@ -31,7 +31,8 @@ __all__ = ["Printer", "run_scripted", "run_until_signal"]
 class Printer:
     """Prints events as they arrive, on its own thread (the main thread sends).
 
-    ``show`` filters what goes to stdout; connection state goes to stderr."""
+    ``show`` filters what goes to stdout; connection state goes to stderr. After the
+    first welcome it asks for the last ``--history`` messages, if any."""
 
     def __init__(self, client: Client, opts: Options, *, stdout: TextIO, stderr: TextIO,
                  show: Callable[[Event], bool] = lambda e: True,
@@ -55,6 +56,9 @@ class Printer:
     def _run(self) -> None:
         try:
             for event in self.client.events():
+                if isinstance(event, Connected) and not event.reconnect and self.opts.history:
+                    with contextlib.suppress(ClientError):  # closed meanwhile
+                        self.client.history(limit=self.opts.history)
                 self.print(event)
         finally:
             self.finished.set()

@@ -114,7 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"securechat-server: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check_config:
-        print(f"securechat-server: configuration OK ({len(server.tokens)} tokens)")
+        store = (f"message log in {config.data_dir}" if config.store == "sqlite"
+                 else "messages in memory")
+        print(f"securechat-server: configuration OK ({len(server.tokens)} tokens, {store})")
+        server.close_unstarted()
         return EXIT_OK
     if not server.tokens:
         log.warning("the tokens file holds no tokens: nobody can log in "
@@ -127,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    # A file-size limit (RLIMIT_FSIZE) must fail a write with EFBIG, which the message
+    # log answers with store_unavailable, not kill the whole server.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     fault = os.environ.get(TEST_FAULT_ENV)
     if fault:
         if fault not in TEST_FAULTS:

@@ -39,8 +39,8 @@ on that one thread, so an ``on_event`` callback (called there) holds up every cl
 on the loop while it runs: keep it quick, never block in it, and use
 :meth:`Client.next_event` / :meth:`Client.events` from another thread for slow work.
 
-Events are the protocol frames and the events of :mod:`securechat.client.events`;
-:class:`Closed` is always last.
+Events are the protocol frames and the events of :mod:`securechat.client.events`
+(which also tells their order around a resume); :class:`Closed` is always last.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ from ..errors import (
 from ..io.tls import client_context
 from ..protocol import Join, Leave, Welcome
 from .backoff import BackoffPolicy
-from .core import ClientCore, Outgoing, SeqTracker, validate_token
+from .core import ClientCore, HistoryRequest, Outgoing, SeqTracker, validate_token
 from .events import (
     Closed,
     Connected,
@@ -201,6 +201,16 @@ class Client:
     - ``loop`` [None: a private one, started and stopped with this client]: a
       :class:`ClientLoop` to share with other clients (one I/O thread for all of
       them); it outlives them and is closed by its owner.
+    - ``client_id`` [random, ``secrets.token_hex(16)``]: names this client instance
+      in every auth (1-64 visible ASCII characters), so the server recognises a
+      resend after a lost ack (acked with ``duplicate=True``, not delivered twice).
+    - ``resume`` [None]: an ``(epoch, seq)`` saved from :attr:`position`: the first
+      connection then gets what was missed since (every reconnect resumes anyway).
+
+    After a reconnect (or with ``resume``) a protocol-2 server replays the missed
+    messages as ``Message(..., replayed=True)``, then one ``CaughtUp``; a
+    :class:`Gap` reports only what it could not replay (see
+    :mod:`securechat.client.events`). :meth:`history` pages through older messages.
 
     The first connection attempt starts at once; every *re*connect waits its jittered
     delay first (see :mod:`securechat.client.backoff`).
@@ -209,9 +219,9 @@ class Client:
     __slots__ = (
         "_close_requested", "_cond", "_connected", "_core", "_dropped", "_events",
         "_finished", "_id_prefix", "_ids", "_link", "_loop", "_max_frame", "_members",
-        "_on_event", "_own_loop", "_started", "_stream_ended", "_terminal", "_unacked",
-        "_welcome", "address", "close_timeout", "connect_timeout", "host", "max_events",
-        "port", "queue_size", "server_name",
+        "_on_event", "_own_loop", "_position", "_started", "_stream_ended", "_terminal",
+        "_unacked", "_welcome", "address", "close_timeout", "connect_timeout", "host",
+        "max_events", "port", "queue_size", "server_name",
     )
 
     def __init__(self, host: str = "127.0.0.1", port: int = protocol.DEFAULT_PORT, *,
@@ -222,7 +232,8 @@ class Client:
                  connect_timeout: float = 10.0, close_timeout: float = 2.0,
                  heartbeat: float | None = None, rng: random.Random | None = None,
                  name: str = "securechat-client-io", resolver: Resolver | None = None,
-                 loop: ClientLoop | None = None) -> None:
+                 loop: ClientLoop | None = None, client_id: str | None = None,
+                 resume: tuple[str, int] | None = None) -> None:
         if queue_size < 1:
             raise ConfigError("queue_size must be at least 1")
         self.host = host
@@ -232,7 +243,9 @@ class Client:
         self._core = ClientCore(token=validate_token(token), address=self.address,
                                 backoff=backoff, rng=rng or _JITTER,
                                 connect_timeout=connect_timeout,
-                                close_timeout=close_timeout, heartbeat=heartbeat)
+                                close_timeout=close_timeout, heartbeat=heartbeat,
+                                client_id=secrets.token_hex(16) if client_id is None
+                                else client_id, resume=resume)
         ctx = ssl_context or client_context(Path(cafile) if cafile else None)
         self.queue_size = queue_size
         self.max_events = max_events
@@ -261,6 +274,7 @@ class Client:
         self._started = False
         self._ids = itertools.count(1)
         self._max_frame = protocol.DEFAULT_MAX_FRAME
+        self._position = self._core.tracker.position()
 
     # ================================================================== user threads
     def start(self) -> Client:
@@ -336,6 +350,24 @@ class Client:
             self._link.inbox.append(handle)
         self._link.submit()
         return handle
+
+    def history(self, before: int | None = None, *, after: int | None = None,
+                limit: int = protocol.DEFAULT_HISTORY_LIMIT) -> str:
+        """Ask for up to ``limit`` (1-500) stored messages before seq ``before``, after
+        seq ``after``, or the latest ones; returns the request id. The answer comes
+        as ``HistoryMessage`` events (ascending seq) and one ``HistoryEnd`` with that
+        id (an ``ErrorFrame`` with it if refused). Asked once connected, and again
+        after a reconnect if its answer did not end. Raises :class:`ValueError` for
+        bad arguments and :class:`ClientClosed` once the client has stopped."""
+        with self._cond:
+            order = next(self._ids)
+        request = HistoryRequest(f"{self._id_prefix}-h{order}", before, after, limit)
+        with self._cond:
+            if self._finished or self._close_requested:
+                raise self._terminal or ClientClosed("the client is closed")
+            self._link.inbox.append(request)
+        self._link.submit()
+        return request.id
 
     def wait_closed(self, timeout: float | None = None) -> bool:
         """Block until the client has stopped (closed, fatal error, gave up)."""
@@ -445,6 +477,19 @@ class Client:
             return frozenset(self._members)
 
     @property
+    def client_id(self) -> str:
+        """This instance's id, sent in every auth (see ``client_id`` above)."""
+        assert self._core.client_id is not None
+        return self._core.client_id
+
+    @property
+    def position(self) -> tuple[str, int] | None:
+        """``(epoch, seq)``: the room log and the last seq of the events queued so far
+        (None before the first welcome). Save it and pass ``resume=`` to a later
+        client to get what was missed in between."""
+        return self._position
+
+    @property
     def error(self) -> ClientError | None:
         """Why the client stopped, if it stopped on its own."""
         return self._terminal
@@ -470,7 +515,8 @@ class Client:
                 if t is not None and t.is_alive()]
 
     def stats(self) -> dict[str, int]:
-        """Counters: attempts, connects, sent, acked, resent, rate_limited, queued."""
+        """Counters: attempts, connects, sent, acked, resent, rate_limited,
+        store_unavailable, replayed (messages flagged so), queued."""
         with self._cond:
             out = dict(self._core.stats)
             out["queued"] = self._unacked
@@ -484,6 +530,7 @@ class Client:
 
     def _deliver(self, events: list[Event]) -> None:
         """Events from the core, in order: update what users can see, then emit."""
+        self._position = self._core.tracker.position()
         for event in events:
             if isinstance(event, Connected | Join | Leave | Disconnected | Closed):
                 self._apply(event)

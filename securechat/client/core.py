@@ -14,22 +14,19 @@ feeds :class:`ClientCore` what happened and carries out what it asks for::
     core.data_to_send() -> bytes     # append to the socket's send buffer
     core.outputs()      -> [...]     # user events and actions, in order
 
-Actions are :class:`Connect` ("open a connection now") and :class:`CloseLink`
-("close the socket now; drop what is unsent"). "Reconnect after X s" is the
-:class:`~securechat.client.events.Reconnecting` event plus the deadline the core
-keeps (the driver calls :meth:`ClientCore.tick` when it passes); "give up" is
-:class:`~securechat.client.events.Closed`.
+Actions (:mod:`~securechat.client.phases`) are :class:`Connect` ("open a connection
+now") and :class:`CloseLink` ("close the socket now; drop what is unsent"). "Reconnect
+after X s" is the ``Reconnecting`` event plus the core's deadline (the driver calls
+:meth:`ClientCore.tick` when it passes); "give up" is ``Closed``.
 
 What it covers: auth and welcome, the ack window and the resend queue (ids,
-resend in order until acked, ``rate_limited`` pauses; the rules are
-:class:`securechat.client.sendqueue.SendQueue`'s), seq/epoch tracking
-(:class:`SeqTracker`), heartbeat deadlines (ping after one idle interval, dead
-after :data:`DEAD_AFTER_INTERVALS`), the reconnect schedule
+resend in order until acked, ``rate_limited`` / ``store_unavailable`` pauses: the
+rules of :class:`securechat.client.sendqueue.SendQueue`), seq/epoch tracking and
+resume (:class:`SeqTracker`), ``history`` requests, heartbeat deadlines (ping
+after one idle interval, dead after :data:`DEAD_AFTER_INTERVALS`), the reconnect schedule
 (:class:`securechat.client.backoff.Backoff`, clock = the ``now`` passed in) and the
-retryable/fatal classification (:func:`securechat.client.backoff.is_fatal`).
-
-All phase changes go through :meth:`ClientCore._goto` and the table
-:data:`~securechat.client.phases.TRANSITIONS` (in the spirit of h11's ``_state.py``).
+retryable/fatal classification (:func:`securechat.client.backoff.is_fatal`). All
+phase changes go through :meth:`ClientCore._goto` and :data:`TRANSITIONS`.
 """
 
 from __future__ import annotations
@@ -37,7 +34,7 @@ from __future__ import annotations
 import logging
 import random
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Final
 
 from .. import protocol
@@ -50,84 +47,63 @@ from ..errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from ..protocol import Ack, ErrorFrame, Join, Leave, Message, Welcome
+from ..protocol import (
+    Ack,
+    CaughtUp,
+    ErrorFrame,
+    HistoryEnd,
+    HistoryMessage,
+    Join,
+    Leave,
+    Message,
+    Welcome,
+)
 from .backoff import Backoff, BackoffPolicy, is_fatal, is_fatal_code
 from .events import (
     Closed,
     Connected,
     Connecting,
     Disconnected,
-    Event,
+    Gap,
     Reconnecting,
     SecureChatClientFailure,
     SendFailed,
 )
 from .parts import (
+    HistoryRequest,
+    LinkFailure,
     Outgoing,
     SeqTracker,
     bye_reason,
     decoder_limit,
+    too_long,
+    validate_client_id,
+    validate_position,
     validate_token,
 )
-from .phases import LINKED, READING, TRANSITIONS, Phase
-from .sendqueue import DEFAULT_RATE_PAUSE, SEND_WINDOW, SendQueue
+from .phases import LINKED, READING, TRANSITIONS, CloseLink, Connect, Output, Phase
+from .sendqueue import DEFAULT_RATE_PAUSE, SEND_WINDOW, HistoryQueue, SendQueue
 
 __all__ = [
-    "DEAD_AFTER_INTERVALS",
-    "DEFAULT_RATE_PAUSE",
-    "SEND_WINDOW",
-    "TRANSITIONS",
-    "ClientCore",
-    "CloseLink",
-    "Connect",
-    "Outgoing",
-    "Output",
-    "Phase",
-    "SeqTracker",
-    "decoder_limit",
-    "validate_token",
+    "CAUGHT_UP_WAIT", "DEAD_AFTER_INTERVALS", "DEFAULT_RATE_PAUSE", "SEND_WINDOW",
+    "TRANSITIONS", "ClientCore", "CloseLink", "Connect", "HistoryRequest", "Outgoing",
+    "Output", "Phase", "SeqTracker", "decoder_limit", "validate_token",
 ]
 
 logger = logging.getLogger("securechat.client")
 
 #: Heartbeat intervals without any frame after which the link is declared dead.
 DEAD_AFTER_INTERVALS: Final = 3
+#: After a resumed welcome, seconds without a replayed message or ``caught_up`` after
+#: which the server is taken as one that ignores ``resume`` (the missed messages are
+#: then a Gap, as from a protocol-1 server). A replaying server sends at once.
+CAUGHT_UP_WAIT: Final = 3.0
+#: Errors that mean "this message was dropped; send it again after retry_after".
+_RETRY_CODES: Final = frozenset({"rate_limited", "store_unavailable"})
 
 _PING = protocol.encode(protocol.Ping())
 _PONG = protocol.encode(protocol.Pong())
 _BYE = protocol.encode(protocol.Bye())
-
-
-# --------------------------------------------------------------------------- outputs
-@dataclass(frozen=True, slots=True)
-class Connect:
-    """Action: open a TLS connection to the server now (attempt ``attempt``, 0-based
-    since the link was last healthy). The core times the attempt; report the outcome
-    with :meth:`ClientCore.connection_made` or :meth:`ClientCore.connection_lost`."""
-
-    attempt: int
-
-
-@dataclass(frozen=True, slots=True)
-class CloseLink:
-    """Action: close the socket (or abandon the attempt) now; unsent bytes are dropped."""
-
-    reason: str
-
-
-Output = Event | Connect | CloseLink
-
-
-class _LinkFailure(Exception):
-    """Internal: the current link or attempt failed. ``error``, when set, is what the
-    client ends with if :func:`securechat.client.backoff.is_fatal` says retrying cannot help."""
-
-    def __init__(self, reason: str, *, retry_after: float | None = None,
-                 error: ClientError | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
-        self.error = error
 
 
 # --------------------------------------------------------------------------- the core
@@ -139,23 +115,27 @@ class ClientCore:
     """
 
     __slots__ = (
-        "_attempt_deadline", "_auth", "_backlog", "_close_deadline", "_decoder",
-        "_ever_connected", "_heartbeat", "_heartbeat_override", "_last_rx",
+        "_attempt_deadline", "_backlog", "_close_deadline", "_decoder",
+        "_ever_connected", "_heartbeat", "_heartbeat_override", "_history", "_last_rx",
         "_last_tx", "_linked", "_next_attempt_at", "_now", "_out", "_outputs", "_queue",
-        "address", "backoff", "close_requested", "close_timeout",
-        "connect_timeout", "error", "max_frame", "phase", "stage", "stats", "tracker",
-        "welcome",
+        "_replay_deadline", "_resumed", "_token", "address", "backoff", "client_id",
+        "close_requested", "close_timeout", "connect_timeout", "error", "max_frame",
+        "phase", "stage", "stats", "tracker", "welcome",
     )
 
     def __init__(self, *, token: str, address: str = "", backoff: BackoffPolicy | None = None,
                  rng: random.Random | None = None, connect_timeout: float = 10.0,
-                 close_timeout: float = 2.0, heartbeat: float | None = None) -> None:
+                 close_timeout: float = 2.0, heartbeat: float | None = None,
+                 client_id: str | None = None,
+                 resume: tuple[str, int] | None = None) -> None:
         if connect_timeout <= 0 or close_timeout < 0:
             raise ConfigError("connect_timeout must be > 0 and close_timeout >= 0")
         if heartbeat is not None and heartbeat <= 0:
             raise ConfigError("heartbeat must be greater than 0")
         self.address = address
-        self._auth = protocol.encode(protocol.Auth(validate_token(token)))
+        self._token = validate_token(token)
+        #: Sent in every auth: resends are recognised per (user, client, id).
+        self.client_id = None if client_id is None else validate_client_id(client_id)
         self.connect_timeout = connect_timeout
         self.close_timeout = close_timeout
         self._heartbeat_override = heartbeat
@@ -170,7 +150,7 @@ class ClientCore:
         self.error: ClientError | None = None
         self.max_frame = protocol.DEFAULT_MAX_FRAME
         self.stats = {"attempts": 0, "connects": 0, "sent": 0, "acked": 0, "resent": 0,
-                      "rate_limited": 0}
+                      "rate_limited": 0, "store_unavailable": 0, "replayed": 0}
         self._out: list[bytes] = []
         self._outputs: list[Output] = []
         self._decoder = protocol.FrameDecoder(decoder_limit(protocol.DEFAULT_MAX_FRAME))
@@ -185,6 +165,11 @@ class ClientCore:
         self._ever_connected = False
         self._linked = False  # a Connect was asked for and no CloseLink since
         self.tracker = SeqTracker()
+        if resume is not None:
+            self.tracker.start_at(*validate_position(resume))
+        self._history = HistoryQueue()
+        self._resumed = False  # the current link's auth carried resume
+        self._replay_deadline = 0.0  # 0.0: not waiting for caught_up
 
     # ================================================================== outputs
     def data_to_send(self) -> bytes:
@@ -211,7 +196,7 @@ class ClientCore:
             return self._close_deadline
         if phase is not Phase.ACTIVE:
             return None
-        deadlines = []
+        deadlines = [self._replay_deadline] if self._replay_deadline else []
         if (paused := self._queue.pause_deadline()) is not None:
             deadlines.append(paused)
         interval = self._heartbeat
@@ -249,7 +234,11 @@ class ClientCore:
         self._goto("connection_made")
         self._decoder = protocol.FrameDecoder(decoder_limit(protocol.DEFAULT_MAX_FRAME))
         self._backlog = False
-        self._out.append(self._auth)
+        position = self.tracker.position()
+        self._resumed = position is not None
+        self._out.append(protocol.encode(protocol.Auth(
+            self._token, self.client_id,
+            None if position is None else protocol.Resume(*position))))
 
     def connection_lost(self, reason: str, now: float, *,
                         error: ClientError | None = None) -> None:
@@ -259,7 +248,7 @@ class ClientCore:
         if self.phase is Phase.CLOSING:
             self._finish(None, "closed")
         elif self.phase in LINKED:
-            self._link_failed(_LinkFailure(reason, error=error))
+            self._link_failed(LinkFailure(reason, error=error))
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Plaintext bytes from the server."""
@@ -273,8 +262,8 @@ class ClientCore:
                 if self.phase not in READING:
                     return  # the link failed or finished on this frame
             if (bad := self._decoder.failed) is not None:
-                raise _LinkFailure(f"bad data from the server: {bad}") from bad
-        except _LinkFailure as failure:
+                raise LinkFailure(f"bad data from the server: {bad}") from bad
+        except LinkFailure as failure:
             self._link_failed(failure)
             return
         if self.phase is Phase.ACTIVE:
@@ -294,9 +283,18 @@ class ClientCore:
             message.failed(self.error or ClientClosed("the client is closed"))
             return
         if len(message.frame) - 1 > self.max_frame:
-            self._fail_message(message, self._too_long(message))
+            self._fail_message(message, too_long(message, self.max_frame))
             return
         self._queue.add(message)
+        if self.phase is Phase.ACTIVE:
+            self._pump()
+
+    def history(self, request: HistoryRequest) -> None:
+        """Queue a ``history`` request; it goes out once connected (again after a
+        reconnect until its ``history_end`` arrives)."""
+        if self.phase is Phase.DONE:
+            return
+        self._history.add(request)
         if self.phase is Phase.ACTIVE:
             self._pump()
 
@@ -328,14 +326,18 @@ class ClientCore:
             elif phase is Phase.CONNECTING or phase is Phase.AUTH:
                 if now >= self._attempt_deadline:
                     stage = "auth" if phase is Phase.AUTH else self.stage
-                    raise _LinkFailure(f"timed out after {self.connect_timeout:g} s ({stage})")
+                    raise LinkFailure(f"timed out after {self.connect_timeout:g} s ({stage})")
             elif phase is Phase.CLOSING:
                 if now >= self._close_deadline:
                     self._finish(None, "closed")
             elif phase is Phase.ACTIVE:
                 self._heartbeat_tick(now)
+                if self._replay_deadline and now >= self._replay_deadline:
+                    logger.info("%s sent no caught_up after a resume: taken as a server "
+                                "that does not replay", self.address)
+                    self._end_replay(self.tracker.end_replay())
                 self._pump()
-        except _LinkFailure as failure:
+        except LinkFailure as failure:
             self._link_failed(failure)
 
     # ================================================================== transitions
@@ -362,7 +364,7 @@ class ClientCore:
         self._outputs.append(Connect(attempt))
         self._linked = True
 
-    def _link_failed(self, failure: _LinkFailure) -> None:
+    def _link_failed(self, failure: LinkFailure) -> None:
         was_active = self.phase is Phase.ACTIVE
         self._close_link(failure.reason)
         if was_active:
@@ -397,6 +399,8 @@ class ClientCore:
         self._goto("finish")
         self.error = error
         pending = self._queue.drain()
+        self._history.drain()
+        self._replay_deadline = 0.0
         failure = error or ClientClosed("the client was closed before the server "
                                         "acknowledged the message")
         for message in pending:
@@ -409,7 +413,7 @@ class ClientCore:
         if interval <= 0:
             return
         if now >= self._last_rx + DEAD_AFTER_INTERVALS * interval:
-            raise _LinkFailure(
+            raise LinkFailure(
                 f"no answer from the server for {now - self._last_rx:.1f} s (heartbeat)")
         if now >= self._last_tx + interval and not self._backlog and not self._out:
             self._out.append(_PING)
@@ -441,15 +445,14 @@ class ClientCore:
             self._on_error(frame)
         elif isinstance(frame, protocol.Bye):
             hint = self._hint(frame.retry_after)
-            raise _LinkFailure(bye_reason(frame, hint), retry_after=hint)
+            raise LinkFailure(bye_reason(frame, hint), retry_after=hint)
         elif isinstance(frame, protocol.Ping):
             self._out.append(_PONG)
 
     def _on_welcome(self, welcome: Welcome) -> None:
         now = self._now
         self._goto("welcome")
-        # Every client on a loop sees the same member names: one copy of each, not one
-        # per client (500 clients x 500 users would be 25 MB of duplicate strings).
+        # One copy of each member name for all clients on a loop (500 x 500 = 25 MB else).
         welcome = replace(welcome, members=tuple(map(sys.intern, welcome.members)))
         self._decoder.max_frame = decoder_limit(welcome.max_frame)
         self.max_frame = welcome.max_frame
@@ -457,7 +460,14 @@ class ClientCore:
         self._heartbeat = self._heartbeat_override or welcome.heartbeat
         self._last_rx = self._last_tx = now
         self.backoff.connected()
-        gap = self.tracker.welcome(welcome.seq, welcome.epoch)
+        self._replay_deadline = 0.0
+        if self._resumed and welcome.protocol >= 2:
+            # The server replays what we missed, then says caught_up: judge holes then.
+            gap = None
+            if self.tracker.resume(welcome.seq, welcome.epoch):
+                self._replay_deadline = now + CAUGHT_UP_WAIT
+        else:
+            gap = self.tracker.welcome(welcome.seq, welcome.epoch)
         reconnect = self._ever_connected
         self._ever_connected = True
         self.stats["connects"] += 1
@@ -466,16 +476,25 @@ class ClientCore:
             self._outputs.append(gap)
         # Unacknowledged messages go first, with their old ids, in a full window.
         self.stats["resent"] += self._queue.requeue()
+        self._history.requeue()
+        if welcome.protocol < 2:  # no log to read from
+            self._outputs.extend(self._history.refuse_all("this server keeps no history"))
         self._fail_oversized()
         self._pump()
 
     def _on_frame(self, frame: protocol.ServerFrame) -> None:
         if isinstance(frame, Message):
-            self.tracker.seen(frame.seq)
-            self._outputs.append(frame)
-            self._settle()
+            self._on_message(frame)
         elif isinstance(frame, Ack):
             self._on_ack(frame)
+        elif isinstance(frame, HistoryMessage):
+            self._outputs.append(frame)
+        elif isinstance(frame, HistoryEnd):
+            self._history.answered(frame.id)
+            self._outputs.append(frame)
+        elif isinstance(frame, CaughtUp):
+            gap = self.tracker.caught_up(frame)
+            self._end_replay(gap, frame)
         elif isinstance(frame, Join | Leave):
             self._outputs.append(frame)
         elif isinstance(frame, protocol.Ping):
@@ -485,9 +504,31 @@ class ClientCore:
                 self._finish(None, "closed")
             else:
                 hint = self._hint(frame.retry_after)
-                raise _LinkFailure(bye_reason(frame, hint), retry_after=hint)
+                raise LinkFailure(bye_reason(frame, hint), retry_after=hint)
         elif isinstance(frame, ErrorFrame):
             self._on_error(frame)
+
+    def _on_message(self, message: Message) -> None:
+        tracker = self.tracker
+        if not tracker.is_new(message.seq):
+            return  # seen already: a replay can repeat what came live
+        if tracker.replaying and message.seq <= tracker.live_from:
+            message = replace(message, replayed=True)
+            self.stats["replayed"] += 1
+            if self._replay_deadline:
+                self._replay_deadline = self._now + CAUGHT_UP_WAIT
+        tracker.seen(message.seq)
+        self._outputs.append(message)
+        self._settle()
+
+    def _end_replay(self, gap: Gap | None, caught_up: CaughtUp | None = None) -> None:
+        """The resume replay ended (``caught_up``, or none came in time)."""
+        self._replay_deadline = 0.0
+        if gap is not None:
+            self._outputs.append(gap)
+        if caught_up is not None:
+            self._outputs.append(caught_up)
+        self._settle()
 
     def _on_ack(self, ack: Ack) -> None:
         self.tracker.seen(ack.seq)
@@ -509,34 +550,29 @@ class ClientCore:
             # Users see the hint the client honours, never inf or 1e300.
             err = replace(err, retry_after=self._hint(err.retry_after))
         message = self._queue.get(str(err.id)) if err.id is not None else None
-        if err.code == "rate_limited" and message is not None:
+        if err.code in _RETRY_CODES and message is not None:
             # The server dropped this message: send it again after the pause, in order.
-            self.stats["rate_limited"] += 1
+            self.stats[err.code] += 1
             self._queue.rate_limited(message, self._now, err.retry_after)
             self._outputs.append(err)
             return
         if is_fatal_code(err.code):
             fatal = AuthRefused(err.code, err.message)
-            raise _LinkFailure(str(fatal), error=fatal)
+            raise LinkFailure(str(fatal), error=fatal)
         if err.closes:
-            if err.code == "frame_too_large":
-                self._drop_largest_inflight(err)
+            # frame_too_large names no message: drop the largest in flight, or its
+            # resend after the reconnect would be refused the same way forever.
+            if err.code == "frame_too_large" and (big := self._queue.largest_in_flight()):
+                self._refuse(big, err)
             self._outputs.append(err)
-            raise _LinkFailure(f"server error {err.code}: {err.message}",
+            raise LinkFailure(f"server error {err.code}: {err.message}",
                                retry_after=err.retry_after)
+        self._history.answered(err.id)  # a refused request gets no history_end
         if message is not None:
-            # Refused for good (bad_frame...): resending the same bytes cannot help.
-            self._queue.remove(message)
-            self._fail_message(message, RemoteProtocolError(err.code, err.message,
-                                                            message_id=message.id))
+            self._refuse(message, err)  # bad_frame...: the same bytes cannot do better
         self._outputs.append(err)
 
-    def _drop_largest_inflight(self, err: ErrorFrame) -> None:
-        """``frame_too_large`` names no message: drop the largest in flight, or the
-        resend after the reconnect would be refused the same way forever."""
-        message = self._queue.largest_in_flight()
-        if message is None:
-            return
+    def _refuse(self, message: Outgoing, err: ErrorFrame) -> None:
         self._queue.remove(message)
         self._fail_message(message, RemoteProtocolError(err.code, err.message,
                                                         message_id=message.id))
@@ -546,21 +582,17 @@ class ClientCore:
         """Move queued messages onto the wire, keeping at most the window in flight."""
         if self.phase is not Phase.ACTIVE:
             return
+        if self._history:
+            self._out.extend(request.frame for request in self._history.take())
         batch = self._queue.take(self._now)
         if batch:
             self.stats["sent"] += len(batch)
             self._out.extend(message.frame for message in batch)
 
-    def _too_long(self, message: Outgoing) -> LocalProtocolError:
-        return LocalProtocolError(
-            "frame_too_large",
-            f"message too long: {len(message.frame) - 1} bytes, the server accepts "
-            f"{self.max_frame}")
-
     def _fail_oversized(self) -> None:
         """The new server may accept smaller frames than the message was checked against."""
         for message in self._queue.remove_oversized(self.max_frame):
-            self._fail_message(message, self._too_long(message))
+            self._fail_message(message, too_long(message, self.max_frame))
 
     def _fail_message(self, message: Outgoing, error: SecureChatClientFailure) -> None:
         message.failed(error)

@@ -2,12 +2,24 @@
 
 The events a :class:`~securechat.client.Client` emits are the protocol frames
 :class:`~securechat.protocol.Message`, :class:`~securechat.protocol.Ack`,
-:class:`~securechat.protocol.Join`, :class:`~securechat.protocol.Leave` and
-:class:`~securechat.protocol.ErrorFrame`, plus the ones defined here:
+:class:`~securechat.protocol.Join`, :class:`~securechat.protocol.Leave`,
+:class:`~securechat.protocol.ErrorFrame`, :class:`~securechat.protocol.CaughtUp`,
+:class:`~securechat.protocol.HistoryMessage` and :class:`~securechat.protocol.HistoryEnd`,
+plus the ones defined here:
 :class:`Connecting`, :class:`Connected`, :class:`Disconnected`, :class:`Reconnecting`,
 :class:`Gap`, :class:`SendFailed`, :class:`EventsDropped` and, always last,
 :class:`Closed` (whose ``error`` is a :class:`~securechat.errors.GaveUp` when retries
 ran out).
+
+A reconnect to a server that keeps the room's log (protocol 2) goes: ``Connected``,
+the messages missed meanwhile as ``Message(..., replayed=True)`` in seq order, then
+one ``CaughtUp`` (the server's frame) and live traffic. A :class:`Gap` comes before
+that ``CaughtUp`` only for messages the server no longer has (``missing_after`` /
+``missing_before``) or for a log that was reset (``restarted=True``). A server
+that never sends ``caught_up`` (protocol 1, or one that ignores ``resume``) gets
+the old behaviour: a ``Gap`` for what was numbered while away, and no ``CaughtUp``.
+``HistoryMessage`` events (ascending seq) and one ``HistoryEnd`` answer each
+:meth:`~securechat.client.Client.history` request, under its id.
 
 They live in their own module, importing only :mod:`securechat.protocol` and
 :mod:`securechat.errors`, so that the sans-I/O core (:mod:`securechat.client.core`),
@@ -21,7 +33,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ClientError, ProtocolError
-from ..protocol import Ack, ErrorFrame, Join, Leave, Message, Welcome
+from ..protocol import (
+    Ack,
+    CaughtUp,
+    ErrorFrame,
+    HistoryEnd,
+    HistoryMessage,
+    Join,
+    Leave,
+    Message,
+    Welcome,
+)
 
 __all__ = [
     "Closed",
@@ -113,5 +135,6 @@ class Closed:
     error: ClientError | None = None
 
 
-Event = (Message | Ack | Join | Leave | ErrorFrame | Connecting | Connected | Disconnected
-         | Reconnecting | Gap | SendFailed | EventsDropped | Closed)
+Event = (Message | Ack | Join | Leave | ErrorFrame | CaughtUp | HistoryMessage | HistoryEnd
+         | Connecting | Connected | Disconnected | Reconnecting | Gap | SendFailed
+         | EventsDropped | Closed)

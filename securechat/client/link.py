@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from ..errors import ClientClosed, ClientError, TLSVerificationFailed
 from ..io.sendbuffer import SendBuffer
-from .core import ClientCore, CloseLink, Connect, Outgoing, Phase
+from .core import ClientCore, CloseLink, Connect, HistoryRequest, Outgoing, Phase
 from .events import Event
 from .loop import ClientLoop, Resolver, describe, is_ip_literal, resolve
 
@@ -85,7 +85,7 @@ class Link:
         self._resolver = resolver
         # Any thread: appended to, then a flush is scheduled. A list (append and pop(0)
         # are atomic) rather than a deque: ~500 bytes less per client.
-        self.inbox: list[Outgoing] = []
+        self.inbox: list[Outgoing | HistoryRequest] = []
         self._close_asked = False
         self._flush_scheduled = False
         # Loop thread only.
@@ -204,7 +204,11 @@ class Link:
     def _take_inbox(self) -> None:
         inbox = self.inbox
         while inbox:
-            self.core.send(inbox.pop(0))
+            item = inbox.pop(0)
+            if isinstance(item, HistoryRequest):
+                self.core.history(item)
+            else:
+                self.core.send(item)
 
     def _process(self) -> None:
         """Carry out what the core asked for, until it asks nothing more."""
@@ -236,7 +240,8 @@ class Link:
                 self._close_socket()
                 error = core.error or ClientClosed("the client is closed")
                 while self.inbox:
-                    self.inbox.pop(0).failed(error)
+                    if isinstance(item := self.inbox.pop(0), Outgoing):
+                        item.failed(error)
                 if self.loop.in_loop():
                     self.loop.link_finished(self)
             return

@@ -1,13 +1,17 @@
 """The phases of one client link and every allowed change between them, in one table
-(in the spirit of h11's ``_state.py``). :meth:`securechat.client.core.ClientCore._goto`
-is the one place that applies it. Pure data: no I/O, no clock."""
+(in the spirit of h11's ``_state.py``), and the actions the core asks of its driver.
+:meth:`securechat.client.core.ClientCore._goto` is the one place that applies the
+table. Pure data: no I/O, no clock."""
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["LINKED", "READING", "TRANSITIONS", "Phase"]
+from .events import Event
+
+__all__ = ["LINKED", "READING", "TRANSITIONS", "CloseLink", "Connect", "Output", "Phase"]
 
 
 class Phase(enum.Enum):
@@ -39,3 +43,23 @@ TRANSITIONS: Final[dict[tuple[Phase, str], Phase]] = {
 READING = frozenset({Phase.AUTH, Phase.ACTIVE, Phase.CLOSING})
 #: Phases in which the driver has a socket or an attempt going.
 LINKED = frozenset({Phase.CONNECTING, Phase.AUTH, Phase.ACTIVE})
+
+
+# --------------------------------------------------------------------------- actions
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Action: open a TLS connection to the server now (attempt ``attempt``, 0-based
+    since the link was last healthy). The core times the attempt; report the outcome
+    with :meth:`ClientCore.connection_made` or :meth:`ClientCore.connection_lost`."""
+
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class CloseLink:
+    """Action: close the socket (or abandon the attempt) now; unsent bytes are dropped."""
+
+    reason: str
+
+
+Output = Event | Connect | CloseLink

@@ -15,15 +15,20 @@ The rules, kept here together so they can be read (and tested) as one:
   pause ends;
 - after a reconnect, what was in flight goes first again, with its old ids, in
   the order the user sent it (:attr:`~securechat.client.parts.Outgoing.order`).
+
+:class:`HistoryQueue` does the same for ``history`` requests, which are reads: no
+window, and a request whose ``history_end`` never came is asked again after a
+reconnect (its answer may repeat what the first link already delivered).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from .parts import Outgoing
+from ..protocol import ErrorFrame
+from .parts import HistoryRequest, Outgoing
 
-__all__ = ["DEFAULT_RATE_PAUSE", "SEND_WINDOW", "SendQueue"]
+__all__ = ["DEFAULT_RATE_PAUSE", "SEND_WINDOW", "HistoryQueue", "SendQueue"]
 
 #: Messages sent but not yet acknowledged at once. The server drops messages over
 #: its rate (50/s, bursts of 100 by default) with ``rate_limited``; a window keeps
@@ -151,3 +156,48 @@ class SendQueue:
 
     def _sort(self) -> None:
         self._outbox.sort(key=lambda m: m.order)
+
+
+class HistoryQueue:
+    """``history`` requests not yet answered: waiting for a link, or sent and waiting
+    for their ``history_end``. Not thread-safe: it belongs to the core that owns it."""
+
+    __slots__ = ("_sent", "_waiting")
+
+    def __init__(self) -> None:
+        self._waiting: list[HistoryRequest] = []
+        self._sent: dict[str, HistoryRequest] = {}
+
+    def __len__(self) -> int:
+        return len(self._waiting) + len(self._sent)
+
+    def add(self, request: HistoryRequest) -> None:
+        self._waiting.append(request)
+
+    def take(self) -> list[HistoryRequest]:
+        """The requests to put on the wire now (then waiting for their answer)."""
+        batch, self._waiting = self._waiting, []
+        for request in batch:
+            self._sent[request.id] = request
+        return batch
+
+    def answered(self, rid: object) -> bool:
+        """The answer to ``rid`` ended (``history_end``, or an error naming it)."""
+        return self._sent.pop(str(rid), None) is not None if rid is not None else False
+
+    def requeue(self) -> None:
+        """After a reconnect: unanswered requests are asked again, first."""
+        if self._sent:
+            self._waiting[:0] = self._sent.values()
+            self._sent.clear()
+
+    def refuse_all(self, why: str) -> list[ErrorFrame]:
+        """Empty the queue; the ``unknown_type`` errors its requests would get."""
+        return [ErrorFrame("unknown_type", why, request.id) for request in self.drain()]
+
+    def drain(self) -> list[HistoryRequest]:
+        """Empty the queue; returns every request, sent ones first."""
+        pending = [*self._sent.values(), *self._waiting]
+        self._sent.clear()
+        self._waiting.clear()
+        return pending

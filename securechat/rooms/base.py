@@ -36,6 +36,10 @@ class Member(Protocol):
     def deliver(self, frame: bytes) -> None:
         """Queue ``frame`` for sending. Called with the room lock held: must not block."""
 
+    def deliver_ack(self, frame: bytes) -> None:
+        """Queue the answer (ack or refusal) to one of this member's own messages; the
+        room calls it exactly once per publish (see ``Room.publish``). Must not block."""
+
 
 @dataclass(frozen=True, slots=True)
 class RoomSnapshot:

@@ -128,7 +128,10 @@ class InProcessRoom:
         """Store a message, then deliver it to every other session and the ``ack`` to
         the sender (in seq order with everything else the sender receives). Returns
         the seq if it was stored at once (memory log), None if it is queued for the
-        writer (the ack follows), or the original seq of a recognised resend.
+        writer (the ack follows), the original seq of a recognised resend, or
+        :data:`~securechat.rooms.resends.PENDING` for a resend of a message still being
+        stored (no second answer). Every other call answers the sender exactly once
+        through ``deliver_ack``.
 
         A resend is recognised by ``(user, client, id)`` when the sender has a client
         id: it is acknowledged with its original seq and ``duplicate``, not delivered
@@ -142,8 +145,8 @@ class InProcessRoom:
                 seen = self._resends.lookup(sender.user, client, msg_id, now)
                 if seen is not None:
                     if seen != PENDING:
-                        sender.deliver(protocol.encode(protocol.Ack(msg_id, seen, True)))
-                    return seen if seen != PENDING else None
+                        sender.deliver_ack(protocol.encode(protocol.Ack(msg_id, seen, True)))
+                    return seen
                 self._resends.take(sender.user, client, msg_id, now)
             self._publishes += 1
             if self._publishes % _SWEEP_EVERY == 0:
@@ -176,7 +179,7 @@ class InProcessRoom:
         if item.client is not None and item.msg_id is not None:
             self._resends.forget(item.sender, item.client, item.msg_id)
         sender = cast(Member, item.ref)
-        sender.deliver(protocol.encode_error(
+        sender.deliver_ack(protocol.encode_error(
             "store_unavailable", f"message not stored: {error.reason}", item.msg_id,
             round(error.retry_after, 3)))
 
@@ -193,7 +196,7 @@ class InProcessRoom:
             if member is not sender:
                 member.deliver(frame)
         # Under the lock, so the sender sees ack N before any message N+1.
-        sender.deliver(_ack(item.msg_id, seq))
+        sender.deliver_ack(_ack(item.msg_id, seq))
 
     def _remember(self, seq: int, frame: bytes) -> None:
         if not self._cache_max:

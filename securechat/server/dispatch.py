@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from .. import protocol
 from ..errors import RemoteProtocolError
 from ..rooms.base import RoomSnapshot
+from ..rooms.resends import PENDING
 from ..store.base import StoreUnavailable
 from .limits import OrderGate, TokenBucket, spread_retry
 from .logs import ConnectionLog, log_event
@@ -56,7 +57,12 @@ class FrameDispatch:
     resume: protocol.Resume | None
     replay: Replay | None
 
+    submitted: int
+
     def deliver(self, frame: bytes) -> None:
+        raise NotImplementedError
+
+    def deliver_ack(self, frame: bytes) -> None:
         raise NotImplementedError
 
     def _send(self, frame: bytes) -> None:
@@ -70,7 +76,8 @@ class FrameDispatch:
               retry_after: float | None = None) -> None:
         raise NotImplementedError
 
-    def _begin_close(self, reason: str, *, linger: float = 1.0) -> None:
+    def _begin_close(self, reason: str, *, linger: float = 1.0,
+                     final: bytes | None = None) -> None:
         raise NotImplementedError
 
     def _queue_out(self, chunk: bytes) -> None:
@@ -108,8 +115,7 @@ class FrameDispatch:
             elif type(frame) is protocol.Pong:
                 pass  # last_rx already moved
             elif type(frame) is protocol.Bye:
-                self._send(_BYE)
-                self._begin_close("bye")
+                self._begin_close("bye", final=_BYE)
             else:
                 self._error("already_authenticated", "this session is already authenticated")
         elif type(frame) is protocol.Auth:
@@ -211,4 +217,6 @@ class FrameDispatch:
                             frame.id, retry_after=round(bucket.retry_after(now), 3),
                             counts=False)  # msg has its own budget and a resend rule
                 return
-        self.host.room.publish(self, frame.body, frame.id)  # the room sends the ack
+        self.submitted += 1  # the room answers each publish once, with deliver_ack
+        if self.host.room.publish(self, frame.body, frame.id) == PENDING:
+            self.submitted -= 1  # a resend of one still being stored: no second answer

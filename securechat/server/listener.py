@@ -164,7 +164,8 @@ class Server:
         self._accept_thread.start()
         host, port = self.address
         log_event(logger, logging.INFO, "listen", host=host, port=port, tls_min=cfg.tls_min,
-                  io_threads=cfg.io_threads, room=self.room.name)
+                  io_threads=cfg.io_threads, room=self.room.name, store=cfg.store,
+                  epoch=self.room.epoch, seq=self.room.seq)
         somaxconn = _read_int("/proc/sys/net/core/somaxconn")
         if somaxconn is not None and somaxconn < cfg.backlog:
             log_event(logger, logging.WARNING, "config",

@@ -112,6 +112,11 @@ class Session(FrameDispatch):
         self.resume: protocol.Resume | None = None
         #: A resume replay in progress (loop-owned), see replay.py.
         self.replay: Replay | None = None
+        #: Messages handed to the room (loop thread) and answered by it (room threads):
+        #: while they differ, acks are on the way and ``final_frame`` waits for them.
+        self.submitted = 0
+        self.settled = 0
+        self.final_frame: bytes | None = None
         self.meter = host.queue_meter(loop)
         self.queue_check_above = host.queue_check_above
 
@@ -122,6 +127,16 @@ class Session(FrameDispatch):
     def deliver(self, frame: bytes) -> None:
         """Queue a frame; never blocks. Called by the room from any I/O thread."""
         if self.state is State.ACTIVE or self.state is State.AUTH:
+            self.inbox.append(frame)
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                self.loop.schedule(self)
+
+    def deliver_ack(self, frame: bytes) -> None:
+        """The room's answer to one of this session's messages (ack, or its refusal):
+        queued while closing too, so a closing error or bye never overtakes it."""
+        self.settled += 1
+        if self.state is not State.CLOSED:
             self.inbox.append(frame)
             if not self.flush_scheduled:
                 self.flush_scheduled = True
@@ -309,6 +324,10 @@ class Session(FrameDispatch):
                     self.host.trim_queues(self.loop)  # rare: only past the global bound
                     if self.state is not state:
                         return
+        if (self.final_frame is not None and self.submitted == self.settled
+                and not self.inbox):
+            self._queue_out(self.final_frame)
+            self.final_frame = None
         if not self.write_blocked:
             self._write()
         if self.replay is not None:
@@ -406,8 +425,7 @@ class Session(FrameDispatch):
         if self.state is State.HANDSHAKE:
             self._hard_close(code)
             return
-        self._send(protocol.encode_error(code, message, mid, retry_after))
-        self._begin_close(code)
+        self._begin_close(code, final=protocol.encode_error(code, message, mid, retry_after))
 
     def _slow_consumer(self, detail: str) -> None:
         log_event(logger, logging.WARNING, "slow_consumer", detail=detail, **self.log.fields)
@@ -435,14 +453,23 @@ class Session(FrameDispatch):
             self._fail("server_full", "too many connections waiting to log in; try again "
                        "later", retry_after=spread_retry(1.0, self.host.config.retry_spread))
 
-    def _begin_close(self, reason: str, *, linger: float = CLOSE_LINGER) -> None:
-        """Stop reading, leave the room, flush what is queued, then close."""
+    def _begin_close(self, reason: str, *, linger: float = CLOSE_LINGER,
+                     final: bytes | None = None) -> None:
+        """Stop reading, leave the room, flush what is queued, then ``final`` (the
+        closing error or bye), then close. ``final`` waits for the acks of this
+        session's messages still being stored, so they come before it (within the
+        linger)."""
         if self.state is State.CLOSING or self.state is State.CLOSED:
             return
         previous = self.state
         self.close_reason = reason
         self.state = State.CLOSING
         self.replay = None  # the last frames (error, bye) go out; the client resumes again
+        if final is not None:
+            if self.submitted == self.settled:
+                self._send(final)
+            else:
+                self.final_frame = final
         self.close_deadline = time.monotonic() + linger
         self._leave_room(reason)
         if previous is State.AUTH:
@@ -459,8 +486,8 @@ class Session(FrameDispatch):
             self._hard_close("shutdown", level=logging.DEBUG)
             return
         if self.state is State.AUTH or self.state is State.ACTIVE:
-            self._send(protocol.encode(protocol.Bye("shutdown", retry_after)))
-            self._begin_close("shutdown", linger=linger)
+            self._begin_close("shutdown", linger=linger,
+                              final=protocol.encode(protocol.Bye("shutdown", retry_after)))
 
     def _leave_room(self, reason: str) -> None:
         if self.joined:
@@ -469,7 +496,7 @@ class Session(FrameDispatch):
             log_event(logger, logging.INFO, "leave", reason=reason, **self.log.fields)
 
     def _finish_close(self, *, graceful: bool) -> None:
-        if graceful and (self.out or self.inbox):
+        if graceful and (self.out or self.inbox or self.final_frame is not None):
             return  # still flushing; tick() enforces close_deadline
         if graceful:
             with contextlib.suppress(ssl.SSLError, OSError, ValueError):
@@ -541,7 +568,7 @@ class Session(FrameDispatch):
             if now >= self.handshake_deadline:
                 self._hard_close("handshake timeout", level=logging.DEBUG)
         elif state is State.CLOSING and now >= self.close_deadline:
-            if self.out or self.inbox:
+            if self.out or self.inbox or self.final_frame is not None:
                 self.host.on_cut_off(self.close_reason, self.log.fields)  # frames are lost
             self._finish_close(graceful=False)
 

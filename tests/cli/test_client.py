@@ -51,14 +51,14 @@ def test_help_documents_options_env_exit_codes_and_token_risk(
     text = capsys.readouterr().out
     for option in ("--host", "--port", "--ca", "--server-name", "--token", "--token-file",
                    "--json", "--send", "--say", "--every", "--count", "--wait-for",
-                   "--max-retries", "--quiet", "--listen"):
+                   "--max-retries", "--quiet", "--listen", "--history"):
         assert option in text, option
     for env in ("SECURECHAT_HOST", "SECURECHAT_PORT", "SECURECHAT_CA", "SECURECHAT_TOKEN",
                 "SECURECHAT_TOKEN_FILE", "SECURECHAT_SERVER_NAME"):
         assert env in text, env
     assert "exit codes" in text and "gave up reconnecting" in text
     assert "/proc/PID/cmdline" in text  # why --token is risky
-    assert "/quit" in text and "/help" in text
+    assert "/quit" in text and "/help" in text and "/history" in text
 
 
 @pytest.mark.parametrize(("argv", "message"), [

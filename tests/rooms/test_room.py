@@ -20,6 +20,9 @@ class FakeMember:
     def deliver(self, frame: bytes) -> None:
         self.frames.append(json.loads(frame))
 
+    def deliver_ack(self, frame: bytes) -> None:
+        self.frames.append(json.loads(frame))
+
 
 def _greet(snapshot: RoomSnapshot) -> bytes:
     return json.dumps({"type": "hello", "seq": snapshot.seq}).encode()

@@ -172,7 +172,7 @@ def test_server_command_accepts_a_group_readable_tokens_file(tmp_path: Path, cer
     done = run_server_cli("--cert", str(certs.cert_path), "--key", str(certs.key_path),
                           "--tokens", str(tokens), "--check-config")
     assert done.returncode == 0, done.stderr
-    assert "configuration OK (1 tokens)" in done.stdout
+    assert "configuration OK (1 tokens, " in done.stdout
 
 
 def test_server_command_reports_a_non_utf8_tokens_file_in_one_line(

@@ -222,6 +222,14 @@ def _operate(engine: Engine, run: Run) -> None:
     run.extra["list"] = _compose(engine, run.project, *exec_, "securechat-token", "list")
     run.extra["revoke"] = _compose(engine, run.project, *exec_, "securechat-token", "revoke",
                                    "dave")
+    # README: the log is in the volume "messages", so a restart loses nothing.
+    run.extra["restart"] = _compose(engine, run.project, "restart", "securechat")
+    deadline = time.monotonic() + seconds(60)
+    while time.monotonic() < deadline:
+        logs = _compose(engine, run.project, "logs", "--no-color", "securechat")
+        if logs.stdout.count("event=listen") >= 2:
+            break
+        time.sleep(0.5)  # polling another process's log, bounded by the deadline
 
 
 def _watch_up(proc: subprocess.Popen[str], run: Run, bots_done: threading.Event) -> None:
@@ -396,3 +404,21 @@ def test_operating_the_compose_server(compose_run: Run) -> None:
     assert re.search(r"^dave\t", extra["list"].stdout, re.M), extra["list"].stdout
     assert extra["revoke"].returncode == 0 and "revoked dave" in extra["revoke"].stdout
     assert re.search(r"event=auth .*user=dave", "\n".join(compose_run.server_lines()))
+
+
+LISTEN = re.compile(r"event=listen .*store=(?P<store>\w+) epoch=(?P<epoch>\S+) seq=(?P<seq>\d+)")
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(900)
+def test_compose_restart_keeps_the_message_log(compose_run: Run) -> None:
+    """``docker compose restart securechat``: the restarted server finds the same log
+    (same epoch, seq goes on past the bots' messages) in the volume "messages"."""
+    assert compose_run.extra["restart"].returncode == 0, compose_run.extra["restart"].stderr
+    starts = [m for line in compose_run.server_lines() if (m := LISTEN.search(line))]
+    assert len(starts) == 2, compose_run.server_lines()[-20:]
+    first, second = starts
+    assert (first["store"], second["store"]) == ("sqlite", "sqlite")
+    assert second["epoch"] == first["epoch"]
+    assert int(first["seq"]) == 0
+    assert int(second["seq"]) >= 7  # alice's 3, bob's 3, this machine's 1 at least

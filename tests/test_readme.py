@@ -31,6 +31,7 @@ RUN_ELSEWHERE: dict[str, tuple[str, str]] = {
     r"securechat-client --ca certs/ca\.pem --token-file run/alice\.token":
         ("tests/cli/test_client_interactive.py", "--token-file"),
     r"securechat-client .* --json --listen": ("tests/cli/test_client.py", '"--listen"'),
+    r"sqlite3 data/messages\.sqlite3 .*": ("tests/server/test_backup.py", "sqlite3 data/"),
     r"securechat-client .* --say hello --every 5 --count 10 --wait-for alice":
         ("tests/cli/test_client.py", '"--wait-for"'),
 }

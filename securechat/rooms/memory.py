@@ -221,6 +221,12 @@ class InProcessRoom:
         ``max_bytes`` at most (at least one), and the seq of the first one (None if
         the log holds nothing in that range). From memory when it can, else from the
         log, outside the room lock."""
+        # Retention may have pruned the start of the range (in the log, not in the
+        # cache): never replay what history no longer holds.
+        oldest = self.log.oldest_seq(self.name)
+        if oldest is None:
+            return [], None
+        after = max(after, oldest - 1)
         with self._lock:
             first = self._cache_first
             if self._cache and first <= after + 1 <= upto:

@@ -307,7 +307,9 @@ class Session(FrameDispatch):
             if replay is not None:
                 # Live frames wait until the replay before them is out (replay.py).
                 replay.hold(chunk)
-                if replay.held_bytes + self.out.size > self.max_pending:
+                # Only what it holds counts: the replay's own read-ahead in ``out`` is
+                # bounded by LOW_WATER + PAGE_BYTES and paced by the socket.
+                if replay.held_bytes > self.max_pending:
                     self._slow_consumer(f"more than {self.max_pending} bytes queued "
                                         "while catching up")
                     return
@@ -328,6 +330,7 @@ class Session(FrameDispatch):
                 and not self.inbox):
             self._queue_out(self.final_frame)
             self.final_frame = None
+            self._leave_room(self.close_reason)  # after its last messages, not before
         if not self.write_blocked:
             self._write()
         if self.replay is not None:
@@ -471,7 +474,8 @@ class Session(FrameDispatch):
             else:
                 self.final_frame = final
         self.close_deadline = time.monotonic() + linger
-        self._leave_room(reason)
+        if self.final_frame is None:
+            self._leave_room(reason)  # else once the acks are out: see flush
         if previous is State.AUTH:
             self.host.on_auth_ended(self.conn_id)
         self._update_events()

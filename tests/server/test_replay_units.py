@@ -28,6 +28,9 @@ class Member:
     def deliver(self, frame: bytes) -> None:
         self.frames.append(frame)
 
+    def deliver_ack(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
 
 def room_with(count: int, *, cache: int = 10_000, history_max: int = 0,
               body: str = "b") -> tuple[InProcessRoom, Member]:

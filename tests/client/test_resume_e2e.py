@@ -187,4 +187,6 @@ def test_connected_comes_before_the_replay(relayed: Relayed) -> None:
     events = until_caught_up(relayed.bob)
     kinds = [type(e) for e in events if isinstance(e, Connected | protocol.Message
                                                     | protocol.CaughtUp)]
-    assert kinds == [Connected, protocol.Message, protocol.CaughtUp]
+    # The first Connected is the fixture's own connect, still in the queue.
+    assert kinds == [Connected, Connected, protocol.Message, protocol.CaughtUp]
+    assert [e.reconnect for e in events if isinstance(e, Connected)] == [False, True]

@@ -248,6 +248,8 @@ def summarize(name: str, r: dict[str, Any]) -> dict[str, Any]:
     cpu = r.get("cpu") or r.get("connectCpu") or {}
     # CPU used by other processes during the run: a noisy neighbour makes figures low.
     summary["foreign_cpu_pct"] = cpu.get("foreignCpuPct")
+    # CPU the hypervisor gave to other machines (not counted as foreign above).
+    summary["steal_pct"] = cpu.get("machineStealPct")
     return summary
 
 

@@ -7,9 +7,16 @@ with the generator pinned to CPU 1, TLS 1.3 / TLS_AES_256_GCM_SHA384, ECDSA P-25
 The per-IP and per-session limits are raised because every generated client
 comes from 127.0.0.1 and publishes as fast as it can.
 
-    python bench/run_bench.py                       # every scenario, ~1.5 min
-    python bench/run_bench.py --only fanout100,chat --repeat 3
-    python bench/run_bench.py --quick               # tiny figures, seconds (smoke test)
+``--store`` picks the server's message log: sqlite (the server's default; each
+server gets a fresh ``--data-dir`` in a temporary directory, never ./data), memory,
+or both: every repeat of a scenario then runs on each store in turn (alternating
+which goes first), so the two are compared in the same minutes of a shared machine,
+and each row shows the ratio sqlite/memory and the issue-9 target it is held to.
+
+    python bench/run_bench.py                       # every scenario on sqlite, ~2 min
+    python bench/run_bench.py --store both --repeat 2 --only targets   # issue 9's rows
+    python bench/run_bench.py --only fanout100,chat --repeat 3 --store memory
+    python bench/run_bench.py --quick --store both  # tiny figures, seconds (smoke test)
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_LOADGEN = HERE / "loadgen.mjs"
+RESUME_DRIVER = HERE / "resume_storm.py"
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,37 @@ class Scenario:
     what: str
     args: tuple[str, ...]
     quick_args: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What sqlite must keep of memory's figure (issue 9), or a bound on its own."""
+
+    key: str  # the summary figure compared
+    higher_is_better: bool
+    min_ratio: float | None = None  # sqlite / memory at least this
+    max_value: float | None = None  # sqlite's figure at most this
+
+    def verdict(self, sqlite: float | None, memory: float | None) -> str:
+        """"met", "MISSED", or "" when there is nothing to judge."""
+        if sqlite is None:
+            return ""
+        checks: list[bool] = []
+        if self.min_ratio is not None and memory:
+            checks.append(sqlite / memory >= self.min_ratio)
+        if self.max_value is not None:
+            checks.append(sqlite <= self.max_value)
+        if not checks:
+            return ""
+        return "met" if all(checks) else "MISSED"
+
+    def describe(self) -> str:
+        parts = []
+        if self.min_ratio is not None:
+            parts.append(f"sqlite >= {self.min_ratio:.0%} of memory")
+        if self.max_value is not None:
+            parts.append(f"sqlite {self.key} <= {self.max_value:g}")
+        return " and ".join(parts)
 
 
 SCENARIOS = [
@@ -55,6 +94,11 @@ SCENARIOS = [
              ("--scenario", "fanout", "--subs", "100", "--pubs", "4", "--size", "100",
               "--duration", "5", "--window", "16"),
              ("--scenario", "fanout", "--subs", "10", "--pubs", "2", "--size", "100",
+              "--duration", "1", "--warmup", "0.2", "--window", "16", "--drain", "1")),
+    Scenario("fanout10x4", "publisher-heavy: 10 subs, 4 pubs, 100 B",
+             ("--scenario", "fanout", "--subs", "10", "--pubs", "4", "--size", "100",
+              "--duration", "5", "--window", "16"),
+             ("--scenario", "fanout", "--subs", "4", "--pubs", "2", "--size", "100",
               "--duration", "1", "--warmup", "0.2", "--window", "16", "--drain", "1")),
     Scenario("fanout4k", "fan-out 100 subs, 1 pub, 4 KiB",
              ("--scenario", "fanout", "--subs", "100", "--pubs", "1", "--size", "4096",
@@ -75,7 +119,23 @@ SCENARIOS = [
     Scenario("storm500", "500 clients connecting at the same instant",
              ("--scenario", "storm", "--clients", "500"),
              ("--scenario", "storm", "--clients", "20")),
+    Scenario("resume500", "resume storm: 500 clients that each missed 1,000 msgs, at once",
+             ("--scenario", "resume", "--clients", "500", "--messages", "1000", "--size", "100"),
+             ("--scenario", "resume", "--clients", "20", "--messages", "100", "--size", "100")),
 ]
+
+#: Issue 9's targets for the durable store, per scenario.
+TARGETS = {
+    "fanout100": Target("delivered_per_s", True, min_ratio=0.90),
+    "fanout100x4": Target("delivered_per_s", True, min_ratio=0.90),
+    "fanout10x4": Target("delivered_per_s", True, min_ratio=0.70),
+    "chat": Target("p99_ms", False, max_value=5.0),
+    "resume500": Target("all_caught_up_s", False, max_value=3.0),
+}
+#: The figure a row's sqlite/memory ratio is shown for, where no target names one.
+RATIO_KEYS = {"fanout": "delivered_per_s", "conns": "rss_per_conn_kb",
+              "storm": "all_auth_s", "resume": "all_caught_up_s"}
+STORES = ("memory", "sqlite")
 
 
 def make_material(directory: Path) -> tuple[Path, Path, Path, str]:
@@ -104,8 +164,21 @@ def pinned(cpu: int, argv: list[str], pin: bool) -> list[str]:
     return argv
 
 
+def store_args(store: str, data_dir: Path, durability: str | None) -> list[str]:
+    """The server options for one store; sqlite always gets its own data dir."""
+    if store == "memory":
+        return ["--store", "memory"]
+    out = ["--store", "sqlite", "--data-dir", str(data_dir)]
+    if durability:
+        out += ["--durability", durability]
+    return out
+
+
 class ServerProcess:
-    """securechat-server as a child process; always stopped by PID."""
+    """securechat-server as a child process; always stopped by PID.
+
+    It runs in ``directory`` (a temporary one), so that nothing it writes by default
+    (the sqlite store's ./data) lands where the bench was started."""
 
     def __init__(self, directory: Path, cert: Path, key: Path, extra: list[str], pin: bool,
                  log_level: str) -> None:
@@ -117,8 +190,11 @@ class ServerProcess:
                 "--max-connections", "20000", "--max-sessions-per-user", "100000",
                 "--log-format", "json", "--log-level", log_level,
                 *extra]
+        env = dict(os.environ)
+        root = str(HERE.parent)  # importable from the temporary cwd, installed or not
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(pinned(0, argv, pin), stdout=subprocess.DEVNULL,
-                                     stderr=self._log)
+                                     stderr=self._log, cwd=directory, env=env)
         self.port = self._wait_for_port()
 
     def _wait_for_port(self) -> int:
@@ -144,10 +220,18 @@ class ServerProcess:
 
 
 def run_loadgen(loadgen: Path, port: int, ca: Path, token: str, server_pid: int,
-                args: tuple[str, ...], pin: bool, timeout: float) -> dict[str, Any]:
-    argv = ["node", str(loadgen), "--proto", "ndjson", "--host", "127.0.0.1", "--port", str(port),
-            "--ca", str(ca), "--token", token, "--servername", "localhost",
-            "--server-pid", str(server_pid), "--max-runtime", str(int(timeout)), *args]
+                args: tuple[str, ...], pin: bool, timeout: float,
+                resume_driver: str = "python") -> dict[str, Any]:
+    if args[:2] == ("--scenario", "resume") and resume_driver == "python":
+        # bench/resume_storm.py: the generator costs less there (its docstring says why)
+        argv = [sys.executable, str(RESUME_DRIVER), "--port", str(port), "--ca", str(ca),
+                "--token", token, "--servername", "localhost", "--server-pid", str(server_pid),
+                "--timeout", str(int(timeout / 4)), *args[2:]]
+    else:
+        argv = ["node", str(loadgen), "--proto", "ndjson", "--host", "127.0.0.1",
+                "--port", str(port), "--ca", str(ca), "--token", token,
+                "--servername", "localhost", "--server-pid", str(server_pid),
+                "--max-runtime", str(int(timeout)), *args]
     result = subprocess.run(pinned(1, argv, pin), capture_output=True, text=True,
                             timeout=timeout + 30, check=False)
     try:
@@ -164,6 +248,8 @@ def summarize(name: str, r: dict[str, Any]) -> dict[str, Any]:
     cpu = r.get("cpu") or r.get("connectCpu") or {}
     # CPU used by other processes during the run: a noisy neighbour makes figures low.
     summary["foreign_cpu_pct"] = cpu.get("foreignCpuPct")
+    # CPU the hypervisor gave to other machines (not counted as foreign above).
+    summary["steal_pct"] = cpu.get("machineStealPct")
     return summary
 
 
@@ -181,6 +267,18 @@ def _figures(r: dict[str, Any]) -> dict[str, Any]:
                 "heartbeats_sent": hb.get("sent"), "heartbeats_answered": hb.get("answered"),
                 "hb_rtt_p99_ms": (hb.get("rtt") or {}).get("p99ms"),
                 "alive_at_end": r.get("aliveAtEnd"), "ok": r.get("ok")}
+    if r.get("scenario") == "resume":
+        caught = r.get("timeToCaughtUp") or {}
+        return {"all_caught_up_s": r.get("allCaughtUpSec"), "all_auth_s": r.get("allAuthSec"),
+                "p50_ms": caught.get("p50ms"), "p99_ms": caught.get("p99ms"),
+                "caught_up": r.get("caughtUp"), "clients": r.get("clients"),
+                "replayed": r.get("replayedMsgs"), "replayed_per_s": r.get("replayedPerSec"),
+                "wrong": r.get("wrong"), "misordered": r.get("misordered"),
+                "after_caught_up": r.get("afterCaughtUp"), "fails": r.get("fails"),
+                "server_cpu_s": (r.get("cpu") or {}).get("serverCpuSec"),
+                "loadgen_cpu_pct": (r.get("cpu") or {}).get("loadgenCpuPct"),
+                "examples": r.get("examples") or None, "error": r.get("error"),
+                "ok": r.get("ok")}
     if r.get("scenario") == "storm":
         return {"authenticated": r.get("authenticated"), "clients": r.get("clients"),
                 "all_auth_s": r.get("allAuthSec"),
@@ -203,12 +301,22 @@ def listen_drops() -> int | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="", help="comma-separated scenario names: "
-                        + ", ".join(s.name for s in SCENARIOS))
-    parser.add_argument("--repeat", type=int, default=1, help="runs per scenario (median shown)")
+                        + ", ".join(s.name for s in SCENARIOS)
+                        + "; 'targets' names the rows issue 9 sets targets for")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per scenario and store (median shown)")
+    parser.add_argument("--store", choices=("sqlite", "memory", "both"), default="sqlite",
+                        help="the server's message log (default sqlite, the server's "
+                        "default); both: each repeat on memory and on sqlite, interleaved")
+    parser.add_argument("--durability", choices=("commit", "fsync", "memory"), default=None,
+                        help="the sqlite server's --durability (default: the server's, commit)")
+    parser.add_argument("--resume-driver", choices=("python", "node"), default="python",
+                        help="what drives resume500: bench/resume_storm.py (default) or "
+                        "loadgen.mjs --scenario resume")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     parser.add_argument("--io-threads", type=int, default=None, help="server --io-threads")
@@ -218,53 +326,125 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loadgen", type=Path,
                         default=Path(os.environ.get("SECURECHAT_LOADGEN", DEFAULT_LOADGEN)))
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_order(stores: list[str], repeat: int) -> list[tuple[int, str]]:
+    """(repeat, store) in the order they run: stores alternate which goes first, so a
+    machine that slows down during a scenario does not always hurt the same one."""
+    out: list[tuple[int, str]] = []
+    for r in range(repeat):
+        for store in (stores if r % 2 == 0 else list(reversed(stores))):
+            out.append((r, store))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if not shutil.which("node"):
         print("run_bench: node (>= 20) is needed for the load generator", file=sys.stderr)
         return 2
-    chosen = [s for s in SCENARIOS if not args.only or s.name in args.only.split(",")]
+    wanted = set(args.only.split(",")) if args.only else set()
+    if "targets" in wanted:
+        wanted |= set(TARGETS)
+    chosen = [s for s in SCENARIOS if not wanted or s.name in wanted]
     if not chosen:
         print(f"run_bench: no scenario matches {args.only!r}", file=sys.stderr)
         return 2
+    stores = list(STORES) if args.store == "both" else [args.store]
     pin = not args.no_pin
     extra = list(args.server_arg)
     if args.io_threads:
         extra += ["--io-threads", str(args.io_threads)]
     results: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                               "cpus": os.cpu_count(), "server_args": extra, "scenarios": {}}
+                               "cpus": os.cpu_count(), "server_args": extra, "stores": stores,
+                               "durability": args.durability, "quick": args.quick,
+                               "scenarios": {}}
     with tempfile.TemporaryDirectory(prefix="securechat-bench-") as tmp:
         directory = Path(tmp)
         ca, cert, key, token = make_material(directory)
+        servers = 0
         for scenario in chosen:
-            runs = []
-            for _ in range(args.repeat):
-                server = ServerProcess(directory, cert, key, extra, pin, args.log_level)
+            runs: dict[str, list[dict[str, Any]]] = {store: [] for store in stores}
+            for _r, store in run_order(stores, args.repeat):
+                servers += 1
+                data_dir = directory / f"data-{servers}"  # fresh per server
+                server = ServerProcess(directory, cert, key,
+                                       [*store_args(store, data_dir, args.durability), *extra],
+                                       pin, args.log_level)
                 drops_before = listen_drops()
                 try:
                     raw = run_loadgen(args.loadgen, server.port, ca, token, server.proc.pid,
                                       scenario.quick_args if args.quick else scenario.args,
-                                      pin, timeout=120)
+                                      pin, timeout=180, resume_driver=args.resume_driver)
                 finally:
                     server.stop()
+                    shutil.rmtree(data_dir, ignore_errors=True)
                 summary = summarize(scenario.name, raw)
                 drops_after = listen_drops()
                 if drops_before is not None and drops_after is not None:
                     summary["listen_drops"] = drops_after - drops_before
-                runs.append(summary)
-                print(f"  {scenario.name}: {json.dumps(summary)}", file=sys.stderr, flush=True)
-            results["scenarios"][scenario.name] = {"what": scenario.what, "runs": runs,
-                                                   "median": _median(runs)}
-    print(f"\nsecurechat benchmark ({'quick' if args.quick else 'full'}; "
-          f"server pinned to CPU 0: {pin}; {results['cpus']} CPUs)")
-    for name, entry in results["scenarios"].items():
-        med = entry["median"]
-        shown = ", ".join(f"{k}={v}" for k, v in med.items() if v is not None and k != "ok")
-        print(f"  {name:12} {entry['what']}\n               {shown}")
+                runs[store].append(summary)
+                print(f"  {scenario.name} [{store}]: {json.dumps(summary)}", file=sys.stderr,
+                      flush=True)
+            entry: dict[str, Any] = {"what": scenario.what, "runs": runs,
+                                     "median": {st: _median(rs) for st, rs in runs.items()}}
+            entry.update(compare(scenario, entry["median"], judge=not args.quick))
+            results["scenarios"][scenario.name] = entry
+    print(render(results, pin))
     print(json.dumps(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
-    failed = [n for n, e in results["scenarios"].items() if not all(r.get("ok") for r in e["runs"])]
+    failed = [n for n, e in results["scenarios"].items()
+              if not all(r.get("ok") for rs in e["runs"].values() for r in rs)]
     return 1 if failed else 0
+
+
+def _kind(scenario: Scenario) -> str:
+    return scenario.args[scenario.args.index("--scenario") + 1]
+
+
+def compare(scenario: Scenario, medians: dict[str, dict[str, Any]],
+            judge: bool = True) -> dict[str, Any]:
+    """The ratio sqlite/memory of the row's main figure, and the target's verdict
+    (``judge``: only at full size; --quick figures say nothing about the targets)."""
+    target = TARGETS.get(scenario.name)
+    key = target.key if target else RATIO_KEYS.get(_kind(scenario), "")
+    sqlite = _number(medians.get("sqlite", {}).get(key))
+    memory = _number(medians.get("memory", {}).get(key))
+    out: dict[str, Any] = {"key": key}
+    if sqlite is not None and memory:
+        out["ratio"] = round(sqlite / memory, 3)
+    if target is not None and judge:
+        out["target"] = target.describe()
+        out["verdict"] = target.verdict(sqlite, memory)
+    return out
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def render(results: dict[str, Any], pin: bool) -> str:
+    """The human summary: one block per scenario, one line per store, then the ratio."""
+    lines = [f"\nsecurechat benchmark ({'quick' if results['quick'] else 'full'}; "
+             f"stores {'+'.join(results['stores'])}"
+             f"{'; durability ' + results['durability'] if results['durability'] else ''}; "
+             f"server pinned to CPU 0: {pin}; {results['cpus']} CPUs)"]
+    hidden = {"ok", "examples", "error", "clients"}
+    for name, entry in results["scenarios"].items():
+        lines.append(f"  {name:12} {entry['what']}")
+        for store, med in entry["median"].items():
+            shown = ", ".join(f"{k}={v}" for k, v in med.items()
+                              if v is not None and k not in hidden)
+            lines.append(f"    {store:7} {shown}")
+        if "ratio" in entry:
+            lines.append(f"    sqlite/memory {entry['key']}: {entry['ratio']:.3f}")
+        if entry.get("verdict"):
+            lines.append(f"    target ({entry['target']}): {entry['verdict']}")
+    return "\n".join(lines)
 
 
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -272,7 +452,11 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for key in runs[0]:
         values = [r.get(key) for r in runs]
         numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
-        out[key] = statistics.median(numbers) if len(numbers) == len(values) else values[0]
+        if len(numbers) == len(values):
+            med = statistics.median(numbers)
+            out[key] = int(med) if float(med).is_integer() else round(med, 3)
+        else:
+            out[key] = values[0]
     return out
 
 

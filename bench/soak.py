@@ -21,44 +21,38 @@ Faults, at times drawn from ``--seed``:
   they reconnect: expected);
 - ``cut``: the relay resets (RST, both sides) ``--cut-fraction`` of its connections.
 
-At the end the senders stop, every client drains what it still owes, the server gets
-a final SIGTERM, and the workers write what they saw.
+At the end the senders stop, every client drains what it still owes (all its
+messages acknowledged), then waits until it has seen the last acknowledged seq (a
+client that was cut off gets it by resume), the server gets a final SIGTERM, and the
+workers write what they saw.
 
-What is counted (the server keeps history in memory only and has no replay yet):
+The server runs with its default store (``--store sqlite`` in ``<workdir>/data``,
+kept across restarts, ``--durability commit``), and every ``Client`` keeps its client
+id and resumes on each reconnect. What is counted, against what issue 9 promises:
 
-- A *session* is one authenticated connection of one client: from its ``welcome``
-  (``seq`` w, ``epoch`` E = which server process) to its end. The server delivers a
-  room message numbered S > w to that session until it leaves the room, in ``seq``
-  order, and its ``bye`` comes after everything it was owed. A message is
-  *acknowledged* in E when its sender's ``SendHandle`` resolved with a ``seq`` on a
-  session of E.
-- ``lost_graceful``: (session, message) pairs where the session ended with the server's
-  shutdown ``bye`` (so the server flushed it), E ended with SIGTERM, the message was
-  acknowledged in E with S > w, and the session never saw S. Must be 0. Sessions that
-  ended otherwise (frozen past the heartbeat, link cut, SIGKILL) are not checked: the
-  server owes nothing to a connection that is gone, and a client that was offline
-  when a message was sent gets nothing for it today (no resume).
-- ``lost_sigkill``: the same pairs for sessions still open when their server was
-  SIGKILLed (``lost_sigkill_msgs``: distinct messages). The SIGKILL cost, reported,
-  not failed.
-- ``dup``: a client received the same (sender, counter) twice. A message whose ack its
-  sender never got is resent with the same id; the server that published it would
-  drop the copy, but a *new* server does not remember the id and publishes it again.
-  Such copies are the cost of the fault that lost the ack: ``dup_sigkill`` when the
-  first publication's server was SIGKILLed, ``dup_cut`` when it stopped gracefully
-  but the sender's session there had already been cut (frozen, link reset), so the
-  message was never acknowledged before the restart. Every other duplicate (the
-  same frame twice, two publications by one server, a copy of a message acknowledged
-  before a graceful restart) counts in ``dup``. Must be 0.
-- ``reordered``: a sender's counter arrived at a client after a higher one. Counted
-  unless the higher one was such an unacknowledged copy (``reordered_sigkill``,
-  ``reordered_cut``). Must be 0.
-- ``never_received``: (client, acknowledged message of another client) pairs that
-  client never got in any session, whatever the cause (offline during a restart, a
-  freeze or a cut): what having no replay costs today.
+- A client is *owed* every message acknowledged to another client (its sender's
+  ``SendHandle`` resolved with a ``seq``, a ``duplicate`` ack included) numbered
+  after the ``seq`` of the client's FIRST ``welcome``, in that welcome's epoch (and
+  every message of a later epoch, should the log be reset). Every client is a member
+  from its first welcome to the end: offline, frozen, cut off or across any restart
+  (SIGTERM or SIGKILL), it is owed the same.
+- ``lost_acked``: (client, owed message) pairs the client never received, live or
+  replayed, in any session (``lost_acked_msgs``: distinct messages). ``checked`` is
+  how many pairs there were.
+- ``dup``: a client received another client's (sender, counter) more than once.
+- ``reordered``: a message reached a client with a seq not above the last one it had
+  from another client in that epoch, or with a counter below one it already had from
+  that sender (so: each owed message exactly once, in order, replayed ones counted).
+- Reported, not failed: ``replayed`` (messages flagged replayed), ``gaps`` and
+  ``gap_missing`` (Gap events: what the client was told it could not get back),
+  ``caught_up`` (and ``caught_up_incomplete``: with ``missing_after`` or ``reset``),
+  ``own_replayed`` (a client's own message replayed to it after its ack was lost),
+  ``duplicate_acks`` (resends the server recognised), ``epochs`` (1 unless the log
+  was reset), ``behind_at_end`` (clients that never reached the last acked seq),
+  ``unacked``.
 
 The summary line goes to stdout; details (first examples of each failure, session
-end reasons) to stderr. Exit status: 0, or 1 if ``lost_graceful``, ``dup`` or
+end reasons) to stderr. Exit status: 0, or 1 if ``lost_acked``, ``dup`` or
 ``reordered`` is not 0, or 2 if the soak itself could not run.
 
     python bench/soak.py --clients 200 --minutes 5
@@ -66,9 +60,7 @@ end reasons) to stderr. Exit status: 0, or 1 if ``lost_graceful``, ``dup`` or
 
 The run is bounded by ``--max-seconds``; every process it starts (server, workers) is
 stopped by PID at the end, Ctrl-C and SIGTERM included (a SIGKILL of this script
-cannot: its workers then see their stdin close and stop, the server does not). The
-criterion assumes one server I/O thread (the default), which says ``bye`` to every
-session in one step.
+cannot: its workers then see their stdin close and stop, the server does not).
 """
 
 from __future__ import annotations
@@ -92,19 +84,17 @@ import time
 from array import array
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from securechat.client import Client, Closed, Connected, Disconnected, Event, SendHandle
+from securechat.client import Client, Closed, Connected, Disconnected, Event, Gap, SendHandle
 from securechat.client.backoff import BackoffPolicy
 from securechat.errors import ClientError
 from securechat.io.tls import client_context
-from securechat.protocol import Ack, ErrorFrame, Message
+from securechat.protocol import Ack, CaughtUp, ErrorFrame, Message
 
-SEQ_BITS = 40  # a received copy is packed as (epoch index + 1) << SEQ_BITS | seq
-SEQ_MASK = (1 << SEQ_BITS) - 1
 MAX_ANOMALIES = 20000  # per client: enough to classify, bounded if everything breaks
 SHUTDOWN_PREFIX = "the server is shutting down"  # securechat.client.parts.bye_reason
 
@@ -114,62 +104,92 @@ class SoakError(Exception):
 
 
 # ====================================================================== worker side
-@dataclass
-class SessionRec:
-    """One authenticated connection of one client, as that client saw it."""
+class Received:
+    """The seqs of one epoch a client has seen (messages and its own acks), as ranges:
+    the stream is nearly contiguous, so a few ``[lo, hi]`` pairs hold thousands."""
 
-    epoch: int
-    welcome_seq: int
-    start: float
-    last: int
-    end: float = 0.0
-    end_kind: str = ""
-    gaps: list[list[int]] = field(default_factory=list)
-    received: int = 0
-    repeats: int = 0
+    def __init__(self) -> None:
+        self.seqs: set[int] = set()
+
+    def add(self, seq: int) -> None:
+        self.seqs.add(seq)
+
+    def ranges(self) -> list[list[int]]:
+        out: list[list[int]] = []
+        for seq in sorted(self.seqs):
+            if out and seq == out[-1][1] + 1:
+                out[-1][1] = seq
+            else:
+                out.append([seq, seq])
+        return out
 
 
 class Tracker:
-    """What one client saw. ``on_event`` runs in that client's I/O thread only; the
-    sender thread only writes ``ids`` and ``handles``."""
+    """What one client saw over the whole run. ``on_event`` runs in that client's I/O
+    thread only; the sender thread only writes ``ids`` and ``handles``.
+
+    Checked here, per client and across all its sessions (live and replayed alike):
+    a (sender, counter) of another client seen twice is a ``dup``; one that arrives
+    with a seq not above the last one seen in that epoch, or a counter below one
+    already seen from that sender, is ``reordered``. What was never seen is found
+    by the driver (:func:`analyse`), which knows every acknowledged message."""
 
     def __init__(self, gid: int) -> None:
         self.gid = gid
         self.epochs: list[str] = []
-        self.sessions: list[SessionRec] = []
-        self.current: SessionRec | None = None
-        self.seen: dict[int, array[int]] = {}  # sender -> packed copy, by counter
+        self.first: tuple[int, int] | None = None  # (epoch index, seq) of the first welcome
+        self.epoch = -1  # of the current session
+        self.received: list[Received] = []
+        self.last_seq: list[int] = []  # per epoch: the highest seq of another's message
+        self.seen: dict[int, array[int]] = {}  # sender -> seq + 1 by counter (0: not yet)
+        self.high: dict[int, int] = {}  # sender -> highest counter seen
         self.acks: dict[str, tuple[int, int]] = {}  # message id -> (epoch index, seq)
         self.ids: dict[str, int] = {}  # message id -> counter
         self.handles: list[SendHandle] = []
         self.anomalies: list[list[Any]] = []
+        self.counts: Counter[str] = Counter()
+        self.gaps: list[list[Any]] = []
         self.errors: Counter[str] = Counter()
         self.ends: Counter[str] = Counter()
-        self.delivered = 0
         self.pending_code = ""
         self.queue_full = 0
+        self.top: dict[str, int] = {}  # epoch -> highest seq seen (read by the worker)
 
     def _epoch(self, name: str) -> int:
         try:
             return self.epochs.index(name)
         except ValueError:
             self.epochs.append(name)
+            self.received.append(Received())
+            self.last_seq.append(0)
             return len(self.epochs) - 1
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, Message):
             self._on_message(event)
         elif isinstance(event, Ack):
-            cur = self.current
-            if cur is not None and event.id is not None:
-                self.acks[str(event.id)] = (cur.epoch, event.seq)
-            self._see(event.seq)
+            if self.epoch >= 0:
+                if event.id is not None:
+                    self.acks[str(event.id)] = (self.epoch, event.seq)
+                self._saw(event.seq)
+            if event.duplicate:
+                self.counts["duplicate_acks"] += 1
         elif isinstance(event, Connected):
             w = event.welcome
-            self._end("replaced")
-            self.current = SessionRec(self._epoch(w.epoch), w.seq, time.monotonic(), w.seq)
-            self.sessions.append(self.current)
+            self.epoch = self._epoch(w.epoch)
+            if self.first is None:
+                self.first = (self.epoch, w.seq)
+            self.counts["sessions"] += 1
             self.pending_code = ""
+        elif isinstance(event, CaughtUp):
+            self.counts["caught_up"] += 1
+            if event.reset or event.missing_after is not None:
+                self.counts["caught_up_incomplete"] += 1
+        elif isinstance(event, Gap):
+            self.counts["gaps"] += 1
+            self.counts["gap_missing"] += event.missing
+            if len(self.gaps) < 50:
+                self.gaps.append([event.after, event.before, event.missing, event.restarted])
         elif isinstance(event, ErrorFrame):
             self.errors[event.code] += 1
             self.pending_code = event.code
@@ -183,74 +203,61 @@ class Tracker:
                 kind = "heartbeat"
             else:
                 kind = "lost"
-            self._end(kind)
+            self.ends[kind] += 1
         elif isinstance(event, Closed):
-            self._end("closed")
+            self.ends["closed"] += 1
 
-    def _end(self, kind: str) -> None:
-        cur = self.current
-        if cur is None:
-            return
-        cur.end, cur.end_kind = time.monotonic(), kind
-        self.ends[kind] += 1
-        self.current = None
+    def _saw(self, seq: int) -> None:
+        self.received[self.epoch].add(seq)
+        name = self.epochs[self.epoch]
+        if seq > self.top.get(name, 0):
+            self.top[name] = seq
 
-    def _see(self, seq: int) -> None:
-        """A seq arrived on the current session (a message, or the ack of our own)."""
-        cur = self.current
-        if cur is None or seq <= cur.welcome_seq:
-            return  # an ack for a resent message carries its original, older seq
-        if seq > cur.last:
-            if seq > cur.last + 1:
-                cur.gaps.append([cur.last + 1, seq - 1])
-            cur.last = seq
-            return
-        for i, (lo, hi) in enumerate(cur.gaps):
-            if lo <= seq <= hi:  # late, but not lost: take it out of the gap
-                parts = [[lo, seq - 1]] if lo < seq else []
-                if seq < hi:
-                    parts.append([seq + 1, hi])
-                cur.gaps[i:i + 1] = parts
-                cur.repeats += 1
-                return
-        cur.repeats += 1
+    def _anomaly(self, kind: str, *detail: Any) -> None:
+        self.counts[kind] += 1
+        if len(self.anomalies) < MAX_ANOMALIES:
+            self.anomalies.append([kind, *detail])
 
     def _on_message(self, msg: Message) -> None:
-        self.delivered += 1
-        cur = self.current
-        if cur is not None:
-            cur.received += 1
-        self._see(msg.seq)
+        self.counts["delivered"] += 1
+        if msg.replayed:
+            self.counts["replayed"] += 1
+        e = self.epoch
+        if e < 0:
+            self.errors["message_before_welcome"] += 1
+            return
+        self._saw(msg.seq)
         try:
             head = msg.body.split(" ", 2)
             sender, counter = int(head[0]), int(head[1])
         except (ValueError, IndexError):
             self.errors["foreign_body"] += 1
             return
-        if counter < 1 or cur is None:
+        if sender == self.gid:
+            self.counts["own_replayed"] += 1  # our own message, replayed after a lost ack
             return
-        packed = (cur.epoch + 1) << SEQ_BITS | msg.seq
+        epoch_name = self.epochs[e]
+        if msg.seq <= self.last_seq[e]:
+            self._anomaly("reordered", sender, counter, epoch_name, msg.seq,
+                          f"seq {msg.seq} after seq {self.last_seq[e]}")
+        else:
+            self.last_seq[e] = msg.seq
         seen = self.seen.get(sender)
         if seen is None:
             seen = self.seen[sender] = array("q")
         if counter >= len(seen):
             seen.frombytes(bytes(8 * (counter + 1 - len(seen))))
-            seen[counter] = packed
+        if seen[counter]:
+            self._anomaly("dup", sender, counter, epoch_name, msg.seq,
+                          f"first as seq {seen[counter] - 1}")
             return
-        prior = seen[counter]
-        if len(self.anomalies) >= MAX_ANOMALIES:
-            self.errors["anomalies_dropped"] += 1
-        elif prior:
-            self.anomalies.append(["dup", sender, counter, self._pub(prior), self._pub(packed)])
+        seen[counter] = msg.seq + 1
+        high = self.high.get(sender, 0)
+        if counter < high:
+            self._anomaly("reordered", sender, counter, epoch_name, msg.seq,
+                          f"counter {counter} after counter {high}")
         else:
-            high = len(seen) - 1
-            self.anomalies.append(["late", sender, counter, self._pub(packed), high,
-                                   self._pub(seen[high])])
-        if not prior:
-            seen[counter] = packed
-
-    def _pub(self, packed: int) -> list[Any]:
-        return [self.epochs[(packed >> SEQ_BITS) - 1], packed & SEQ_MASK]
+            self.high[sender] = counter
 
     def result(self) -> dict[str, Any]:
         acked = []
@@ -259,6 +266,7 @@ class Tracker:
             if got is not None:
                 acked.append([counter, self.epochs[got[0]], got[1]])
         done = [h for h in self.handles if h.done()]
+        first = None if self.first is None else [self.epochs[self.first[0]], self.first[1]]
         return {
             "gid": self.gid,
             "sent": len(self.handles),
@@ -266,13 +274,11 @@ class Tracker:
             "failed": sum(1 for h in done if h.seq is None),
             "unacked": len(self.handles) - len(done),
             "queue_full": self.queue_full,
-            "delivered": self.delivered,
-            "distinct": sum(1 for sender, got in self.seen.items() if sender != self.gid
-                            for packed in got if packed),
+            "first": first,
+            "received": {self.epochs[i]: r.ranges() for i, r in enumerate(self.received)},
             "canonical": acked,
-            "sessions": [[self.epochs[s.epoch], s.welcome_seq, round(s.start, 4),
-                          round(s.end, 4), s.end_kind or "open", s.last, s.gaps, s.received,
-                          s.repeats] for s in self.sessions],
+            "counts": dict(self.counts),
+            "gaps": self.gaps,
             "anomalies": self.anomalies,
             "errors": dict(self.errors),
             "ends": dict(self.ends),
@@ -311,17 +317,18 @@ def worker_main() -> int:
     rng = random.Random(cfg["seed"])
     pad = "x" * max(0, int(cfg["size"]) - 24)
 
-    def wait_command(expected: str, until: float) -> bool:
+    def wait_command(expected: str, until: float) -> str | None:
+        """The next command that is ``expected`` (or starts with it and a space)."""
         while (left := until - time.monotonic()) > 0:
             try:
                 cmd = commands.get(timeout=left)
             except queue.Empty:
-                return False
-            if cmd == expected:
-                return True
+                return None
+            if cmd == expected or cmd.startswith(expected + " "):
+                return cmd
             if cmd == "eof":
-                return False
-        return False
+                return None
+        return None
 
     try:
         for client in clients:
@@ -369,8 +376,27 @@ def worker_main() -> int:
         drain_by = min(deadline, time.monotonic() + float(cfg["drain_seconds"]))
         for client in clients:
             client.drain(max(0.0, drain_by - time.monotonic()))
+        tops: dict[str, int] = {}
+        for tracker in trackers:
+            for epoch, seq in list(tracker.acks.values()):
+                name = tracker.epochs[epoch]
+                tops[name] = max(tops.get(name, 0), seq)
         _say(sys.stdout, event="drained",
-             unacked=sum(c.stats()["queued"] for c in clients))
+             unacked=sum(c.stats()["queued"] for c in clients), tops=tops)
+        # Catch up: every client gets to the last acknowledged seq (replayed if need be).
+        command = wait_command("catchup", deadline)
+        if command is None:
+            return 3
+        want: dict[str, int] = json.loads(command.split(" ", 1)[1])
+        catch_by = min(deadline, time.monotonic() + float(cfg["catchup_seconds"]))
+
+        def behind() -> int:
+            return sum(1 for t in trackers
+                       if any(t.top.get(e, 0) < seq for e, seq in want.items()))
+
+        while behind() and time.monotonic() < catch_by:
+            threading.Event().wait(0.05)
+        _say(sys.stdout, event="caught", behind=behind())
         if not wait_command("finish", deadline):
             return 3
         # The server has stopped: let every client see its bye, then close.
@@ -629,7 +655,12 @@ class Soak:
                 "--tokens", str(self.work / "tokens.json"),
                 "--max-unauth-per-ip", str(a.clients + 64), "--auth-failures", "0",
                 "--heartbeat", str(a.heartbeat), "--retry-spread", str(a.retry_spread),
-                "--shutdown-timeout", str(a.shutdown_timeout), "--log-level", "warning"]
+                "--shutdown-timeout", str(a.shutdown_timeout), "--log-level", "warning",
+                "--store", a.store]
+        if a.store == "sqlite":  # one log for the whole run, kept across restarts
+            cmd += ["--data-dir", str(self.work / "data")]
+            if a.durability:
+                cmd += ["--durability", a.durability]
         for _attempt in range(10):  # the port may be briefly taken while we were down
             log = (self.work / "server.log").open("ab")
             started = time.monotonic()
@@ -688,6 +719,7 @@ class Soak:
                    "rate": a.rate, "size": a.size, "seed": self.rng.randrange(1 << 30),
                    "backoff_base": a.backoff_base, "backoff_cap": a.backoff_cap,
                    "max_seconds": self.left(), "drain_seconds": a.drain_seconds,
+                   "catchup_seconds": a.catchup_seconds,
                    "connect_seconds": 30.0 + a.clients / 20}
             proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker"],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -801,6 +833,13 @@ class Soak:
         self.tell("stop")
         drained = self.wait_all("drained", a.drain_seconds + 30.0)
         unacked_at_stop = sum(int(d["unacked"]) for d in drained)
+        tops: dict[str, int] = {}
+        for d in drained:
+            for epoch, seq in d.get("tops", {}).items():
+                tops[epoch] = max(tops.get(epoch, 0), int(seq))
+        self.tell("catchup " + json.dumps(tops))
+        caught = self.wait_all("caught", a.catchup_seconds + 30.0)
+        behind = sum(int(c["behind"]) for c in caught)
         self.stop_server("final")
         self.tell("finish")
         self.wait_all("done", 60.0)
@@ -812,7 +851,7 @@ class Soak:
         return analyse(self.gens, results, {
             "faults": dict(self.faults), "links_cut": self.relay.links_cut,
             "frozen": self.frozen, "procs": a.procs, "heartbeat": a.heartbeat,
-            "down": a.down,
+            "down": a.down, "behind_at_end": behind,
             "unacked_at_stop": unacked_at_stop, "connected_at_start": connected})
 
     def close(self) -> None:
@@ -840,158 +879,120 @@ class Soak:
 
 
 # ====================================================================== the count
+def owed_from(first: list[Any] | None) -> tuple[str, int] | None:
+    """From where a client is owed the room's messages: every acknowledged message
+    numbered after its FIRST welcome's seq, in that welcome's epoch (and all of any
+    later epoch). Before it joined it was not a member; from then on it is one for the
+    whole run, offline or not, across every restart."""
+    return None if first is None else (str(first[0]), int(first[1]))
+
+
+def _missing(seqs: list[int], ranges: list[list[int]]) -> Iterator[int]:
+    """The seqs of ``seqs`` (sorted) outside every ``[lo, hi]`` of ``ranges`` (sorted)."""
+    i = 0
+    for lo, hi in ranges:
+        j = bisect.bisect_left(seqs, lo, i)
+        yield from seqs[i:j]
+        i = bisect.bisect_right(seqs, hi, j)
+    yield from seqs[i:]
+
+
 def analyse(gens: list[Generation], results: list[dict[str, Any]],
             extra: dict[str, Any]) -> dict[str, Any]:
-    """Classify what every client saw; see the module docstring for the rules."""
-    # Which server process each epoch names: the last one started before its first session.
-    first_seen: dict[str, float] = {}
+    """Count what issue 9 promises against what every client saw (module docstring)."""
+    # Every acknowledged message: (epoch, seq) -> sender.
+    by_epoch: dict[str, list[tuple[int, int]]] = {}
     for r in results:
-        for epoch, _w, start, *_ in r["sessions"]:
-            first_seen[epoch] = min(start, first_seen.get(epoch, start))
-    starts = [g.start for g in gens]
-    gen_of = {e: gens[max(0, bisect.bisect_right(starts, t) - 1)] for e, t in first_seen.items()}
-
-    def ended(epoch: str) -> str:
-        gen = gen_of.get(epoch)
-        how = gen.how if gen is not None else ""
-        return "term" if how in ("term", "final") else ("kill" if how else "open")
-
-    canonical: dict[tuple[int, int], tuple[str, int]] = {}
-    by_epoch: dict[str, list[int]] = {}
-    for r in results:
-        for counter, epoch, seq in r["canonical"]:
-            canonical[(r["gid"], counter)] = (epoch, seq)
-            by_epoch.setdefault(epoch, []).append(seq)
-    for seqs in by_epoch.values():
-        seqs.sort()
-    sessions_of = {r["gid"]: r["sessions"] for r in results}
-
-    def missing(epoch: str, w: int, last: int, gaps: list[list[int]]) -> Iterator[int]:
-        seqs = by_epoch.get(epoch, [])
-        for lo, hi in gaps:
-            yield from seqs[bisect.bisect_left(seqs, lo):bisect.bisect_right(seqs, hi)]
-        yield from seqs[bisect.bisect_right(seqs, max(w, last)):]
-
+        for _counter, epoch, seq in r["canonical"]:
+            by_epoch.setdefault(epoch, []).append((seq, r["gid"]))
+    epoch_order: list[str] = []
+    for r in results:  # epochs in the order clients first saw them
+        for epoch in r["received"]:
+            if epoch not in epoch_order:
+                epoch_order.append(epoch)
+    for epoch in by_epoch:
+        if epoch not in epoch_order:
+            epoch_order.append(epoch)
+    for pairs in by_epoch.values():
+        pairs.sort()
     out: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
+    lost_msgs: set[tuple[str, int]] = set()
 
-    def note(kind: str, text: str) -> None:
-        out[kind] += 1
+    def note(kind: str, text: str, n: int = 1) -> None:
+        out[kind] += n
         if len(examples.setdefault(kind, [])) < 5:
             examples[kind].append(text)
 
-    def frozen_near(gid: int, t: float) -> bool:
-        """Was this client's worker stopped around time ``t`` (so that its link may have
-        been dropped by the heartbeat, not by the fault at ``t``)?"""
-        w = gid % max(1, int(extra.get("procs", 1)))
-        before = 3 * float(extra.get("heartbeat", 0)) + 1.0
-        after = float(extra.get("down", 0)) + 1.0
-        return any(int(span[0]) == w and span[1] <= t + after
-                   and (not span[2] or span[2] >= t - before)
-                   for span in extra.get("frozen", []))
-
-    lost_kill_msgs: set[tuple[str, int]] = set()
-    ends: Counter[str] = Counter()
-    for r in results:
-        for epoch, w, _start, end, kind, last, gaps, _recv, _rep in r["sessions"]:
-            ends[kind] += 1
-            how = ended(epoch)
-            seqs = by_epoch.get(epoch, [])
-            expected = len(seqs) - bisect.bisect_right(seqs, w)
-            if how == "term" and kind == "bye":
-                out["graceful_checked"] += expected
-                for seq in missing(epoch, w, last, gaps):
-                    note("lost_graceful", f"client {r['gid']} session (epoch {epoch}, "
-                         f"welcome seq {w}, last seen {last}) never got acked seq {seq}")
-            elif how == "kill":
-                gen = gen_of[epoch]
-                # Open at the kill, and not frozen then (a frozen client's session may
-                # already have been closed by the server's idle timeout).
-                if kind != "bye" and (end == 0 or end >= gen.stop) and not frozen_near(
-                        r["gid"], gen.stop):
-                    out["sigkill_checked"] += expected
-                    for seq in missing(epoch, w, last, gaps):
-                        note("lost_sigkill", f"client {r['gid']} session (epoch {epoch}, "
-                             f"welcome seq {w}, last seen {last}) never got acked seq {seq}")
-                        lost_kill_msgs.add((epoch, seq))
-
-    def sender_session_end(gid: int, epoch: str, seq: int) -> str:
-        """How the sender's session that published (epoch, seq) ended."""
-        best: list[Any] | None = None
-        for s in sessions_of.get(gid, []):
-            if s[0] == epoch and s[1] < seq and (best is None or s[1] > best[1]):
-                best = s
-        return str(best[4]) if best is not None else "unknown"
-
-    def stray_cause(gid: int, pub: list[Any]) -> str:
-        """Why a publication whose ack its sender never got happened: "" if it is a bug."""
-        how = ended(pub[0])
-        if how == "kill":
-            return "sigkill"
-        if how == "term" and sender_session_end(gid, pub[0], pub[1]) != "bye":
-            return "cut"
-        return ""
-
     for r in results:
         gid = r["gid"]
-        for anomaly in r["anomalies"]:
-            kind, sender, counter = anomaly[0], anomaly[1], anomaly[2]
-            canon = canonical.get((sender, counter))
-            if kind == "dup":
-                prior, new = anomaly[3], anomaly[4]
-                what = (f"client {gid} got sender {sender}'s #{counter} twice: "
-                        f"epoch {prior[0]} seq {prior[1]}, then epoch {new[0]} seq {new[1]}"
-                        f" (acked as {canon})")
-                if prior == new or prior[0] == new[0] or (
-                        canon is not None and tuple(prior) == canon):
-                    # the same frame twice, one server publishing twice, or a message
-                    # acknowledged in one epoch published again in the next
-                    note("dup", what)
-                    continue
-                cause = stray_cause(sender, prior)  # the sender never got prior's ack
-                note(f"dup_{cause}" if cause else "dup", what)
-            else:
-                late, high, high_pub = anomaly[3], anomaly[4], anomaly[5]
-                what = (f"client {gid} got sender {sender}'s #{counter} (epoch {late[0]} "
-                        f"seq {late[1]}) after #{high} (epoch {high_pub[0]} seq {high_pub[1]})")
-                cause = ""
-                high_canon = canonical.get((sender, high))
-                if late[0] != high_pub[0] and (high_canon is None
-                                               or tuple(high_pub) != high_canon):
-                    cause = stray_cause(sender, high_pub)
-                note(f"reordered_{cause}" if cause else "reordered", what)
-
+        start = owed_from(r.get("first"))
+        if start is None:
+            out["never_connected"] += 1
+            continue
+        first_epoch, first_seq = start
+        later = epoch_order[epoch_order.index(first_epoch) + 1:] \
+            if first_epoch in epoch_order else []
+        for epoch in [first_epoch, *later]:
+            floor = first_seq if epoch == first_epoch else 0
+            owed = [seq for seq, sender in by_epoch.get(epoch, [])
+                    if seq > floor and sender != gid]
+            out["checked"] += len(owed)
+            lost = list(_missing(owed, r["received"].get(epoch, [])))
+            if lost:
+                lost_msgs.update((epoch, seq) for seq in lost)
+                note("lost_acked", f"client {gid} (member from epoch {first_epoch} seq "
+                     f"{first_seq}) never got {len(lost)} acked messages of epoch {epoch}: "
+                     f"seqs {lost[:5]}{'...' if len(lost) > 5 else ''}", len(lost))
+        for kind, sender, counter, epoch, seq, why in r["anomalies"]:
+            if len(examples.setdefault(kind, [])) < 5:
+                examples[kind].append(f"client {gid} got sender {sender}'s #{counter} "
+                                      f"(epoch {epoch} seq {seq}): {why}")
+    counts: Counter[str] = Counter()
     errors: Counter[str] = Counter()
+    ends: Counter[str] = Counter()
     for r in results:
+        counts.update(r["counts"])
         errors.update(r["errors"])
-    acked = sum(r["acked"] for r in results)
+        ends.update(r["ends"])
+        for after, before, missing, restarted in r["gaps"][:2]:
+            if len(examples.setdefault("gap", [])) < 5:
+                examples["gap"].append(f"client {r['gid']}: Gap after {after} before {before}"
+                                       f" missing {missing}{' (restarted)' if restarted else ''}")
     summary = {
         "sent": sum(r["sent"] for r in results),
-        "acked": acked,
-        "delivered": sum(r["delivered"] for r in results),
-        "lost_graceful": out["lost_graceful"], "dup": out["dup"],
-        "reordered": out["reordered"],
-        "lost_sigkill": out["lost_sigkill"], "lost_sigkill_msgs": len(lost_kill_msgs),
-        "acked_in_killed": sum(len(by_epoch.get(e, [])) for e in by_epoch
-                               if ended(e) == "kill"),
-        "dup_sigkill": out["dup_sigkill"], "reordered_sigkill": out["reordered_sigkill"],
-        "dup_cut": out["dup_cut"], "reordered_cut": out["reordered_cut"],
-        "graceful_checked": out["graceful_checked"],
-        "sigkill_checked": out["sigkill_checked"],
+        "acked": sum(r["acked"] for r in results),
+        "delivered": counts["delivered"],
+        "replayed": counts["replayed"],
+        "lost_acked": out["lost_acked"], "dup": counts["dup"],
+        "reordered": counts["reordered"],
+        "lost_acked_msgs": len(lost_msgs),
+        "checked": out["checked"],
+        "gaps": counts["gaps"], "gap_missing": counts["gap_missing"],
+        "caught_up": counts["caught_up"],
+        "caught_up_incomplete": counts["caught_up_incomplete"],
+        "own_replayed": counts["own_replayed"],
+        "duplicate_acks": counts["duplicate_acks"],
+        "epochs": len(epoch_order),
         "restarts_term": extra["faults"].get("term", 0),
         "restarts_kill": extra["faults"].get("kill", 0),
         "freezes": extra["faults"].get("freeze", 0), "cuts": extra["faults"].get("cut", 0),
         "links_cut": extra["links_cut"],
         "timeouts": ends["heartbeat"] + ends["idle_timeout"],
-        "sessions": sum(ends.values()),
+        "sessions": counts["sessions"],
         "unacked": sum(r["unacked"] + r["failed"] for r in results),
-        "never_received": sum(max(0, acked - r["acked"] - r.get("distinct", 0))
-                              for r in results),
+        "behind_at_end": extra.get("behind_at_end", 0),
+        "never_connected": out["never_connected"],
     }
     return {"summary": summary, "examples": examples, "ends": dict(ends),
             "errors": dict(errors), "servers": [
                 {"how": g.how, "exit": g.exit_code, "up_s": round(g.stop - g.start, 1)}
                 for g in gens], **extra}
+
+
+def failed(summary: dict[str, Any]) -> bool:
+    """The pass/fail rule: nothing acknowledged lost, duplicated or reordered."""
+    return bool(summary["lost_acked"] or summary["dup"] or summary["reordered"])
 
 
 def _pick_port(rng: random.Random) -> int:
@@ -1055,6 +1056,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="client backoff cap (default: 5)")
     p.add_argument("--drain-seconds", type=float, default=30.0,
                    help="at the end, time for clients to get everything acked (default: 30)")
+    p.add_argument("--catchup-seconds", type=float, default=30.0,
+                   help="then, time for every client to reach the last acked seq "
+                   "(default: 30)")
+    p.add_argument("--store", choices=("sqlite", "memory"), default="sqlite",
+                   help="the server's --store (default sqlite, the server's default; "
+                   "memory forgets the room on restart, so it is expected to fail)")
+    p.add_argument("--durability", choices=("commit", "fsync", "memory"), default=None,
+                   help="the server's --durability (default: the server's, commit)")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="bound on the whole run (default: chat time + 300)")
     p.add_argument("--workdir", type=Path, default=None,
@@ -1117,7 +1126,7 @@ def main(argv: list[str] | None = None) -> int:
     fields = " ".join(f"{k}={v}" for k, v in s.items())
     print(f"soak: clients={args.clients} users={args.users} procs={args.procs} "
           f"minutes={args.minutes:g} seed={args.seed} {fields}", flush=True)
-    return 1 if s["lost_graceful"] or s["dup"] or s["reordered"] else 0
+    return 1 if failed(s) else 0
 
 
 if __name__ == "__main__":

@@ -14,11 +14,13 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "reconnect_storm.py"
 
 
 @pytest.mark.timeout(120)  # above the command's own 90 s deadline (both scaled)
-def test_tiny_storm_reports_every_figure() -> None:
-    """8 clients, both scenarios: every figure is reported and consistent."""
+def test_tiny_storm_reports_every_figure(tmp_path: Path) -> None:
+    """8 clients, both scenarios: every figure is reported and consistent. Run in a
+    temporary directory: the server it starts keeps its default ./data there."""
     done = run_command(
         [sys.executable, str(BENCH), "--clients", "8", "--retry-spread", "0.3", "--down",
-         "0.2", "--base", "0.05", "--cap", "0.2", "--max-seconds", "60"], timeout=90)
+         "0.2", "--base", "0.05", "--cap", "0.2", "--max-seconds", "60"], timeout=90,
+        cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["clients"] == 8

@@ -132,7 +132,8 @@ class SendQueue:
         """After a reconnect: what was in flight goes first, with its old ids, and the
         window is full again (a new session starts with a full rate bucket). Returns
         how many messages will be resent."""
-        self.window = SEND_WINDOW
+        if self.window != SEND_WINDOW:
+            self.window = SEND_WINDOW
         count = len(self._inflight)
         if count:
             self._outbox[:0] = self._inflight.values()

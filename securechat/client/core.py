@@ -19,22 +19,22 @@ now") and :class:`CloseLink` ("close the socket now; drop what is unsent"). "Rec
 after X s" is the ``Reconnecting`` event plus the core's deadline (the driver calls
 :meth:`ClientCore.tick` when it passes); "give up" is ``Closed``.
 
-What it covers: auth and welcome, the ack window and the resend queue (ids,
-resend in order until acked, ``rate_limited`` / ``store_unavailable`` pauses: the
-rules of :class:`securechat.client.sendqueue.SendQueue`), seq/epoch tracking and
-resume (:class:`SeqTracker`), ``history`` requests, heartbeat deadlines (ping
-after one idle interval, dead after :data:`DEAD_AFTER_INTERVALS`), the reconnect schedule
+What it covers: auth and welcome, the ack window and the resend queue (ids, resend in order
+until acked, ``rate_limited`` / ``store_unavailable`` pauses: the rules of
+:class:`securechat.client.sendqueue.SendQueue`), seq/epoch tracking and resume
+(:class:`SeqTracker`), ``history`` requests, heartbeat deadlines (ping after one idle
+interval, dead after :data:`DEAD_AFTER_INTERVALS`), the reconnect schedule
 (:class:`securechat.client.backoff.Backoff`, clock = the ``now`` passed in) and the
-retryable/fatal classification (:func:`securechat.client.backoff.is_fatal`). All
-phase changes go through :meth:`ClientCore._goto` and :data:`TRANSITIONS`.
+retryable/fatal classification (:func:`securechat.client.backoff.is_fatal`). All phase
+changes go through :meth:`ClientCore._goto` and :data:`TRANSITIONS`.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import sys
 from dataclasses import replace
+from functools import partial
 from typing import Final
 
 from .. import protocol
@@ -76,6 +76,7 @@ from .parts import (
     SeqTracker,
     bye_reason,
     decoder_limit,
+    interned,
     too_long,
     validate_client_id,
     validate_position,
@@ -104,11 +105,6 @@ _RETRY_CODES: Final = frozenset({"rate_limited", "store_unavailable"})
 _PING = protocol.encode(protocol.Ping())
 _PONG = protocol.encode(protocol.Pong())
 _BYE = protocol.encode(protocol.Bye())
-#: The empty queues every core starts with (~400 bytes a client less, for the many
-#: that never send or ask for history). Never added to: a core that needs one makes
-#: its own first; everything else the core calls on an empty queue changes nothing.
-_NO_SENDS: Final = SendQueue()
-_NO_HISTORY: Final = HistoryQueue()
 
 
 # --------------------------------------------------------------------------- the core
@@ -145,7 +141,8 @@ class ClientCore:
         self.close_timeout = close_timeout
         self._heartbeat_override = heartbeat
         self._now = 0.0
-        self.backoff = Backoff(backoff, rng=rng, clock=self._clock)
+        # Its clock is the ``now`` last passed in (a partial: half a lambda's memory).
+        self.backoff = Backoff(backoff, rng=rng, clock=partial(getattr, self, "_now"))
         self.phase = Phase.IDLE
         #: What the driver is doing in CONNECTING, for timeout messages.
         self.stage = "connecting"
@@ -159,7 +156,7 @@ class ClientCore:
         self._out: list[bytes] = []
         self._outputs: list[Output] = []
         self._decoder = protocol.FrameDecoder(decoder_limit(protocol.DEFAULT_MAX_FRAME))
-        self._queue = _NO_SENDS  # a queue of its own on the first send
+        self._queue = SendQueue.EMPTY  # a queue of its own on the first send
         self._heartbeat = 0.0
         self._last_rx = 0.0
         self._last_tx = 0.0
@@ -172,13 +169,9 @@ class ClientCore:
         self.tracker = SeqTracker()
         if resume is not None:
             self.tracker.start_at(*validate_position(resume))
-        self._history = _NO_HISTORY  # one of its own on the first request
+        self._history = HistoryQueue.EMPTY  # one of its own on the first request
         self._resumed = False  # the current link's auth carried resume
         self._replay_deadline = 0.0  # 0.0: not waiting for caught_up
-
-    def _clock(self) -> float:
-        """The backoff's clock: the ``now`` last passed in (no lambda: less memory)."""
-        return self._now
 
     # ================================================================== outputs
     def data_to_send(self) -> bytes:
@@ -294,9 +287,7 @@ class ClientCore:
         if len(message.frame) - 1 > self.max_frame:
             self._fail_message(message, too_long(message, self.max_frame))
             return
-        if self._queue is _NO_SENDS:
-            self._queue = SendQueue()
-        self._queue.add(message)
+        self._queue = self._queue.added(message)
         if self.phase is Phase.ACTIVE:
             self._pump()
 
@@ -305,9 +296,7 @@ class ClientCore:
         reconnect until its ``history_end`` arrives)."""
         if self.phase is Phase.DONE:
             return
-        if self._history is _NO_HISTORY:
-            self._history = HistoryQueue()
-        self._history.add(request)
+        self._history = self._history.added(request)
         if self.phase is Phase.ACTIVE:
             self._pump()
 
@@ -465,12 +454,7 @@ class ClientCore:
     def _on_welcome(self, welcome: Welcome) -> None:
         now = self._now
         self._goto("welcome")
-        # One copy of each member name, room and epoch for all clients on a loop (500 x
-        # 500 = 25 MB else); the user's own name is one of the members.
-        intern = sys.intern
-        welcome = replace(welcome, user=intern(welcome.user), room=intern(welcome.room),
-                          epoch=intern(welcome.epoch),
-                          members=tuple(map(intern, welcome.members)))
+        welcome = interned(welcome)
         self._decoder.max_frame = decoder_limit(welcome.max_frame)
         self.max_frame = welcome.max_frame
         self.welcome = welcome

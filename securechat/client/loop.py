@@ -39,7 +39,6 @@ from typing import Any, Final, Protocol
 
 from ..errors import ClientClosed
 from ..io.loop import Endpoint, IOLoop
-from .roster import Rosters
 
 __all__ = ["MAX_CONNECTING", "ClientLoop", "Link", "Resolver", "describe", "is_ip_literal",
            "resolve"]
@@ -206,8 +205,6 @@ class ClientLoop:
         #: The lock and condition of every client on this loop (one per client would
         #: cost ~1 KiB each; waits are on predicates, so a shared one is correct).
         self.condition = threading.Condition()
-        #: The member lists of its clients, shared when they see the same members.
-        self.rosters = Rosters()
 
     @property
     def thread(self) -> threading.Thread:

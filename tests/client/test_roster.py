@@ -1,41 +1,31 @@
-"""Member lists shared between the clients of a loop (securechat.client.roster)."""
+"""The member list of one client (securechat.client.roster): a set in a sorted list."""
 
 from __future__ import annotations
 
-import gc
-
-from securechat.client.roster import Rosters
+from securechat.client.roster import Roster
 
 
-def test_a_list_answers_membership_like_a_set() -> None:
-    rosters = Rosters()
-    members = rosters.of(["carol", "alice", "bob", "alice"])
-    assert members.names == ("alice", "bob", "carol")
-    assert "bob" in members and "dave" not in members and 3 not in members
-    members = rosters.left(rosters.joined(members, "dave"), "alice")
-    assert members.names == ("bob", "carol", "dave") and len(members) == 3
+def test_a_roster_answers_membership_like_a_set() -> None:
+    roster = Roster(["carol", "alice", "bob", "alice"])
+    assert len(roster) == 3 and roster.frozen() == {"alice", "bob", "carol"}
+    assert "bob" in roster and "dave" not in roster and 3 not in roster
+    roster.add("dave")
+    roster.discard("alice")
+    assert roster.frozen() == {"bob", "carol", "dave"}
+    assert roster._names == ["bob", "carol", "dave"]  # kept sorted: lookups bisect
 
 
 def test_joining_a_member_or_leaving_a_stranger_changes_nothing() -> None:
-    rosters = Rosters()
-    members = rosters.of(["alice"])
-    assert rosters.joined(members, "alice") is members
-    assert rosters.left(members, "bob") is members
-    assert rosters.left(members, "alice") is rosters.empty
+    roster = Roster(["alice"])
+    roster.add("alice")
+    roster.discard("bob")
+    assert roster._names == ["alice"]
+    roster.discard("alice")
+    assert len(roster) == 0 and "alice" not in roster
 
 
-def test_clients_that_see_the_same_members_share_one_list() -> None:
-    rosters = Rosters()
-    first = rosters.joined(rosters.of(["alice"]), "bob")
-    second = rosters.joined(rosters.of(["alice"]), "bob")  # the same join, replayed
-    welcomed = rosters.of(["bob", "alice"])  # a later welcome with the same members
-    assert first is second is welcomed
-
-
-def test_a_list_nobody_holds_is_freed() -> None:
-    rosters = Rosters()
-    members = rosters.joined(rosters.of(["alice"]), "bob")
-    assert len(rosters._known) == 1  # the first list went with its last holder
-    del members
-    gc.collect()
-    assert len(rosters._known) == 0
+def test_names_are_interned_so_clients_share_them() -> None:
+    name = "".join(["us", "er7"])  # a fresh string, as decoded from a frame
+    first, second = Roster([name]), Roster()
+    second.add("".join(["use", "r7"]))
+    assert first._names[0] is second._names[0]

@@ -119,6 +119,8 @@ class Backoff:
     returns monotonic seconds. Not thread-safe: it belongs to the I/O thread.
     """
 
+    __slots__ = ("_clock", "_connected_at", "_rng", "attempt", "policy")
+
     def __init__(self, policy: BackoffPolicy | None = None, *,
                  rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:

@@ -19,22 +19,22 @@ now") and :class:`CloseLink` ("close the socket now; drop what is unsent"). "Rec
 after X s" is the ``Reconnecting`` event plus the core's deadline (the driver calls
 :meth:`ClientCore.tick` when it passes); "give up" is ``Closed``.
 
-What it covers: auth and welcome, the ack window and the resend queue (ids,
-resend in order until acked, ``rate_limited`` / ``store_unavailable`` pauses: the
-rules of :class:`securechat.client.sendqueue.SendQueue`), seq/epoch tracking and
-resume (:class:`SeqTracker`), ``history`` requests, heartbeat deadlines (ping
-after one idle interval, dead after :data:`DEAD_AFTER_INTERVALS`), the reconnect schedule
+What it covers: auth and welcome, the ack window and the resend queue (ids, resend in order
+until acked, ``rate_limited`` / ``store_unavailable`` pauses: the rules of
+:class:`securechat.client.sendqueue.SendQueue`), seq/epoch tracking and resume
+(:class:`SeqTracker`), ``history`` requests, heartbeat deadlines (ping after one idle
+interval, dead after :data:`DEAD_AFTER_INTERVALS`), the reconnect schedule
 (:class:`securechat.client.backoff.Backoff`, clock = the ``now`` passed in) and the
-retryable/fatal classification (:func:`securechat.client.backoff.is_fatal`). All
-phase changes go through :meth:`ClientCore._goto` and :data:`TRANSITIONS`.
+retryable/fatal classification (:func:`securechat.client.backoff.is_fatal`). All phase
+changes go through :meth:`ClientCore._goto` and :data:`TRANSITIONS`.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import sys
 from dataclasses import replace
+from functools import partial
 from typing import Final
 
 from .. import protocol
@@ -76,6 +76,7 @@ from .parts import (
     SeqTracker,
     bye_reason,
     decoder_limit,
+    interned,
     too_long,
     validate_client_id,
     validate_position,
@@ -140,7 +141,8 @@ class ClientCore:
         self.close_timeout = close_timeout
         self._heartbeat_override = heartbeat
         self._now = 0.0
-        self.backoff = Backoff(backoff, rng=rng, clock=lambda: self._now)
+        # Its clock is the ``now`` last passed in (a partial: half a lambda's memory).
+        self.backoff = Backoff(backoff, rng=rng, clock=partial(getattr, self, "_now"))
         self.phase = Phase.IDLE
         #: What the driver is doing in CONNECTING, for timeout messages.
         self.stage = "connecting"
@@ -154,7 +156,7 @@ class ClientCore:
         self._out: list[bytes] = []
         self._outputs: list[Output] = []
         self._decoder = protocol.FrameDecoder(decoder_limit(protocol.DEFAULT_MAX_FRAME))
-        self._queue = SendQueue()
+        self._queue = SendQueue.EMPTY  # a queue of its own on the first send
         self._heartbeat = 0.0
         self._last_rx = 0.0
         self._last_tx = 0.0
@@ -167,7 +169,7 @@ class ClientCore:
         self.tracker = SeqTracker()
         if resume is not None:
             self.tracker.start_at(*validate_position(resume))
-        self._history = HistoryQueue()
+        self._history = HistoryQueue.EMPTY  # one of its own on the first request
         self._resumed = False  # the current link's auth carried resume
         self._replay_deadline = 0.0  # 0.0: not waiting for caught_up
 
@@ -285,7 +287,7 @@ class ClientCore:
         if len(message.frame) - 1 > self.max_frame:
             self._fail_message(message, too_long(message, self.max_frame))
             return
-        self._queue.add(message)
+        self._queue = self._queue.added(message)
         if self.phase is Phase.ACTIVE:
             self._pump()
 
@@ -294,7 +296,7 @@ class ClientCore:
         reconnect until its ``history_end`` arrives)."""
         if self.phase is Phase.DONE:
             return
-        self._history.add(request)
+        self._history = self._history.added(request)
         if self.phase is Phase.ACTIVE:
             self._pump()
 
@@ -452,8 +454,7 @@ class ClientCore:
     def _on_welcome(self, welcome: Welcome) -> None:
         now = self._now
         self._goto("welcome")
-        # One copy of each member name for all clients on a loop (500 x 500 = 25 MB else).
-        welcome = replace(welcome, members=tuple(map(sys.intern, welcome.members)))
+        welcome = interned(welcome)
         self._decoder.max_frame = decoder_limit(welcome.max_frame)
         self.max_frame = welcome.max_frame
         self.welcome = welcome

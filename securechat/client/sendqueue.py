@@ -23,7 +23,7 @@ reconnect (its answer may repeat what the first link already delivered).
 
 from __future__ import annotations
 
-from typing import Final
+from typing import ClassVar, Final
 
 from ..protocol import ErrorFrame
 from .parts import HistoryRequest, Outgoing
@@ -49,6 +49,8 @@ class SendQueue:
     # Lists and a dict, not deques and an OrderedDict: a few hundred bytes less per
     # client, which counts with thousands of clients on one loop.
     __slots__ = ("_inflight", "_outbox", "paused_until", "window")
+    #: Shared by every core that has not sent yet (see the end of the module).
+    EMPTY: ClassVar[SendQueue]
 
     def __init__(self) -> None:
         self._outbox: list[Outgoing] = []
@@ -75,9 +77,12 @@ class SendQueue:
         """When a pause ends that holds back queued messages, or None."""
         return self.paused_until if self._outbox and self.paused_until else None
 
-    def add(self, message: Outgoing) -> None:
-        """Queue a new message behind the others."""
-        self._outbox.append(message)
+    def added(self, message: Outgoing) -> SendQueue:
+        """Queue a new message behind the others; returns the queue now holding it (a
+        new one in place of :attr:`EMPTY`)."""
+        queue = SendQueue() if self is SendQueue.EMPTY else self
+        queue._outbox.append(message)
+        return queue
 
     def take(self, now: float) -> list[Outgoing]:
         """The messages to put on the wire now (moved in flight): as many as the
@@ -132,7 +137,8 @@ class SendQueue:
         """After a reconnect: what was in flight goes first, with its old ids, and the
         window is full again (a new session starts with a full rate bucket). Returns
         how many messages will be resent."""
-        self.window = SEND_WINDOW
+        if self.window != SEND_WINDOW:
+            self.window = SEND_WINDOW
         count = len(self._inflight)
         if count:
             self._outbox[:0] = self._inflight.values()
@@ -163,6 +169,8 @@ class HistoryQueue:
     for their ``history_end``. Not thread-safe: it belongs to the core that owns it."""
 
     __slots__ = ("_sent", "_waiting")
+    #: Shared by every core that has not asked for history yet.
+    EMPTY: ClassVar[HistoryQueue]
 
     def __init__(self) -> None:
         self._waiting: list[HistoryRequest] = []
@@ -171,8 +179,11 @@ class HistoryQueue:
     def __len__(self) -> int:
         return len(self._waiting) + len(self._sent)
 
-    def add(self, request: HistoryRequest) -> None:
-        self._waiting.append(request)
+    def added(self, request: HistoryRequest) -> HistoryQueue:
+        """Queue a request; returns the queue now holding it (new in place of EMPTY)."""
+        queue = HistoryQueue() if self is HistoryQueue.EMPTY else self
+        queue._waiting.append(request)
+        return queue
 
     def take(self) -> list[HistoryRequest]:
         """The requests to put on the wire now (then waiting for their answer)."""
@@ -201,3 +212,10 @@ class HistoryQueue:
         self._sent.clear()
         self._waiting.clear()
         return pending
+
+
+# The empty queues every core starts with (~400 bytes a client less, for the many
+# that never send or ask for history). Never added to: a core that needs one makes
+# its own first; every other method called on an empty queue changes nothing.
+SendQueue.EMPTY = SendQueue()
+HistoryQueue.EMPTY = HistoryQueue()

@@ -116,7 +116,9 @@ class Storm:
                "--max-unauth", str(n + 64), "--max-connections", str(2 * n + 128),
                "--max-sessions-per-user", str(n),  # --users 1: every client is one user
                "--msg-rate", "0", "--retry-spread", str(self.args.retry_spread),
-               "--log-level", "warning"]
+               "--log-level", "warning",
+               # Its own log in the work dir (kept across the restarts), never ./data.
+               "--data-dir", str(self.work / "data")]
         started = time.monotonic()
         log = (self.work / "server.log").open("ab")
         self.server = subprocess.Popen(cmd, stdout=log, stderr=log)

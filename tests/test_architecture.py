@@ -15,7 +15,8 @@ PURE_MODULES = ("securechat.protocol", "securechat.protocol.frames",
                 "securechat.protocol.framing", "securechat.protocol.decode",
                 "securechat.protocol.encode", "securechat.client.core", "securechat.client.parts",
                 "securechat.client.sendqueue", "securechat.client.phases",
-                "securechat.client.events", "securechat.client.backoff")
+                "securechat.client.events", "securechat.client.backoff",
+                "securechat.client.roster")
 #: The client's state machine also never reads the clock: time comes in as ``now``.
 CLOCKLESS_MODULES = ("securechat.client.core", "securechat.client.parts",
                      "securechat.client.sendqueue", "securechat.client.phases",

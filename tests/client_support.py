@@ -24,7 +24,16 @@ import pytest
 
 from securechat.client import Client, ClientLoop, Event
 from securechat.client.backoff import BackoffPolicy
-from tests.support import Certs, Process, RunningServer, clean_env, free_port, run_command, seconds
+from tests.support import (
+    Certs,
+    MakeServer,
+    Process,
+    RunningServer,
+    clean_env,
+    free_port,
+    run_command,
+    seconds,
+)
 
 E = TypeVar("E")
 
@@ -238,6 +247,23 @@ class Relay:
 # --------------------------------------------------------------------------- the CLI
 #: The client tests' name for :func:`tests.support.clean_env`.
 cli_env = clean_env
+
+
+@contextlib.contextmanager
+def relayed_pair(make_server: MakeServer, clients: ClientPool, via_user: str,
+                 direct_user: str) -> Iterator[tuple[Relay, Client, Client]]:
+    """A server with a 0.2 s heartbeat, a :class:`Relay` to it, a connected client of
+    ``via_user`` through the relay and one of ``direct_user`` straight to the server."""
+    running = make_server(heartbeat=seconds(0.2))
+    relay = Relay((running.host, running.port))
+    try:
+        via = clients.make(relay.port, running.add_user(via_user))
+        direct = clients.make(running.port, running.add_user(direct_user))
+        via.connect(seconds(5))
+        direct.connect(seconds(5))
+        yield relay, via, direct
+    finally:
+        relay.close()
 
 
 def cli_args(port: int, ca: Path | None, *extra: str) -> list[str]:

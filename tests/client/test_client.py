@@ -26,7 +26,14 @@ from securechat.errors import (
     QueueFull,
     TLSVerificationFailed,
 )
-from tests.client_support import ClientPool, Relay, closed_port, collect, next_of
+from tests.client_support import (
+    ClientPool,
+    Relay,
+    closed_port,
+    collect,
+    next_of,
+    relayed_pair,
+)
 from tests.support import (
     Certs,
     MakeServer,
@@ -264,16 +271,8 @@ class Relayed:
 
 @pytest.fixture
 def relayed(make_server: MakeServer, clients: ClientPool) -> Iterator[Relayed]:
-    running = make_server(heartbeat=seconds(0.2))
-    relay = Relay((running.host, running.port))
-    try:
-        via_relay = clients.make(relay.port, running.add_user("alice"))
-        direct = clients.make(running.port, running.add_user("bob"))
-        via_relay.connect(seconds(5))
-        direct.connect(seconds(5))
+    with relayed_pair(make_server, clients, "alice", "bob") as (relay, via_relay, direct):
         yield Relayed(relay, via_relay, direct)
-    finally:
-        relay.close()
 
 
 def test_silent_server_is_detected_by_heartbeat(relayed: Relayed) -> None:

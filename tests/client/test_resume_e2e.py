@@ -28,6 +28,7 @@ from tests.client_support import (
     cli_args,
     collect,
     next_of,
+    relayed_pair,
     token_file,
 )
 from tests.support import Certs, MakeServer, RunningServer, seconds
@@ -46,16 +47,8 @@ class Relayed:
 
 @pytest.fixture
 def relayed(make_server: MakeServer, clients: ClientPool) -> Iterator[Relayed]:
-    running = make_server(heartbeat=seconds(0.2))
-    relay = Relay((running.host, running.port))
-    try:
-        bob = clients.make(relay.port, running.add_user("bob"))
-        alice = clients.make(running.port, running.add_user("alice"))
-        bob.connect(seconds(5))
-        alice.connect(seconds(5))
+    with relayed_pair(make_server, clients, "bob", "alice") as (relay, bob, alice):
         yield Relayed(relay, bob, alice)
-    finally:
-        relay.close()
 
 
 def until_caught_up(client: Client, timeout: float = 10.0) -> list[Event]:

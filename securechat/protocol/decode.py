@@ -9,13 +9,16 @@ from ..errors import RemoteProtocolError
 from .frames import (
     DEFAULT_HISTORY_LIMIT,
     DEFAULT_MAX_FRAME,
+    MAX_AUTH_ROOMS,
     MAX_CLIENT_ID_LENGTH,
     MAX_EPOCH_LENGTH,
     MAX_HISTORY_LIMIT,
     MAX_ID_LENGTH,
     MAX_INT_ID,
+    MAX_ROOM_LENGTH,
     MAX_TOKEN_LENGTH,
     PROTOCOL_VERSION,
+    ROOM_NAME,
     TOKEN_CHARS,
     Ack,
     Auth,
@@ -23,11 +26,16 @@ from .frames import (
     CaughtUp,
     ClientFrame,
     ErrorFrame,
+    Grants,
     History,
     HistoryEnd,
     HistoryMessage,
     Join,
+    Joined,
+    JoinRoom,
     Leave,
+    LeaveRoom,
+    Left,
     Message,
     MessageId,
     Ping,
@@ -114,6 +122,33 @@ def name_problem(value: object, what: str, limit: int) -> str | None:
     return None
 
 
+def room_problem(value: object) -> str | None:
+    """Why ``value`` cannot be a room name, or None: 1 to 64 of lower-case ASCII letters,
+    digits, ``-``, ``_`` and ``.``, starting with a letter or digit."""
+    if not isinstance(value, str) or not value:
+        return "room must be a non-empty string"
+    if len(value) > MAX_ROOM_LENGTH:
+        return f"room name is longer than {MAX_ROOM_LENGTH} characters"
+    if not ROOM_NAME.fullmatch(value):
+        if value.isascii() and ROOM_NAME.fullmatch(value.lower()):
+            return "room names are lower case"
+        return ("room name must be lower-case letters, digits, '-', '_' or '.', "
+                "starting with a letter or digit")
+    return None
+
+
+def _room(obj: dict[str, Any], mid: MessageId = None) -> str:
+    room = obj.get("room")
+    if (problem := room_problem(room)) is not None:
+        raise RemoteProtocolError("bad_frame", problem, message_id=mid)
+    assert isinstance(room, str)
+    return room
+
+
+def _optional_room(obj: dict[str, Any], mid: MessageId = None) -> str | None:
+    return None if obj.get("room") is None else _room(obj, mid)
+
+
 def _seq_value(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT_ID:
         raise RemoteProtocolError("bad_frame", f"{what} must be an integer from 0 to 2**53 - 1")
@@ -126,17 +161,44 @@ def _auth(obj: dict[str, Any]) -> Auth:
     if client is not None and (
             problem := name_problem(client, "auth client", MAX_CLIENT_ID_LENGTH)):
         raise RemoteProtocolError("bad_frame", problem)
-    raw = obj.get("resume")
-    resume = None
-    if raw is not None:
-        if not isinstance(raw, dict):
-            raise RemoteProtocolError("bad_frame", "resume must be an object {epoch, seq}")
-        epoch = raw.get("epoch")
-        if problem := name_problem(epoch, "resume epoch", MAX_EPOCH_LENGTH):
-            raise RemoteProtocolError("bad_frame", problem)
-        assert isinstance(epoch, str)
-        resume = Resume(epoch, _seq_value(raw.get("seq"), "resume seq"))
-    return Auth(token, client, resume)
+    resume = _resume(obj.get("resume"))
+    raw_rooms = obj.get("rooms")
+    if raw_rooms is None:
+        return Auth(token, client, resume)
+    if resume is not None:
+        raise RemoteProtocolError("bad_frame", "with rooms, each room entry has its resume")
+    if not isinstance(raw_rooms, list):
+        raise RemoteProtocolError("bad_frame", "auth rooms must be a list")
+    if len(raw_rooms) > MAX_AUTH_ROOMS:
+        raise RemoteProtocolError("bad_frame", f"auth names more than {MAX_AUTH_ROOMS} rooms; "
+                                  "join the others after the welcome")
+    rooms = []
+    seen = set()
+    for entry in raw_rooms:
+        join = _join_entry({"room": entry} if isinstance(entry, str) else entry)
+        if join.room in seen:
+            raise RemoteProtocolError("bad_frame", f"auth names room {join.room!r} twice")
+        seen.add(join.room)
+        rooms.append(join)
+    return Auth(token, client, None, tuple(rooms))
+
+
+def _resume(raw: object) -> Resume | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise RemoteProtocolError("bad_frame", "resume must be an object {epoch, seq}")
+    epoch = raw.get("epoch")
+    if problem := name_problem(epoch, "resume epoch", MAX_EPOCH_LENGTH):
+        raise RemoteProtocolError("bad_frame", problem)
+    assert isinstance(epoch, str)
+    return Resume(epoch, _seq_value(raw.get("seq"), "resume seq"))
+
+
+def _join_entry(obj: object) -> JoinRoom:
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError("bad_frame", "a room entry is a name or {room, resume}")
+    return JoinRoom(_room(obj), _resume(obj.get("resume")))
 
 
 def _history(obj: dict[str, Any]) -> History:
@@ -156,6 +218,7 @@ def _history(obj: dict[str, Any]) -> History:
             None if before is None else _seq_value(before, "history before"),
             None if after is None else _seq_value(after, "history after"),
             limit,
+            _optional_room(obj),
         )
     except RemoteProtocolError as exc:
         raise RemoteProtocolError(exc.code, exc.message, message_id=mid) from None
@@ -177,7 +240,8 @@ def decode_client_frame(line: bytes) -> ClientFrame:
                 "bad_frame", "msg body must be valid Unicode (no lone surrogates)",
                 message_id=_message_id(obj),
             )
-        return SendMessage(body, _message_id(obj))
+        mid = _message_id(obj)
+        return SendMessage(body, mid, _optional_room(obj, mid))
     if kind == "ping":
         return Ping()
     if kind == "pong":
@@ -186,6 +250,10 @@ def decode_client_frame(line: bytes) -> ClientFrame:
         return _auth(obj)
     if kind == "history":
         return _history(obj)
+    if kind == "join":
+        return _join_entry(obj)
+    if kind == "leave":
+        return LeaveRoom(_room(obj))
     if kind == "bye":
         return Bye()
     if not isinstance(kind, str):
@@ -227,6 +295,37 @@ def _number_or_none(obj: dict[str, Any], name: str) -> float | None:
     return float(value)
 
 
+def _room_of(obj: dict[str, Any]) -> str:
+    """A server frame's ``room``: "" when absent (a version 2 server)."""
+    room = obj.get("room")
+    if room is None:
+        return ""
+    if not is_text(room):
+        raise RemoteProtocolError("bad_frame", f"{obj.get('type')} needs a string 'room'")
+    return room
+
+
+def _text_or_empty(value: object) -> str:
+    return value if is_text(value) else ""
+
+
+def _names(obj: dict[str, Any], name: str) -> tuple[str, ...]:
+    value = obj.get(name)
+    if not isinstance(value, list) or not all(is_text(m) for m in value):
+        raise RemoteProtocolError("bad_frame", f"{obj.get('type')} needs a list of names "
+                                  f"{name!r}")
+    return tuple(value)
+
+
+def _grants(obj: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    value = obj.get("grants")
+    if not isinstance(value, dict) or not all(
+            is_text(k) and v in ("rw", "ro") for k, v in value.items()):
+        raise RemoteProtocolError("bad_frame", f"{obj.get('type')} grants must map patterns "
+                                  "to \"rw\" or \"ro\"")
+    return tuple(value.items())
+
+
 def decode_server_frame(line: bytes) -> ServerFrame:
     """Parse one line the server sent (used by clients). Raises :class:`RemoteProtocolError`."""
     obj = _load_object(line)
@@ -234,53 +333,63 @@ def decode_server_frame(line: bytes) -> ServerFrame:
     if kind == "msg":
         return Message(
             _str_field(obj, "from"), _str_field(obj, "body"), _int_field(obj, "seq"),
-            _str_field(obj, "ts"),
+            _str_field(obj, "ts"), room=_room_of(obj),
         )
     if kind == "ack":
-        return Ack(_message_id(obj), _int_field(obj, "seq"), obj.get("duplicate") is True)
+        return Ack(_message_id(obj), _int_field(obj, "seq"), obj.get("duplicate") is True,
+                   room=_room_of(obj))
     if kind == "caught_up":
         return CaughtUp(
             _int_field(obj, "seq"), _int_field(obj, "replayed"),
             _optional_int(obj, "missing_after"), _optional_int(obj, "missing_before"),
-            obj.get("reset") is True,
+            obj.get("reset") is True, room=_room_of(obj),
         )
     if kind == "history_msg":
         return HistoryMessage(
             _message_id(obj), _str_field(obj, "from"), _str_field(obj, "body"),
-            _int_field(obj, "seq"), _str_field(obj, "ts"),
+            _int_field(obj, "seq"), _str_field(obj, "ts"), room=_room_of(obj),
         )
     if kind == "history_end":
         return HistoryEnd(
             _message_id(obj), _int_field(obj, "count"), obj.get("more") is True,
-            _optional_int(obj, "oldest"), _int_field(obj, "latest"),
+            _optional_int(obj, "oldest"), _int_field(obj, "latest"), room=_room_of(obj),
         )
     if kind == "ping":
         return Ping()
     if kind == "pong":
         return Pong()
     if kind == "join":
-        return Join(_str_field(obj, "user"))
+        return Join(_str_field(obj, "user"), room=_room_of(obj))
     if kind == "leave":
         reason = obj.get("reason")
-        return Leave(_str_field(obj, "user"), reason if is_text(reason) else "")
+        return Leave(_str_field(obj, "user"), reason if is_text(reason) else "",
+                     room=_room_of(obj))
+    if kind == "joined":
+        return Joined(_str_field(obj, "room"), _names(obj, "members"), _int_field(obj, "seq"),
+                      _text_or_empty(obj.get("epoch")))
+    if kind == "left":
+        return Left(_str_field(obj, "room"), _text_or_empty(obj.get("reason")))
+    if kind == "grants":
+        return Grants(_grants(obj))
     if kind == "welcome":
-        members = obj.get("members")
-        if not isinstance(members, list) or not all(is_text(m) for m in members):
-            raise RemoteProtocolError("bad_frame", "welcome needs a list of member names")
         heartbeat = _number_or_none(obj, "heartbeat")
         max_frame = obj.get("max_frame", DEFAULT_MAX_FRAME)
         session = obj.get("session", "")
-        epoch = obj.get("epoch", "")
+        room = _room_of(obj)
+        protocol = obj.get("protocol", PROTOCOL_VERSION)
         return Welcome(
             user=_str_field(obj, "user"),
-            room=_str_field(obj, "room"),
-            members=tuple(members),
+            room=room,
+            # A version 3 login's welcome describes no room (joined frames follow).
+            members=_names(obj, "members") if room else (),
             heartbeat=heartbeat if heartbeat is not None else 0.0,
-            seq=_int_field(obj, "seq"),
+            seq=_int_field(obj, "seq") if room else 0,
             max_frame=max_frame if isinstance(max_frame, int) else DEFAULT_MAX_FRAME,
             session=session if is_text(session) else "",
-            protocol=obj.get("protocol", PROTOCOL_VERSION),
-            epoch=epoch if is_text(epoch) else "",
+            protocol=protocol if isinstance(protocol, int) else PROTOCOL_VERSION,
+            epoch=_text_or_empty(obj.get("epoch")),
+            rooms=_names(obj, "rooms") if "rooms" in obj else ((room,) if room else ()),
+            grants=_grants(obj) if "grants" in obj else (),
         )
     if kind == "bye":
         reason = obj.get("reason")
@@ -291,6 +400,7 @@ def decode_server_frame(line: bytes) -> ServerFrame:
             _message_text(obj.get("message", "")),
             _message_id(obj),
             _number_or_none(obj, "retry_after"),
+            _room_of(obj) or None,
         )
     if not isinstance(kind, str):
         raise RemoteProtocolError("bad_frame", "frame needs a string field 'type'")

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Final, TypeGuard
 
-PROTOCOL_VERSION: Final = 2
+PROTOCOL_VERSION: Final = 3
 DEFAULT_PORT: Final = 7443
 DEFAULT_MAX_FRAME: Final = 64 * 1024
 #: Before authentication only an ``auth`` frame is expected: a small cap keeps an
@@ -26,6 +26,14 @@ DEFAULT_HISTORY_LIMIT: Final = 50
 #: Integer message ids must be I-JSON safe (RFC 7493): every JSON reader, JavaScript's
 #: included, reads them exactly, and an id costs bounded memory in the dedup history.
 MAX_INT_ID: Final = 2**53 - 1
+#: Room names: 1 to 64 of lower-case ASCII letters, digits, ``-``, ``_`` and ``.``, starting
+#: with a letter or digit. Lower case only, so ``Ops`` and ``ops`` can never be two rooms;
+#: a client may fold what its user typed (and drop a leading ``#``) before sending.
+MAX_ROOM_LENGTH: Final = 64
+ROOM_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+#: The most rooms one ``auth`` frame may name (it must also fit in PRE_AUTH_MAX_FRAME);
+#: a client in more rooms sends ``join`` frames for the rest after it.
+MAX_AUTH_ROOMS: Final = 64
 #: A token is visible ASCII: no space, control character, non-ASCII or lone surrogate.
 TOKEN_CHARS: Final = re.compile(r"[\x21-\x7e]+")
 
@@ -58,6 +66,14 @@ ERROR_CODES: Final[dict[str, ErrorSpec]] = {
     "too_many_errors": ErrorSpec(True, "too many protocol errors from this session in a minute"),
     "too_many_sessions": ErrorSpec(
         True, "the user already holds the maximum number of sessions"),
+    "forbidden": ErrorSpec(
+        False, "the token may not join this room, or may only read it (has room)"),
+    "not_joined": ErrorSpec(False, "the session is not in the room the frame names (has room)"),
+    "already_joined": ErrorSpec(False, "the session is already in that room (has room)"),
+    "room_full": ErrorSpec(False, "the room holds --max-room-members sessions (has room)"),
+    "too_many_rooms": ErrorSpec(
+        False, "the server holds --max-rooms rooms, or the session is in "
+        "--max-rooms-per-session rooms (has room)"),
     "store_unavailable": ErrorSpec(
         False, "the message could not be stored (disk full or a write error) and was not "
         "delivered; resend it after retry_after s"),
@@ -83,17 +99,39 @@ class Resume:
 
 
 @dataclass(frozen=True, slots=True)
+class JoinRoom:
+    """Client -> server: join ``room``; with ``resume``, first every message of it after
+    that position (``joined``, the replay, ``caught_up``). Also an entry of
+    ``Auth.rooms``. ``"join"`` on the wire (the server's ``join`` is presence)."""
+
+    room: str
+    resume: Resume | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveRoom:
+    """Client -> server: leave ``room`` (answered with ``left``). ``"leave"`` on the wire."""
+
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
 class Auth:
     """Client -> server: the first frame of every connection.
 
     ``client`` names one client instance across its reconnects (as an MQTT client id):
     resends are recognised per ``(user, client, id)``, and only when it is set.
-    ``resume`` asks for every room message after that position before live traffic.
+
+    ``rooms`` None is the version 1/2 login: the session is put in the server's default
+    room, ``resume`` applies to it, and the welcome describes that room. ``rooms`` set
+    (even empty) is version 3: the session joins exactly those rooms, each with its own
+    resume, and ``resume`` must not be set.
     """
 
     token: str
     client: str | None = None
     resume: Resume | None = None
+    rooms: tuple[JoinRoom, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +140,8 @@ class SendMessage:
 
     body: str
     id: MessageId = None
+    #: None: the server's default room (version 1 and 2 clients never name one).
+    room: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +153,8 @@ class History:
     before: int | None = None
     after: int | None = None
     limit: int = DEFAULT_HISTORY_LIMIT
+    #: None: the server's default room.
+    room: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +177,14 @@ class Bye:
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
-    """Server -> client: authentication succeeded and the session joined the room."""
+    """Server -> client: authentication succeeded.
+
+    For a version 1/2 login (``auth`` without ``rooms``) it also describes the default
+    room the session joined (``room``, ``members``, ``seq``, ``epoch``). For a version 3
+    login ``room`` is empty and one ``joined`` frame per room follows. Either way
+    ``rooms`` names the rooms the session is in and ``grants`` what the token may join:
+    ``(pattern, "rw" | "ro")`` pairs, patterns with ``*`` and ``?`` wildcards.
+    """
 
     user: str
     room: str
@@ -148,6 +197,35 @@ class Welcome:
     #: Names the room's log: seq numbering continues while it stays the same, and a
     #: new epoch means the log was lost or reset and seq started over.
     epoch: str = ""
+    rooms: tuple[str, ...] = ()
+    grants: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """Server -> client: the session is now in ``room``; every live frame of it that
+    follows has ``seq`` > this one (replayed ones, before its ``caught_up``, are older)."""
+
+    room: str
+    members: tuple[str, ...]
+    seq: int
+    epoch: str
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    """Server -> client: the session is no longer in ``room``: ``left`` (it asked),
+    ``forbidden`` (its grant was removed)."""
+
+    room: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Grants:
+    """Server -> client: the token's grants changed while connected (see Welcome)."""
+
+    grants: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +239,7 @@ class Message:
     #: Not on the wire: set by a client for a message that arrived in a resume replay
     #: (between ``welcome`` and ``caught_up``), so it is one the user missed.
     replayed: bool = False
+    room: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +250,7 @@ class Ack:
     seq: int
     #: A resend the server recognised: it was stored and delivered the first time.
     duplicate: bool = False
+    room: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +268,7 @@ class CaughtUp:
     missing_after: int | None = None
     missing_before: int | None = None
     reset: bool = False
+    room: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +280,7 @@ class HistoryMessage:
     body: str
     seq: int
     ts: str
+    room: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +294,7 @@ class HistoryEnd:
     more: bool
     oldest: int | None
     latest: int
+    room: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +302,7 @@ class Join:
     """Server -> client: ``user`` opened their first session in the room."""
 
     user: str
+    room: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +311,7 @@ class Leave:
 
     user: str
     reason: str
+    room: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,15 +322,17 @@ class ErrorFrame:
     message: str
     id: MessageId = None
     retry_after: float | None = None
+    #: The room the error is about, if any.
+    room: str | None = None
 
     @property
     def closes(self) -> bool:
         return closes_connection(self.code)
 
 
-ClientFrame = Auth | SendMessage | History | Ping | Pong | Bye
-ServerFrame = (Welcome | Message | Ack | CaughtUp | HistoryMessage | HistoryEnd | Join | Leave
-               | Ping | Pong | Bye | ErrorFrame)
+ClientFrame = Auth | SendMessage | History | JoinRoom | LeaveRoom | Ping | Pong | Bye
+ServerFrame = (Welcome | Joined | Left | Grants | Message | Ack | CaughtUp | HistoryMessage
+               | HistoryEnd | Join | Leave | Ping | Pong | Bye | ErrorFrame)
 
 def is_text(value: object) -> TypeGuard[str]:
     """A str that is valid Unicode (no lone surrogates), so it can be re-encoded as UTF-8."""

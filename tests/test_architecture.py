@@ -16,7 +16,7 @@ PURE_MODULES = ("securechat.protocol", "securechat.protocol.frames",
                 "securechat.protocol.encode", "securechat.client.core", "securechat.client.parts",
                 "securechat.client.sendqueue", "securechat.client.phases",
                 "securechat.client.events", "securechat.client.backoff",
-                "securechat.client.roster")
+                "securechat.client.roster", "securechat.grants")
 #: The client's state machine also never reads the clock: time comes in as ``now``.
 CLOCKLESS_MODULES = ("securechat.client.core", "securechat.client.parts",
                      "securechat.client.sendqueue", "securechat.client.phases",
@@ -28,13 +28,14 @@ ALLOWED = {
     "protocol": {"errors"},
     "errors": set(),
     "devcerts": {"errors"},
+    "grants": {"protocol"},
     "io": {"errors"},
     "store": {"protocol", "errors"},
     "rooms": {"protocol", "errors", "store"},
-    "server": {"protocol", "errors", "io", "rooms", "store"},
+    "server": {"protocol", "errors", "io", "rooms", "store", "grants"},
     "client": {"protocol", "errors", "io"},
     "cli": {"__init__", "protocol", "errors", "io", "server", "client", "devcerts", "rooms",
-            "store"},
+            "store", "grants"},
     "__init__": {"client", "protocol", "errors"},
 }
 MAX_LINES = 600

@@ -45,26 +45,15 @@ class FrameDispatch(Memberships):
     ip_key: str
     conn_id: int
     peer: str
-    user_json: str
     user_counted: bool
     decoder: protocol.FrameDecoder
     bucket: TokenBucket | None
     frame_bucket: TokenBucket | None
     error_bucket: TokenBucket | None
     order_gate: OrderGate
-    client_id: str | None
     resume: protocol.Resume | None
 
     submitted: int
-
-    def deliver(self, frame: bytes) -> None:
-        raise NotImplementedError
-
-    def deliver_ack(self, frame: bytes) -> None:
-        raise NotImplementedError
-
-    def _send(self, frame: bytes) -> None:
-        raise NotImplementedError
 
     def _fail(self, code: str, message: str, mid: protocol.MessageId = None,
               retry_after: float | None = None) -> None:
@@ -72,9 +61,6 @@ class FrameDispatch(Memberships):
 
     def _begin_close(self, reason: str, *, linger: float = 1.0,
                      final: bytes | None = None) -> None:
-        raise NotImplementedError
-
-    def _queue_out(self, chunk: bytes) -> None:
         raise NotImplementedError
 
     def _schedule_flush(self) -> None:

@@ -90,6 +90,11 @@ class RoomRegistry:
         room.unsubscribe(member, reason)
         self._maybe_drop(room)
 
+    def release(self, room: InProcessRoom) -> None:
+        """A room fetched with :meth:`get` is no longer needed: drop it from memory again
+        if nobody is in it."""
+        self._maybe_drop(room)
+
     def _maybe_drop(self, room: InProcessRoom) -> None:
         if len(room) or room is self.default_room:
             return

@@ -221,10 +221,13 @@ class FrameDispatch(Memberships):
             self._error("forbidden", f"this token may not read room {name}", mid,
                         counts=False, room=name)
             return
-        room = self.rooms.get(name) or self.host.rooms.get(name)
-        if room is None:  # no such room: nothing stored
-            self._send(protocol.encode(protocol.HistoryEnd(mid, 0, False, None, 0, name)))
-            return
+        room = self.rooms.get(name)
+        if room is None:  # not a member: read it, then let it go again
+            room = self.host.rooms.get(name)
+            if room is None:  # no such room: nothing stored
+                self._send(protocol.encode(protocol.HistoryEnd(mid, 0, False, None, 0, name)))
+                return
+            self.host.rooms.release(room)  # the object stays usable for this one read
         try:
             page = room.history_page(before=frame.before, after=frame.after,
                                      limit=frame.limit)

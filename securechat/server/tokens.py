@@ -379,24 +379,27 @@ def revoke_tokens(path: Path, name_or_id: str) -> list[TokenRecord]:
 def set_grants(path: Path, name_or_id: str, change: Callable[[Grants], Grants],
                default_room: str) -> list[TokenRecord]:
     """Replace the grants of every token of a user, or of the one token with that id,
-    by ``change(old)``; return the changed records (empty: no such token).
+    by ``change(old)``; return the matching records as they are now (empty: no such
+    token).
 
     A token without grants is first given ``{default_room: "rw"}``, what it had on a
-    server with that ``--room``. The file is rewritten (atomically, under the lock)
-    only if some grants differ. A ValueError from ``change`` (too many grants) is a
-    TokenError and leaves the file as it was.
+    server with that ``--room``; it keeps None if ``change`` leaves that as it was.
+    The file is rewritten (atomically, under the lock) only if some grants changed. A
+    ValueError from ``change`` (too many grants) is a TokenError; the file stays as it
+    was.
     """
     with _locked(path):
         store = load_store(path)
         updated: dict[str, TokenRecord] = {}
         for record in store:
             if name_or_id in (record.name, record.id):
+                old = effective_grants(record, default_room)
                 try:
-                    grants = change(effective_grants(record, default_room))
+                    grants = change(old)
                 except ValueError as exc:
                     raise TokenError(f"token {record.id} of {record.name}: {exc}") from None
-                updated[record.id] = replace(record, grants=grants)
-        if any(store.get(i) != r for i, r in updated.items()):
+                updated[record.id] = record if grants == old else replace(record, grants=grants)
+        if any(store.get(i) is not r for i, r in updated.items()):
             _write_store(path, TokenStore([updated.get(r.id, r) for r in store]))
     return list(updated.values())
 

@@ -48,6 +48,8 @@ CLOSE_LINGER = 1.0
 REPLAY_PAGES_PER_TURN = 16
 
 _PING = protocol.encode(protocol.Ping())
+#: Before auth a session may enter no room (shared: grants are immutable).
+_NO_GRANTS = Grants()
 
 #: Closing errors before auth that the peer's own bytes caused: each counts as a failed
 #: login toward --auth-failures, as a wrong token does, so malformed auth frames are
@@ -82,7 +84,7 @@ class Session(FrameDispatch):
         #: The rooms it is in (see memberships.py), and what its token may enter.
         self.rooms = {}
         self.writable = set()
-        self.grants = Grants()
+        self.grants = _NO_GRANTS
         self.tokens_seen = None
         self.joining = None
         self.close_reason = ""

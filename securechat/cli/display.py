@@ -140,13 +140,17 @@ def event_text(event: ShownEvent, current: str | None = None) -> str | None:
         if event.code == "rate_limited":
             return None  # the client resends it; nothing is lost
         if room and event.code in ROOM_REFUSALS:
-            refusal = room_refusal_text(clean(room), event.code, clean(event.message),
-                                        sending=event.id is not None)
-            return f"{clock()} ! {refusal}"
+            if event.id is not None:
+                return None  # a refused message: its SendFailed says it, with the text
+            return f"{clock()} ! {room_refusal_text(clean(room), event.code)}"
         if event.code == "store_unavailable" and event.id is not None:
             return f"{clock()} ! the server could not store a message; resending it"
         return f"{clock()} ! server: {clean(event.code)}: {clean(event.message)}"
     if isinstance(event, SendFailed):
+        code = getattr(event.error, "code", None)
+        if room and code in ROOM_REFUSALS:
+            refusal = room_refusal_text(clean(room), str(code), sending=True)
+            return f"{clock()} ! {refusal}: {clean(event.body)!r}"
         return f"{clock()} ! not delivered: {clean(event.body)!r}: {clean(str(event.error))}"
     if isinstance(event, EventsDropped):
         return f"{clock()} ! {event.count} events dropped (output too slow)"
@@ -211,8 +215,10 @@ def _event_json(event: ShownEvent) -> dict[str, Any]:
         case Gap(after=after, before=before, missing=missing, restarted=restarted):
             return {"type": "gap", "after": after, "before": before, "missing": missing,
                     "restarted": restarted}
-        case SendFailed(mid, body, error):
-            return {"type": "send_failed", "id": mid, "body": body, "error": str(error)}
+        case SendFailed(id=mid, body=body, error=error):
+            failed = {"type": "send_failed", "id": mid, "body": body, "error": str(error)}
+            why = getattr(error, "code", None)
+            return {**failed, "code": why} if isinstance(why, str) else failed
         case EventsDropped(count):
             return {"type": "events_dropped", "count": count}
         case Closed(reason, error):

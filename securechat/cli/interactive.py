@@ -17,7 +17,7 @@ from types import FrameType
 
 from .. import protocol
 from ..client.api import Client, Connected
-from ..errors import ClientError, ProtocolError, QueueFull
+from ..errors import ClientError, ConfigError, ProtocolError, QueueFull
 from .display import ShownEvent, clean, clock, event_text, grants_text, status_text
 from .options import (
     DEFAULT_INTERACTIVE_HISTORY,
@@ -217,12 +217,12 @@ def _interactive_line(chat: _Chat, line: str, show: Callable[[str], None]) -> bo
             _command(chat, name, arg, show)
         except UsageError as exc:
             show(f"-- {exc}")
-        except (ClientError, ProtocolError, ValueError) as exc:
+        except (ClientError, ConfigError, ProtocolError, ValueError) as exc:
             show(f"-- {name[1:]} failed: {clean(str(exc))}")
         return True
     if line.startswith("//"):
         line = line[1:]
-    if chat.current is None and client.welcome is not None and not client.welcome.room:
+    if chat.current is None and client.welcome is not None:
         show("-- in no room: /join #ROOM first")
         return True
     try:

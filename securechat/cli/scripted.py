@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from .. import protocol
 from ..client.api import Client, Closed, Connected, Connecting, SendHandle
-from ..errors import ClientClosed, ClientError, ProtocolError
+from ..errors import ClientClosed, ClientError, ConfigError, ProtocolError
 from .display import ShownEvent, event_json, event_text, status_text, write_line
 from .options import (
     PROG,
@@ -115,7 +115,7 @@ class RoomFollow:
 
     def saw(self, event: ShownEvent) -> None:
         """Called by the thread reading the events; never raises for a closed client."""
-        with contextlib.suppress(ClientError, ProtocolError, ValueError):
+        with contextlib.suppress(ClientError, ConfigError, ProtocolError, ValueError):
             self._saw(event)
 
     def _saw(self, event: ShownEvent) -> None:

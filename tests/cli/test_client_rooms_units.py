@@ -20,7 +20,8 @@ from securechat.cli.options import (
     options_from_args,
     room_refusal_text,
 )
-from securechat.client import Connected
+from securechat.client import Connected, SendFailed
+from securechat.errors import RemoteProtocolError
 
 TS = "2026-12-02T10:00:00Z"
 
@@ -105,9 +106,14 @@ def test_room_errors_are_one_line() -> None:
     line = event_text(join)
     assert line is not None and line.endswith(" ! cannot join #ops: forbidden "
                                               "(this token has no grant for it)")
-    msg = protocol.ErrorFrame("forbidden", "read-only", id="a-1", room="general")
-    line = event_text(msg)
-    assert line is not None and "not sent to #general: forbidden" in line
+    # A refused message: the error frame is quiet, its SendFailed says it once.
+    assert event_text(protocol.ErrorFrame("forbidden", "ro", id="a-1", room="general")) is None
+    failed = SendFailed("a-1", "hi", RemoteProtocolError("forbidden", "ro"), room="general")
+    line = event_text(failed)
+    assert line is not None and line.endswith(
+        " ! not sent to #general: forbidden (this token may only read it): 'hi'")
+    assert event_json(failed)["code"] == "forbidden"
+    assert event_json(failed)["room"] == "general"
 
 
 def test_lines_of_other_rooms_are_prefixed() -> None:

@@ -80,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         opts = options_from_args(args, stdin_tty=stdin_tty)
         client = _make_client(opts)
         if opts.mode == "interactive":
-            code = run_interactive(client, opts.history, all_rooms=opts.all_rooms)
+            code = run_interactive(client, opts.history, all_rooms=opts.all_rooms,
+                                   login_rooms=opts.rooms)
         else:
             code = run_scripted(opts, client, sys.stdout, sys.stderr)
         return _never_ok_unless_welcomed(client, code, sys.stderr)

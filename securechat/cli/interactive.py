@@ -104,7 +104,7 @@ class _Chat:
 
 
 def run_interactive(client: Client, history: int = DEFAULT_INTERACTIVE_HISTORY, *,
-                    all_rooms: bool = False) -> int:
+                    all_rooms: bool = False, login_rooms: Sequence[str] = ()) -> int:
     """Chat through ``client`` (not started yet) at a prompt until /quit, Ctrl-D, Ctrl-C,
     SIGTERM or the client stops; returns the exit code. Lines printed by other threads
     go above the line being typed (patch_stdout), which is redrawn intact under them.
@@ -125,7 +125,8 @@ def run_interactive(client: Client, history: int = DEFAULT_INTERACTIVE_HISTORY, 
     session: PromptSession[str] = PromptSession(key_bindings=keys)
     app = session.app
     finished = threading.Event()
-    follow = RoomFollow(client, history=history, all_rooms=all_rooms)
+    follow = RoomFollow(client, history=history, all_rooms=all_rooms,
+                        login_rooms=login_rooms)
 
     def prompt_text() -> str:
         welcome = client.welcome

@@ -18,12 +18,13 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any, TextIO
 
 from .. import protocol
 from ..client.api import Client, Closed, Connected, Connecting, SendHandle
+from ..client.rooms import JOIN_REFUSALS
 from ..errors import ClientClosed, ClientError, ConfigError, ProtocolError
 from .display import ShownEvent, event_json, event_text, status_text, write_line
 from .options import (
@@ -37,9 +38,6 @@ from .options import (
 
 __all__ = ["Printer", "RoomFollow", "RoomWatch", "run_scripted", "run_until_signal",
            "wait_room"]
-
-#: Refusals of a join (not of one message): the room stays out of ``client.rooms``.
-_JOIN_REFUSALS = ("forbidden", "room_full", "too_many_rooms")
 
 
 class RoomWatch:
@@ -55,7 +53,7 @@ class RoomWatch:
     def saw(self, event: ShownEvent) -> None:
         with self._cond:
             if (isinstance(event, protocol.ErrorFrame) and event.room
-                    and event.code in _JOIN_REFUSALS and event.id is None):
+                    and event.code in JOIN_REFUSALS and event.id is None):
                 self.refused[event.room] = event
             elif isinstance(event, protocol.Joined):
                 self.refused.pop(event.room, None)
@@ -106,12 +104,14 @@ class RoomFollow:
     ``all_rooms`` join every room the grants name without a wildcard (at login,
     and again when the grants change)."""
 
-    def __init__(self, client: Client, *, history: int, all_rooms: bool) -> None:
+    def __init__(self, client: Client, *, history: int, all_rooms: bool,
+                 login_rooms: Sequence[str] = ()) -> None:
         self.client = client
         self.history = history
         self.all_rooms = all_rooms
         self._asked: set[str] = set()
-        self._requested: set[str] = set()
+        #: Asked for already (the login's rooms among them): never joined twice.
+        self._requested: set[str] = set(login_rooms)
 
     def saw(self, event: ShownEvent) -> None:
         """Called by the thread reading the events; never raises for a closed client."""
@@ -164,7 +164,8 @@ class Printer:
         self.stderr = stderr
         self.show = show
         self.watch = watch or RoomWatch()
-        self.follow = RoomFollow(client, history=opts.history, all_rooms=opts.all_rooms)
+        self.follow = RoomFollow(client, history=opts.history, all_rooms=opts.all_rooms,
+                                 login_rooms=opts.rooms)
         #: Text lines name their room unless only one room can be joined.
         self.current: str | None = (
             None if len(opts.rooms) <= 1 and not opts.all_rooms else "")

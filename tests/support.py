@@ -5,6 +5,7 @@ server sends). Every server started here is shut down and its threads joined."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -24,11 +25,18 @@ from typing import IO, Any
 
 import trustme
 
+from securechat.grants import Grants
 from securechat.io.tls import server_context
 from securechat.server import Server
 from securechat.server.config import ServerConfig
 from securechat.server.session import Session
-from securechat.server.tokens import add_token, revoke_tokens
+from securechat.server.tokens import (
+    TokenStore,
+    add_token,
+    load_store,
+    revoke_tokens,
+)
+from securechat.server.tokens import _write_store as write_store
 
 #: Multiply every test deadline by this (slow machines: SECURECHAT_TEST_SCALE=3).
 SCALE = float(os.environ.get("SECURECHAT_TEST_SCALE", "1"))
@@ -176,11 +184,25 @@ class RunningServer:
     def port(self) -> int:
         return self.server.address[1]
 
-    def add_user(self, name: str) -> str:
-        """Add a token to the tokens file and wait until the server has re-read it."""
-        token, record = add_token(self.tokens_path, name)
+    def add_user(self, name: str, grants: dict[str, str] | None = None) -> str:
+        """Add a token (with room ``grants``, else the default room's) to the tokens
+        file and wait until the server has re-read it."""
+        token, record = add_token(self.tokens_path, name,
+                                  None if grants is None else Grants(grants))  # type: ignore[arg-type]
         wait_for(lambda: record.id in self.server.tokens, what=f"server to load {name}'s token")
         return token
+
+    def set_grants(self, name: str, grants: dict[str, str]) -> None:
+        """Replace every token of ``name``'s grants in the file and wait until the server
+        has re-read it (as ``securechat-token grant``/``ungrant`` would)."""
+        store = load_store(self.tokens_path)
+        new = Grants(grants)  # type: ignore[arg-type]
+        records = [dataclasses.replace(r, grants=new) if r.name == name else r for r in store]
+        write_store(self.tokens_path, TokenStore(records))
+        ids = {r.id for r in records if r.name == name}
+        wait_for(lambda: all((rec := self.server.tokens.get(i)) is not None
+                             and rec.grants == new for i in ids),
+                 what=f"server to load {name}'s new grants")
 
     def revoke(self, name: str) -> None:
         revoke_tokens(self.tokens_path, name)
@@ -196,22 +218,28 @@ class RunningServer:
         return client
 
     def login(self, token: str, *, rcvbuf: int | None = None, client_id: str | None = None,
-              resume: tuple[str, int] | None = None) -> tuple[WireClient, dict[str, Any]]:
-        """Connect, authenticate (with ``auth.client`` / ``auth.resume`` if given),
-        return the client and its welcome frame."""
+              resume: tuple[str, int] | None = None,
+              rooms: list[Any] | None = None) -> tuple[WireClient, dict[str, Any]]:
+        """Connect, authenticate (with ``auth.client`` / ``auth.resume`` / ``auth.rooms``
+        if given), return the client and its welcome frame."""
         client = self.tls_connect(rcvbuf=rcvbuf)
         auth: dict[str, Any] = {"type": "auth", "token": token}
         if client_id is not None:
             auth["client"] = client_id
         if resume is not None:
             auth["resume"] = {"epoch": resume[0], "seq": resume[1]}
+        if rooms is not None:
+            auth["rooms"] = rooms
         client.send(auth)
         return client, client.expect("welcome")
 
     def user(self, name: str, *, client_id: str | None = None,
-             resume: tuple[str, int] | None = None) -> tuple[WireClient, dict[str, Any]]:
-        """Log in as ``name`` with a new token of that user."""
-        return self.login(self.add_user(name), client_id=client_id, resume=resume)
+             resume: tuple[str, int] | None = None, rooms: list[Any] | None = None,
+             grants: dict[str, str] | None = None) -> tuple[WireClient, dict[str, Any]]:
+        """Log in as ``name`` with a new token of that user (with ``grants`` if given),
+        into ``rooms`` (protocol 3) if given, else the default room."""
+        return self.login(self.add_user(name, grants), client_id=client_id, resume=resume,
+                          rooms=rooms)
 
     def close_clients(self) -> None:
         for client in self.clients:

@@ -149,7 +149,8 @@ def test_good_frame_in_the_same_write_as_an_oversized_line_is_delivered(
         ("ack", "m1"), ("error", "frame_too_large")]
     msg = bob.expect("msg")
     assert (msg["from"], msg["body"]) == ("alice", "before")
-    assert bob.expect("leave") == {"type": "leave", "user": "alice", "reason": "frame_too_large"}
+    assert bob.expect("leave") == {"type": "leave", "room": "lobby",
+                                   "user": "alice", "reason": "frame_too_large"}
 
 
 def test_frames_after_an_oversized_complete_line_are_not_handled(

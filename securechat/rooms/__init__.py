@@ -1,7 +1,10 @@
-"""Rooms: the interface sessions publish through (:mod:`.base`), and its backends
-(:mod:`.memory`: in this process)."""
+"""Rooms: the interface sessions publish through (:mod:`.base`), its backend
+(:mod:`.memory`: in this process), and the rooms of a server by name
+(:mod:`.registry`)."""
 
 from .base import HistoryEntry, Member, Room, RoomSnapshot
-from .memory import InProcessRoom
+from .memory import CacheBudget, InProcessRoom
+from .registry import RoomRegistry
 
-__all__ = ["HistoryEntry", "InProcessRoom", "Member", "Room", "RoomSnapshot"]
+__all__ = ["CacheBudget", "HistoryEntry", "InProcessRoom", "Member", "Room", "RoomRegistry",
+           "RoomSnapshot"]

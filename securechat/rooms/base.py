@@ -48,6 +48,7 @@ class RoomSnapshot:
     room: str
     members: tuple[str, ...]
     seq: int
+    epoch: str = ""
 
 
 @dataclass(frozen=True, slots=True)

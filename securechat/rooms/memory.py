@@ -26,9 +26,11 @@ from .resends import PENDING, ResendTable
 
 __all__ = ["InProcessRoom"]
 
-#: Frames kept in memory for replays: at most this many, and this many bytes.
+#: Frames kept in memory for replays: at most this many, and this many bytes, per room;
+#: and all rooms of a server together at most CACHE_TOTAL_BYTES (see CacheBudget).
 CACHE_FRAMES = 10_000
 CACHE_BYTES = 32 * 1024 * 1024
+CACHE_TOTAL_BYTES = 64 * 1024 * 1024
 #: How often (in publishes) expired resend entries are swept.
 _SWEEP_EVERY = 4096
 
@@ -41,16 +43,29 @@ class _Submits(Protocol):
     def submit(self, item: Pending) -> None: ...
 
 
-def _ack(msg_id: str | int | None, seq: int) -> bytes:
-    if msg_id is None:
-        return b'{"type":"ack","id":null,"seq":%d}\n' % seq
-    return protocol.encode(protocol.Ack(msg_id, seq))
-
-
-def encode_stored(message: StoredMessage) -> bytes:
+def encode_stored(message: StoredMessage, room_json: str) -> bytes:
     """The ``msg`` frame of a stored message, as it was sent live."""
     return protocol.encode_room_message(protocol.json_string(message.sender), message.body,
-                                        message.seq, message.ts)
+                                        message.seq, message.ts, room_json)
+
+
+class CacheBudget:
+    """The bytes of cached frames of all rooms together: a room that adds a frame past
+    the budget trims its own cache, so the busiest rooms give back the most and a
+    thousand rooms never hold a thousand times one room's cache."""
+
+    __slots__ = ("_lock", "limit", "used")
+
+    def __init__(self, limit: int = CACHE_TOTAL_BYTES) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def add(self, size: int) -> bool:
+        """Count ``size`` more bytes; True if the total is now over the budget."""
+        with self._lock:
+            self.used += size
+            return self.used > self.limit
 
 
 class InProcessRoom:
@@ -62,9 +77,15 @@ class InProcessRoom:
 
     def __init__(self, name: str = "lobby", *, log: MessageLog | None = None,
                  resend_window: float = 300.0, resends_per_client: int = 1000,
-                 cache: int = CACHE_FRAMES, clock: Callable[[], float] = time.time) -> None:
+                 cache: int = CACHE_FRAMES, clock: Callable[[], float] = time.time,
+                 budget: CacheBudget | None = None) -> None:
         self.name = name
+        #: The name as a JSON string, put in every frame of the room (encoded once).
+        self.room_json = protocol.json_string(name)
         self.log: MessageLog = log if log is not None else MemoryLog()
+        self._budget = budget if budget is not None else CacheBudget()
+        #: Messages handed to the writer and not yet stored or refused (room lock).
+        self.inflight = 0
         self._clock = clock
         self._lock = threading.Lock()
         self._sessions: dict[Member, None] = {}
@@ -104,9 +125,10 @@ class InProcessRoom:
             count = self._users.get(user, 0)
             self._users[user] = count + 1
             if count == 0:
-                self._broadcast(protocol.encode(protocol.Join(user)), member)
+                self._broadcast(protocol.encode(protocol.Join(user, self.name)), member)
             self._sessions[member] = None
-            snapshot = RoomSnapshot(self.name, tuple(sorted(self._users)), self._seq)
+            snapshot = RoomSnapshot(self.name, tuple(sorted(self._users)), self._seq,
+                                    self.log.epoch)
             member.deliver(greet(snapshot))
             return snapshot
 
@@ -121,7 +143,7 @@ class InProcessRoom:
                 self._users[user] = count
                 return
             self._users.pop(user, None)
-            self._broadcast(protocol.encode(protocol.Leave(user, reason)), member)
+            self._broadcast(protocol.encode(protocol.Leave(user, reason, self.name)), member)
 
     # ------------------------------------------------------------------ publishing
     def publish(self, sender: Member, body: str, msg_id: str | int | None = None) -> int | None:
@@ -145,7 +167,8 @@ class InProcessRoom:
                 seen = self._resends.lookup(sender.user, client, msg_id, now)
                 if seen is not None:
                     if seen != PENDING:
-                        sender.deliver_ack(protocol.encode(protocol.Ack(msg_id, seen, True)))
+                        sender.deliver_ack(protocol.encode_ack(msg_id, seen, self.room_json,
+                                                               duplicate=True))
                     return seen
                 self._resends.take(sender.user, client, msg_id, now)
             self._publishes += 1
@@ -160,11 +183,14 @@ class InProcessRoom:
                 cast(_Submits, self.log).submit(item)
             except StoreUnavailable as exc:
                 self._refuse(item, exc)
+            else:
+                self.inflight += 1
             return None
 
     def on_stored(self, batch: list[Pending]) -> None:
         """The writer stored ``batch`` (numbered, in seq order): fan it out."""
         with self._lock:
+            self.inflight -= len(batch)
             for item in batch:
                 self._fan_out(item)
 
@@ -172,6 +198,7 @@ class InProcessRoom:
         """The writer could not store ``batch``: nothing of it was numbered or seen;
         each sender is told to resend (error store_unavailable, not acknowledged)."""
         with self._lock:
+            self.inflight -= len(batch)
             for item in batch:
                 self._refuse(item, error)
 
@@ -181,13 +208,14 @@ class InProcessRoom:
         sender = cast(Member, item.ref)
         sender.deliver_ack(protocol.encode_error(
             "store_unavailable", f"message not stored: {error.reason}", item.msg_id,
-            round(error.retry_after, 3)))
+            round(error.retry_after, 3), room=self.name))
 
     def _fan_out(self, item: Pending) -> None:
         """Deliver a stored message; called with the lock held, in seq order."""
         sender = cast(Member, item.ref)
         seq = item.seq
-        frame = protocol.encode_room_message(sender.user_json, item.body, seq, item.ts)
+        frame = protocol.encode_room_message(sender.user_json, item.body, seq, item.ts,
+                                             self.room_json)
         self._seq = seq
         if item.client is not None and item.msg_id is not None:
             self._resends.stored(item.sender, item.client, item.msg_id, seq)
@@ -196,7 +224,7 @@ class InProcessRoom:
             if member is not sender:
                 member.deliver(frame)
         # Under the lock, so the sender sees ack N before any message N+1.
-        sender.deliver_ack(_ack(item.msg_id, seq))
+        sender.deliver_ack(protocol.encode_ack(item.msg_id, seq, self.room_json))
 
     def _remember(self, seq: int, frame: bytes) -> None:
         if not self._cache_max:
@@ -208,11 +236,22 @@ class InProcessRoom:
             self._cache_first = seq
         cache.append(frame)
         self._cache_bytes += len(frame)
-        if len(cache) > self._cache_max or self._cache_bytes > CACHE_BYTES:
+        over_budget = self._budget.add(len(frame))
+        if len(cache) > self._cache_max or self._cache_bytes > CACHE_BYTES or over_budget:
             drop = max(len(cache) // 4, 1)  # amortised: trim a quarter at a time
-            self._cache_bytes -= sum(map(len, cache[:drop]))
+            dropped = sum(map(len, cache[:drop]))
+            self._cache_bytes -= dropped
+            self._budget.add(-dropped)
             del cache[:drop]
             self._cache_first += drop
+
+    def release_cache(self) -> None:
+        """Give the cache's bytes back to the budget (the room is being dropped)."""
+        with self._lock:
+            self._budget.add(-self._cache_bytes)
+            self._cache.clear()
+            self._cache_bytes = 0
+            self._cache_first = self._seq + 1
 
     # ------------------------------------------------------------------ reading
     def frames_after(self, after: int, upto: int, max_bytes: int,
@@ -248,7 +287,7 @@ class InProcessRoom:
         for message in stored:
             if message.seq > upto:
                 break
-            frame = encode_stored(message)
+            frame = encode_stored(message, self.room_json)
             frames.append(frame)
             size += len(frame)
             if size >= max_bytes:

@@ -21,7 +21,7 @@ from collections import Counter, OrderedDict
 from typing import Any
 
 from ..io.loop import IOLoop
-from ..rooms.base import Room
+from ..rooms.registry import RoomRegistry
 from .config import ServerConfig
 from .limits import KeyedBuckets, QueueMeter
 from .logs import LogThrottle, log_event
@@ -80,13 +80,13 @@ class Admission:
     """The admission limits and the accounting of one server; its sessions' host."""
 
     def __init__(self, config: ServerConfig, *, ssl_context: ssl.SSLContext,
-                 tokens: TokenStore, room: Room, loops: list[IOLoop],
+                 tokens: TokenStore, rooms: RoomRegistry, loops: list[IOLoop],
                  stopping: threading.Event) -> None:
         self.config = config
         self.ssl_context = ssl_context
         #: Replaced as a whole when the file changes (Server.tokens).
         self.tokens = tokens
-        self.room = room
+        self.rooms = rooms
         self.session_prefix = secrets.token_hex(3)
         self._stopping = stopping
         self._lock = threading.Lock()

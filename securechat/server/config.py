@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..protocol import DEFAULT_MAX_FRAME, DEFAULT_PORT, PRE_AUTH_MAX_FRAME
+from ..protocol import DEFAULT_MAX_FRAME, DEFAULT_PORT, PRE_AUTH_MAX_FRAME, room_problem
 
 __all__ = ["ServerConfig"]
 
@@ -33,7 +33,16 @@ class ServerConfig:
         "server private key, PEM, unencrypted, mode 0600"))
     tokens: Path = field(default=Path("tokens.json"), metadata=_doc(
         "tokens file made by securechat-token; re-read when it changes"))
-    room: str = field(default="lobby", metadata=_doc("name of the broadcast room"))
+    room: str = field(default="lobby", metadata=_doc(
+        "the default room: where a client that names no room (protocol 1 and 2) is put, "
+        "and the one room a token made without --rooms may enter"))
+    max_rooms: int = field(default=10_000, metadata=_doc(
+        "rooms the server holds (with members or stored messages); a join that would "
+        "make one more: error too_many_rooms"))
+    max_room_members: int = field(default=10_000, metadata=_doc(
+        "sessions in one room; beyond it a join gets error room_full"))
+    max_rooms_per_session: int = field(default=100, metadata=_doc(
+        "rooms one session may be in at once; beyond it: error too_many_rooms"))
     tls_min: str = field(default="1.3", metadata=_doc(
         "lowest TLS version accepted: 1.3, or 1.2 (AEAD suites only)"))
     io_threads: int = field(default=1, metadata=_doc(
@@ -122,7 +131,8 @@ class ServerConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be greater than 0")
         at_least_one = ("io_threads", "max_connections", "max_unauth_per_ip", "backlog",
                         "max_pending", "msg_burst", "frame_burst", "max_refusing",
-                        "max_sessions_per_user", "max_errors", "max_queued_total")
+                        "max_sessions_per_user", "max_errors", "max_queued_total",
+                        "max_rooms", "max_room_members", "max_rooms_per_session")
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
@@ -139,6 +149,8 @@ class ServerConfig:
             raise ConfigError("--auth-timeout must be at least --handshake-timeout")
         if not 0 <= self.port <= 65535:
             raise ConfigError("--port must be between 0 and 65535")
+        if (problem := room_problem(self.room)) is not None:
+            raise ConfigError(f"--room {self.room!r}: {problem}")
         if self.tls_min not in ("1.2", "1.3"):
             raise ConfigError("--tls-min must be 1.2 or 1.3")
         if self.store not in ("sqlite", "memory"):

@@ -1,5 +1,6 @@
-"""What a server session does with each frame it reads: auth, messages, history,
-heartbeats and bye (the session's transport is :mod:`securechat.server.session`).
+"""What a server session does with each frame it reads: auth, join and leave,
+messages, history, heartbeats and bye (the session's transport is
+:mod:`securechat.server.session`, its rooms :mod:`securechat.server.memberships`).
 
 :class:`FrameDispatch` is a base class of :class:`~securechat.server.session.Session`;
 it declares what it uses of the session (state, budgets, ``_send``/``_error``/``_fail``)
@@ -18,9 +19,11 @@ from ..rooms.base import RoomSnapshot
 from ..rooms.resends import PENDING
 from ..store.base import StoreUnavailable
 from .limits import OrderGate, TokenBucket, spread_retry
-from .logs import ConnectionLog, log_event
+from .logs import log_event
+from .memberships import Memberships
 from .replay import Replay, resume_outcome
 from .state import State
+from .tokens import effective_grants
 
 if TYPE_CHECKING:
     from .host import SessionHost
@@ -33,7 +36,7 @@ _PONG = protocol.encode(protocol.Pong())
 _BYE = protocol.encode(protocol.Bye())
 
 
-class FrameDispatch:
+class FrameDispatch(Memberships):
     """Frame handling for one session, run on its owning loop thread."""
 
     # Provided by the session.
@@ -42,20 +45,15 @@ class FrameDispatch:
     ip_key: str
     conn_id: int
     peer: str
-    user: str
     user_json: str
-    token_id: str
-    joined: bool
     user_counted: bool
     decoder: protocol.FrameDecoder
     bucket: TokenBucket | None
     frame_bucket: TokenBucket | None
     error_bucket: TokenBucket | None
     order_gate: OrderGate
-    log: ConnectionLog
     client_id: str | None
     resume: protocol.Resume | None
-    replay: Replay | None
 
     submitted: int
 
@@ -68,10 +66,6 @@ class FrameDispatch:
     def _send(self, frame: bytes) -> None:
         raise NotImplementedError
 
-    def _error(self, code: str, message: str, mid: protocol.MessageId = None,
-               retry_after: float | None = None, *, counts: bool = True) -> None:
-        raise NotImplementedError
-
     def _fail(self, code: str, message: str, mid: protocol.MessageId = None,
               retry_after: float | None = None) -> None:
         raise NotImplementedError
@@ -81,6 +75,9 @@ class FrameDispatch:
         raise NotImplementedError
 
     def _queue_out(self, chunk: bytes) -> None:
+        raise NotImplementedError
+
+    def _schedule_flush(self) -> None:
         raise NotImplementedError
 
     def _on_line(self, line: bytes) -> None:
@@ -110,6 +107,14 @@ class FrameDispatch:
                 return
             if type(frame) is protocol.Ping:
                 self._send(_PONG)
+            elif type(frame) is protocol.JoinRoom:
+                self._join(frame.room, frame.resume)
+            elif type(frame) is protocol.LeaveRoom:
+                if self._leave(frame.room, "left"):
+                    self._send(protocol.encode(protocol.Left(frame.room, "left")))
+                else:
+                    self._error("not_joined", f"not in room {frame.room}", counts=False,
+                                room=frame.room)
             elif type(frame) is protocol.History:
                 self._on_history(frame)
             elif type(frame) is protocol.Pong:
@@ -141,9 +146,17 @@ class FrameDispatch:
             self._fail("auth_failed", "unknown or revoked token")  # counts the failure
             return
         cfg = host.config
+        grants = effective_grants(record, cfg.room)
+        if auth.rooms is None and grants.mode(cfg.room) is None:
+            # A protocol 1/2 login can only be put in the default room.
+            self._fail("forbidden", f"this token may not enter the default room {cfg.room}; "
+                       "name the rooms to join in auth (protocol 3)")
+            return
         self.user = record.name
         self.user_json = protocol.json_string(record.name)
         self.token_id = record.id
+        self.grants = grants
+        self.tokens_seen = host.tokens
         self.client_id = auth.client
         self.resume = auth.resume
         self.log.identify(record.name, {"conn": self.conn_id, "peer": self.peer,
@@ -164,49 +177,94 @@ class FrameDispatch:
         self.frame_bucket = TokenBucket(cfg.frame_rate, cfg.frame_burst, now)
         self.error_bucket = TokenBucket(cfg.max_errors / 60.0, cfg.max_errors, now)
         log_event(logger, logging.INFO, "auth", **self.log.fields)
-        host.room.subscribe(self, self._welcome)
-        self.joined = True
-        log_event(logger, logging.INFO, "join", room=host.room.name, **self.log.fields)
+        if auth.rooms is None:
+            self._join_default()
+            return
+        # Protocol 3: the welcome names the rooms joined, so the joins come first and
+        # what they owe waits in ``joining`` until the welcome is out.
+        self.joining = []
+        for entry in auth.rooms:
+            self._join(entry.room, entry.resume)
+        owed, self.joining = self.joining, None
+        # Straight to the send buffer: live frames of the rooms may be in the inbox.
+        self._queue_out(self._encode_welcome(None) + b"".join(owed))
+        self._schedule_flush()
+
+    def _encode_welcome(self, snapshot: RoomSnapshot | None) -> bytes:
+        cfg = self.host.config
+        members: tuple[str, ...]
+        if snapshot is None:
+            room, members, seq, epoch, rooms = "", (), 0, "", tuple(self.rooms)
+        else:
+            room, members, seq, epoch = (snapshot.room, snapshot.members, snapshot.seq,
+                                         snapshot.epoch)
+            rooms = (room,)
+        return protocol.encode(protocol.Welcome(
+            user=self.user, room=room, members=members, heartbeat=cfg.heartbeat, seq=seq,
+            max_frame=cfg.max_frame, session=f"{self.host.session_prefix}-{self.conn_id}",
+            epoch=epoch, rooms=rooms, grants=self.grants.items))
+
+    def _join_default(self) -> None:
+        """A protocol 1/2 login: into the default room, with the welcome describing it.
+        The default room always exists, and the member cap applies to joins by name."""
+        room = self.host.rooms.default_room
+        room.subscribe(self, self._welcome)
+        self.rooms[room.name] = room
+        if self.grants.mode(room.name) == "rw":
+            self.writable.add(room.name)
+        log_event(logger, logging.INFO, "join", room=room.name, **self.log.fields)
 
     def _welcome(self, snapshot: RoomSnapshot) -> bytes:
         """The welcome, and for a resume either ``caught_up`` at once or the start of a
         replay (called by the room under its lock, on this session's loop thread)."""
-        cfg = self.host.config
-        room = self.host.room
-        welcome = protocol.encode(protocol.Welcome(
-            user=self.user, room=snapshot.room, members=snapshot.members,
-            heartbeat=cfg.heartbeat, seq=snapshot.seq, max_frame=cfg.max_frame,
-            session=f"{self.host.session_prefix}-{self.conn_id}",
-            epoch=room.epoch,
-        ))
+        welcome = self._encode_welcome(snapshot)
         resume = self.resume
         if resume is None:
             return welcome
-        outcome = resume_outcome(resume, room.epoch, snapshot.seq)
+        outcome = resume_outcome(resume, snapshot.epoch, snapshot.seq, snapshot.room)
         if outcome is not None:
             return welcome + protocol.encode(outcome)
         # Welcome now; the replay's pages and then the held live frames follow it.
-        self.replay = Replay(resume.seq, snapshot.seq)
-        self._queue_out(welcome)
+        self._owe(self.host.rooms.default_room, welcome, Replay(resume.seq, snapshot.seq))
         return b""
 
     def _on_history(self, frame: protocol.History) -> None:
-        room = self.host.room
+        name = frame.room or self.host.config.room
+        mid = frame.id
+        if self.grants.mode(name) is None:
+            self._error("forbidden", f"this token may not read room {name}", mid,
+                        counts=False, room=name)
+            return
+        room = self.rooms.get(name) or self.host.rooms.get(name)
+        if room is None:  # no such room: nothing stored
+            self._send(protocol.encode(protocol.HistoryEnd(mid, 0, False, None, 0, name)))
+            return
         try:
             page = room.history_page(before=frame.before, after=frame.after,
                                      limit=frame.limit)
         except StoreUnavailable as exc:
             self._error("store_unavailable", f"history not readable: {exc.reason}", frame.id,
-                        retry_after=round(exc.retry_after, 3), counts=False)
+                        retry_after=round(exc.retry_after, 3), counts=False, room=name)
             return
-        mid = frame.id
+        room_json = room.room_json
         parts = [protocol.encode_history_message(mid, protocol.json_string(m.sender), m.body,
-                                                 m.seq, m.ts) for m in page.messages]
+                                                 m.seq, m.ts, room_json)
+                 for m in page.messages]
         parts.append(protocol.encode(protocol.HistoryEnd(
-            mid, len(page.messages), page.more, page.oldest, page.latest)))
+            mid, len(page.messages), page.more, page.oldest, page.latest, name)))
         self._send(b"".join(parts))
 
     def _on_message(self, frame: protocol.SendMessage) -> None:
+        name = frame.room or self.host.config.room
+        room = self.rooms.get(name)
+        if room is None or name not in self.writable:
+            if room is None:
+                self._error("not_joined", f"not in room {name}; message not delivered",
+                            frame.id, counts=False, room=name)
+            else:
+                self._error("forbidden", f"read-only in room {name}; message not delivered",
+                            frame.id, counts=False, room=name)
+            return
         bucket = self.bucket
         if bucket is not None and bucket.rate > 0:
             now = time.monotonic()
@@ -218,5 +276,5 @@ class FrameDispatch:
                             counts=False)  # msg has its own budget and a resend rule
                 return
         self.submitted += 1  # the room answers each publish once, with deliver_ack
-        if self.host.room.publish(self, frame.body, frame.id) == PENDING:
+        if room.publish(self, frame.body, frame.id) == PENDING:
             self.submitted -= 1  # a resend of one still being stored: no second answer

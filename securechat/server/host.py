@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ..io.loop import IOLoop
-    from ..rooms.base import Room
+    from ..rooms.registry import RoomRegistry
     from .config import ServerConfig
     from .limits import QueueMeter
     from .tokens import TokenStore
@@ -31,7 +31,8 @@ class SessionHost(Protocol):
     ssl_context: ssl.SSLContext
     #: The tokens in force now: looked up at auth and on every tick (revocation).
     tokens: TokenStore
-    room: Room
+    #: The server's rooms by name (the default one included).
+    rooms: RoomRegistry
     #: Names this server process in ``welcome`` (``epoch``, ``session``).
     session_prefix: str
     #: A loop's queued bytes past which it asks :meth:`trim_queues` to act.

@@ -31,7 +31,7 @@ from typing import Any, cast
 from ..errors import ServerThreadDied
 from ..io.loop import IOLoop
 from ..io.tls import server_context
-from ..rooms import InProcessRoom, Room
+from ..rooms import InProcessRoom, RoomRegistry
 from ..store.base import Durability, MessageLog
 from ..store.memory import MemoryLog
 from ..store.sqlite import SQLiteLog
@@ -68,7 +68,7 @@ class Server:
     """A TLS chat relay. Thread-safe ``start``/``shutdown``; shutdown is idempotent."""
 
     def __init__(self, config: ServerConfig, *, ssl_context: ssl.SSLContext | None = None,
-                 tokens: TokenStore | None = None, room: Room | None = None) -> None:
+                 tokens: TokenStore | None = None) -> None:
         self.config = config
         self._log: MessageLog | None = None
         self.ssl_context = ssl_context or server_context(
@@ -86,10 +86,12 @@ class Server:
         #: The admission limits and the accounting; the host of every session.
         self._admission = Admission(
             config, ssl_context=self.ssl_context, tokens=tokens,
-            room=room or self._make_room(config),
+            rooms=self._make_rooms(config),
             loops=self._loops, stopping=self._stopping)
         # The same objects as the host's (never rebound; tokens is a property).
-        self.room: Room = self._admission.room
+        self.rooms: RoomRegistry = self._admission.rooms
+        #: The default room (``--room``), where protocol 1/2 clients go.
+        self.room: InProcessRoom = self.rooms.default_room
         self.session_prefix = self._admission.session_prefix
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
@@ -111,8 +113,8 @@ class Server:
         #: Tests only: called with "accept" or "tokens" at those points; may raise.
         self._inject_fault: Callable[[str], None] | None = None
 
-    def _make_room(self, config: ServerConfig) -> Room:
-        """The room over the log ``--store`` names; opening SQLite may raise
+    def _make_rooms(self, config: ServerConfig) -> RoomRegistry:
+        """The rooms over the log ``--store`` names; opening SQLite may raise
         StoreOpenError (a ConfigError: the server refuses to start, saying why)."""
         log: MessageLog
         if config.store == "memory":
@@ -123,7 +125,9 @@ class Server:
                 history_max=config.history_max, history_age=config.history_age,
                 on_thread_died=lambda exc: self._thread_died("securechat-store", exc))
         self._log = log
-        return InProcessRoom(config.room, log=log, resend_window=config.resend_window)
+        return RoomRegistry(log, default=config.room, max_rooms=config.max_rooms,
+                            max_members=config.max_room_members,
+                            resend_window=config.resend_window)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -156,15 +160,16 @@ class Server:
         listener.setblocking(False)
         self._listener = listener
         self._started = True
-        if isinstance(self._log, SQLiteLog) and isinstance(self.room, InProcessRoom):
+        if isinstance(self._log, SQLiteLog):
             # The writer thread only runs SQLite (which releases the GIL); the fan-out of
             # each committed batch is Python work and goes to an I/O loop, in order
-            # (call_soon is FIFO), so the two threads do not fight over the GIL.
-            fanout, room = self._loops[0], self.room
+            # (call_soon is FIFO), so the two threads do not fight over the GIL. The
+            # registry hands each room its part of the batch.
+            fanout, rooms = self._loops[0], self.rooms
             self._log.start(
-                lambda batch: fanout.call_soon(functools.partial(room.on_stored, batch)),
+                lambda batch: fanout.call_soon(functools.partial(rooms.on_stored, batch)),
                 lambda batch, error: fanout.call_soon(
-                    functools.partial(room.on_failed, batch, error)))
+                    functools.partial(rooms.on_failed, batch, error)))
         for loop in self._loops:
             loop.start()
         self._accept_thread = threading.Thread(target=self._accept_loop,
@@ -173,7 +178,7 @@ class Server:
         host, port = self.address
         log_event(logger, logging.INFO, "listen", host=host, port=port, tls_min=cfg.tls_min,
                   io_threads=cfg.io_threads, room=self.room.name, store=cfg.store,
-                  epoch=self.room.epoch, seq=self.room.seq)
+                  epoch=self.room.epoch, seq=self.room.seq, rooms=len(self.rooms))
         somaxconn = _read_int("/proc/sys/net/core/somaxconn")
         if somaxconn is not None and somaxconn < cfg.backlog:
             log_event(logger, logging.WARNING, "config",

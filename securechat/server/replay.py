@@ -1,5 +1,5 @@
-"""A resume in progress: what one returning session still has to be sent, and the live
-frames it must not see before that.
+"""A resume in progress: what one returning session still has to be sent, room after
+room, and the live frames it must not see before that.
 
 The session joins the room at once (so no live message slips between the replay and
 the live stream), and the room's snapshot seq ``upto`` fixes the replay's end. Live
@@ -11,12 +11,13 @@ server buffer them. Loop-owned: only the session's I/O thread touches it.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Final
 
 from .. import protocol
 from ..rooms.base import Room
 
-__all__ = ["LOW_WATER", "PAGE_BYTES", "Replay", "resume_outcome"]
+__all__ = ["LOW_WATER", "PAGE_BYTES", "CatchUp", "Replay", "resume_outcome"]
 
 #: The next page is read once the session's unsent bytes fall below this.
 LOW_WATER: Final = 64 * 1024
@@ -24,15 +25,16 @@ LOW_WATER: Final = 64 * 1024
 PAGE_BYTES: Final = 128 * 1024
 
 
-def resume_outcome(resume: protocol.Resume, epoch: str, upto: int) -> protocol.CaughtUp | None:
+def resume_outcome(resume: protocol.Resume, epoch: str, upto: int,
+                   room: str = "") -> protocol.CaughtUp | None:
     """The ``caught_up`` to send at once when there is nothing to replay (position
     current, or not in this log at all), else None: a replay is needed."""
     if resume.epoch != epoch or resume.seq > upto:
         # Another log (reset, deleted data dir, another server), or a position this log
         # never reached: the client's position means nothing here.
-        return protocol.CaughtUp(upto, 0, reset=True)
+        return protocol.CaughtUp(upto, 0, reset=True, room=room)
     if resume.seq == upto:
-        return protocol.CaughtUp(upto, 0)
+        return protocol.CaughtUp(upto, 0, room=room)
     return None
 
 
@@ -78,9 +80,74 @@ class Replay:
         if before - after > 1 and self.missing_after is None:
             self.missing_after, self.missing_before = after, before
 
+    def caught_up(self, room: str = "") -> bytes:
+        return protocol.encode(protocol.CaughtUp(
+            self.upto, self.replayed, self.missing_after, self.missing_before, room=room))
+
     def finish(self) -> bytes:
         """``caught_up`` followed by every live frame held meanwhile."""
-        caught_up = protocol.encode(protocol.CaughtUp(
-            self.upto, self.replayed, self.missing_after, self.missing_before))
         held, self.held, self.held_bytes = self.held, [], 0
-        return b"".join([caught_up, *held])
+        return b"".join([self.caught_up(), *held])
+
+
+class _Owed:
+    """One room's part of a catch-up: its ``joined`` (or welcome), then its replay."""
+
+    __slots__ = ("prelude", "replay", "room")
+
+    def __init__(self, room: Room, prelude: bytes, replay: Replay | None) -> None:
+        self.room = room
+        self.prelude = prelude
+        self.replay = replay
+
+
+class CatchUp:
+    """What a session still owes its client before live frames, in order: for each room
+    joined with a resume, its ``joined`` frame, its replay and its ``caught_up``; for a
+    room joined meanwhile without one, its ``joined``. Every live frame of every room
+    is held until the last is out, so each room's frames stay in seq order."""
+
+    __slots__ = ("held", "held_bytes", "owed")
+
+    def __init__(self) -> None:
+        self.owed: deque[_Owed] = deque()
+        self.held: list[bytes] = []
+        self.held_bytes = 0
+
+    def add(self, room: Room, prelude: bytes, replay: Replay | None = None) -> None:
+        self.owed.append(_Owed(room, prelude, replay))
+
+    def hold(self, frame: bytes) -> None:
+        self.held.append(frame)
+        self.held_bytes += len(frame)
+
+    def drop(self, room: str) -> None:
+        """The session left ``room``: nothing more of it is owed."""
+        self.owed = deque(o for o in self.owed if o.room.name != room)
+
+    @property
+    def done(self) -> bool:
+        return not self.owed
+
+    def step(self) -> tuple[bytes, Replay | None, str]:
+        """The next bytes owed: a prelude, a page, or a ``caught_up``; with the room's
+        finished replay and name once its ``caught_up`` is in them (for the log)."""
+        owed = self.owed[0]
+        if owed.prelude:
+            prelude, owed.prelude = owed.prelude, b""
+            if owed.replay is None:
+                self.owed.popleft()
+            return prelude, None, owed.room.name
+        replay = owed.replay
+        if replay is None:
+            self.owed.popleft()
+            return b"", None, owed.room.name
+        if not replay.done:
+            return replay.next_page(owed.room), None, owed.room.name
+        self.owed.popleft()
+        return replay.caught_up(owed.room.name), replay, owed.room.name
+
+    def release(self) -> bytes:
+        """Every live frame held meanwhile (once nothing is owed)."""
+        held, self.held, self.held_bytes = self.held, [], 0
+        return b"".join(held)

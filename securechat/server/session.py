@@ -22,12 +22,13 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from .. import protocol
+from ..grants import Grants
 from ..io.sendbuffer import SendBuffer
 from ..store.base import StoreUnavailable
 from .dispatch import FrameDispatch
 from .limits import OrderGate, TokenBucket, spread_retry
 from .logs import ConnectionLog, describe_error, log_event
-from .replay import LOW_WATER, Replay
+from .replay import LOW_WATER, CatchUp
 from .state import State
 
 if TYPE_CHECKING:
@@ -78,7 +79,12 @@ class Session(FrameDispatch):
         self.user = ""
         self.user_json = '""'
         self.token_id = ""
-        self.joined = False
+        #: The rooms it is in (see memberships.py), and what its token may enter.
+        self.rooms = {}
+        self.writable = set()
+        self.grants = Grants()
+        self.tokens_seen = None
+        self.joining = None
         self.close_reason = ""
         self.sock: ssl.SSLSocket = host.ssl_context.wrap_socket(
             raw, server_side=True, do_handshake_on_connect=False)
@@ -110,8 +116,8 @@ class Session(FrameDispatch):
         #: From auth: the client instance id, and where a returning client left off.
         self.client_id: str | None = None
         self.resume: protocol.Resume | None = None
-        #: A resume replay in progress (loop-owned), see replay.py.
-        self.replay: Replay | None = None
+        #: Resume replays in progress (loop-owned), see replay.py.
+        self.replay: CatchUp | None = None
         #: Messages handed to the room (loop thread) and answered by it (room threads):
         #: while they differ, acks are on the way and ``final_frame`` waits for them.
         self.submitted = 0
@@ -285,6 +291,12 @@ class Session(FrameDispatch):
             self.flush_scheduled = True
             self.loop.schedule(self)
 
+    def _schedule_flush(self) -> None:
+        """Write what ``_queue_out`` put in the send buffer, on the next loop turn."""
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.schedule(self)
+
     def flush(self) -> None:
         self.flush_scheduled = False
         state = self.state
@@ -330,7 +342,7 @@ class Session(FrameDispatch):
                 and not self.inbox):
             self._queue_out(self.final_frame)
             self.final_frame = None
-            self._leave_room(self.close_reason)  # after its last messages, not before
+            self._leave_all(self.close_reason)  # after its last messages, not before
         if not self.write_blocked:
             self._write()
         if self.replay is not None:
@@ -345,32 +357,33 @@ class Session(FrameDispatch):
         self.meter.size += len(chunk)
 
     def _pump_replay(self) -> None:
-        """Send replay pages while the socket keeps up (below LOW_WATER unsent), then
-        ``caught_up`` and the held live frames. Bounded per call; resumes on writable."""
-        replay = self.replay
-        room = self.host.room
+        """Send what the catch-up owes (each room's joined, replay pages, caught_up)
+        while the socket keeps up (below LOW_WATER unsent), then the held live frames.
+        Bounded per call; resumes on writable."""
+        catchup = self.replay
         for _ in range(REPLAY_PAGES_PER_TURN):
-            if replay is None or self.state is not State.ACTIVE or self.replay is not replay:
+            if catchup is None or self.state is not State.ACTIVE or self.replay is not catchup:
                 return
             if self.out.size >= LOW_WATER:
                 return  # on_writable calls again once the client reads
-            if replay.done:
+            if catchup.done:
                 self.replay = None
-                self._queue_out(replay.finish())
-                log_event(logger, logging.INFO, "caught_up", upto=replay.upto,
-                          replayed=replay.replayed, missing_after=replay.missing_after,
-                          missing_before=replay.missing_before, **self.log.fields)
+                self._queue_out(catchup.release())
                 if not self.write_blocked:
                     self._write()
                 return
             try:
-                page = replay.next_page(room)
+                chunk, finished, room = catchup.step()
             except StoreUnavailable as exc:
                 self._fail("store_unavailable", f"replay not readable: {exc.reason}",
                            retry_after=round(exc.retry_after, 3))
                 return
-            if page:
-                self._queue_out(page)
+            if finished is not None:
+                log_event(logger, logging.INFO, "caught_up", room=room, upto=finished.upto,
+                          replayed=finished.replayed, missing_after=finished.missing_after,
+                          missing_before=finished.missing_before, **self.log.fields)
+            if chunk:
+                self._queue_out(chunk)
                 if not self.write_blocked:
                     self._write()
         self.loop.call_soon(self._pump_replay)  # more to send: let the others run first
@@ -400,7 +413,8 @@ class Session(FrameDispatch):
 
     # ------------------------------------------------------------------ errors and closing
     def _error(self, code: str, message: str, mid: protocol.MessageId = None,
-               retry_after: float | None = None, *, counts: bool = True) -> None:
+               retry_after: float | None = None, *, counts: bool = True,
+               room: str | None = None) -> None:
         """Send an error frame; close afterwards if the code says so. Non-closing
         protocol errors (not msg's rate_limited) spend from the session's error
         budget: a client that keeps sending bad frames is cut off."""
@@ -414,7 +428,7 @@ class Session(FrameDispatch):
                        f"in a minute (last: {code}: {message})")
             return
         self.log(logging.INFO, "error", code=code)
-        self._send(protocol.encode_error(code, message, mid, retry_after))
+        self._send(protocol.encode_error(code, message, mid, retry_after, room=room))
 
     def _fail(self, code: str, message: str, mid: protocol.MessageId = None,
               retry_after: float | None = None) -> None:
@@ -475,7 +489,7 @@ class Session(FrameDispatch):
                 self.final_frame = final
         self.close_deadline = time.monotonic() + linger
         if self.final_frame is None:
-            self._leave_room(reason)  # else once the acks are out: see flush
+            self._leave_all(reason)  # else once the acks are out: see flush
         if previous is State.AUTH:
             self.host.on_auth_ended(self.conn_id)
         self._update_events()
@@ -492,12 +506,6 @@ class Session(FrameDispatch):
         if self.state is State.AUTH or self.state is State.ACTIVE:
             self._begin_close("shutdown", linger=linger,
                               final=protocol.encode(protocol.Bye("shutdown", retry_after)))
-
-    def _leave_room(self, reason: str) -> None:
-        if self.joined:
-            self.joined = False
-            self.host.room.unsubscribe(self, reason)
-            log_event(logger, logging.INFO, "leave", reason=reason, **self.log.fields)
 
     def _finish_close(self, *, graceful: bool) -> None:
         if graceful and (self.out or self.inbox or self.final_frame is not None):
@@ -526,7 +534,7 @@ class Session(FrameDispatch):
         self.replay = None
         self.meter.size -= self.out.size
         self.out.clear()
-        self._leave_room(reason)
+        self._leave_all(reason)
         if state is State.AUTH or state is State.HANDSHAKE:
             self.host.on_auth_ended(self.conn_id)
         self.host.on_closed(self.conn_id, refused=self.reject is not None,
@@ -561,10 +569,13 @@ class Session(FrameDispatch):
             if silent >= cfg.heartbeat and now - self.last_ping >= cfg.heartbeat:
                 self.last_ping = now
                 self._send(_PING)
+            tokens = self.host.tokens
             if self.out and now - self.last_progress >= cfg.write_timeout:
                 self._slow_consumer(f"no write progress for {cfg.write_timeout:g} s")
-            elif self.token_id not in self.host.tokens:
+            elif self.token_id not in tokens:
                 self._fail("revoked", "your token was revoked")
+            elif tokens is not self.tokens_seen:
+                self._check_grants(tokens)  # the file changed: maybe this token's grants
         elif state is State.AUTH:
             if now >= self.auth_deadline:
                 self._fail("auth_timeout", "no valid auth frame in time")

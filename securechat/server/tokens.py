@@ -10,6 +10,7 @@ be guessed from its hash; a slow KDF would only make every login cost CPU.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import hmac
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..errors import ConfigError, TokenError
+from ..grants import Grants, Mode
 
 __all__ = [
     "TokenFileWatcher",
@@ -52,12 +54,17 @@ class TokenRecord:
     salt: bytes
     digest: bytes
     created: str
+    #: The rooms it may enter; None: the server's default room only.
+    grants: Grants | None = None
 
-    def to_json(self) -> dict[str, str]:
-        return {
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "id": self.id, "name": self.name, "salt": self.salt.hex(),
             "hash": "sha256:" + self.digest.hex(), "created": self.created,
         }
+        if self.grants is not None:
+            out["grants"] = dict(self.grants.items)
+        return out
 
 
 def validate_name(name: str) -> str:
@@ -112,6 +119,9 @@ class TokenStore:
 
     def __iter__(self) -> Iterator[TokenRecord]:
         return iter(sorted(self._by_id.values(), key=lambda r: (r.name, r.created, r.id)))
+
+    def get(self, token_id: str) -> TokenRecord | None:
+        return self._by_id.get(token_id)
 
     def ids(self) -> frozenset[str]:
         return frozenset(self._by_id)
@@ -187,8 +197,17 @@ def _record_from_json(item: Any) -> TokenRecord:
     scheme, _, digest = fields["hash"].partition(":")
     if scheme != "sha256" or len(digest) != 64 or not _HEX_RE.fullmatch(digest):
         raise TokenError(f"unknown hash scheme for id {fields['id']} (want sha256:<64 hex>)")
+    raw_grants = item.get("grants")
+    grants = None
+    if raw_grants is not None:
+        if not isinstance(raw_grants, dict):
+            raise TokenError("'grants' must be an object of pattern: \"rw\" | \"ro\"")
+        try:
+            grants = Grants(raw_grants)
+        except ValueError as exc:
+            raise TokenError(f"'grants': {exc}") from None
     return TokenRecord(id=fields["id"], name=fields["name"], salt=bytes.fromhex(fields["salt"]),
-                       digest=bytes.fromhex(digest), created=created)
+                       digest=bytes.fromhex(digest), created=created, grants=grants)
 
 
 #: Refused above this size: ~150 bytes a token, so room for ~400,000 tokens.
@@ -296,7 +315,7 @@ def _load_or_empty(path: Path) -> TokenStore:
     return load_store(path) if path.exists() else TokenStore()
 
 
-def add_token(path: Path, name: str) -> tuple[str, TokenRecord]:
+def add_token(path: Path, name: str, grants: Grants | None = None) -> tuple[str, TokenRecord]:
     """Create a token for ``name`` in the file at ``path`` (created if missing).
 
     A name may hold several tokens (one per device); each is revoked on its own
@@ -306,6 +325,7 @@ def add_token(path: Path, name: str) -> tuple[str, TokenRecord]:
     with _locked(path):
         store = _load_or_empty(path)
         token, record = new_token(name)
+        record = dataclasses.replace(record, grants=grants)
         _write_store(path, TokenStore([*store, record]))
     return token, record
 
@@ -318,6 +338,14 @@ def revoke_tokens(path: Path, name_or_id: str) -> list[TokenRecord]:
         if removed:
             _write_store(path, TokenStore([r for r in store if r not in removed]))
     return removed
+
+
+def effective_grants(record: TokenRecord, default_room: str) -> Grants:
+    """The record's grants, with None read as the default room (read and send)."""
+    if record.grants is None:
+        default: dict[str, Mode] = {default_room: "rw"}
+        return Grants(default)
+    return record.grants
 
 
 class TokenFileWatcher:

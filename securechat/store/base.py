@@ -106,6 +106,10 @@ class MessageLog(Protocol):
         """The lowest seq still held for ``room``, or None if it holds none."""
         ...
 
+    def room_names(self) -> list[str]:
+        """The rooms that hold at least one message (they exist with no member)."""
+        ...
+
     def read_after(self, room: str, after_seq: int, limit: int) -> list[StoredMessage]:
         """Up to ``limit`` messages with seq > ``after_seq``, ascending."""
         ...

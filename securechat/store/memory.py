@@ -106,6 +106,11 @@ class MemoryLog:
             found = self._rooms.get(room)
             return found.last if found else 0
 
+    def room_names(self) -> list[str]:
+        with self._lock:
+            return sorted(name for name in self._rooms if self._room(name) is not None
+                          and self._rooms[name].held())
+
     def oldest_seq(self, room: str) -> int | None:
         with self._lock:
             found = self._room(room)

@@ -187,6 +187,13 @@ class SQLiteLog:
                 "SELECT MIN(seq) FROM messages WHERE room = ?", (room,)).fetchone()[0]
             return value
 
+    def room_names(self) -> list[str]:
+        """One index probe per room ever used, not a scan of the messages."""
+        with self._reading() as conn:
+            return [row[0] for row in conn.execute(
+                "SELECT room FROM rooms WHERE EXISTS "
+                "(SELECT 1 FROM messages WHERE messages.room = rooms.room) ORDER BY room")]
+
     def read_after(self, room: str, after_seq: int, limit: int) -> list[StoredMessage]:
         if limit <= 0:
             return []

@@ -75,8 +75,8 @@ def test_room_recognises_resends_per_user_and_client() -> None:
     bodies = [f["body"] for f in bob.frames if f["type"] == "msg"]
     assert bodies == ["hi", "other body", "x", "x"]
     acks = [f for f in phone.frames if f["type"] == "ack"]
-    assert acks == [{"type": "ack", "id": "c-1", "seq": 1},
-                    {"type": "ack", "id": "c-1", "seq": 1, "duplicate": True}]
+    assert acks == [{"type": "ack", "room": "lobby", "id": "c-1", "seq": 1},
+                    {"type": "ack", "room": "lobby", "id": "c-1", "seq": 1, "duplicate": True}]
 
 
 def test_resends_expire_after_the_window() -> None:

@@ -56,4 +56,4 @@ def test_readme_backup_commands_copy_a_running_log_and_a_restore_keeps_its_epoch
     assert (welcome["epoch"], welcome["seq"]) == (epoch, 5)
     replayed, caught_up = read_replay(bob)
     assert [m["body"] for m in replayed] == ["m2", "m3", "m4"]
-    assert caught_up == {"type": "caught_up", "seq": 5, "replayed": 3}
+    assert caught_up == {"type": "caught_up", "room": "lobby", "seq": 5, "replayed": 3}

@@ -55,9 +55,9 @@ def test_latest_before_and_after_pages(make_server: MakeServer) -> None:
     _, bob = room_of(make_server, 1200)
     msgs, end = history(bob, id="latest", limit=3)
     assert seqs(msgs) == [1198, 1199, 1200]
-    assert end == {"type": "history_end", "id": "latest", "count": 3, "more": True,
+    assert end == {"type": "history_end", "room": "lobby", "id": "latest", "count": 3, "more": True,
                    "oldest": 1, "latest": 1200}
-    assert msgs[0] == {"type": "history_msg", "id": "latest", "from": "alice",
+    assert msgs[0] == {"type": "history_msg", "room": "lobby", "id": "latest", "from": "alice",
                        "body": "m1197", "seq": 1198, "ts": msgs[0]["ts"]}
     assert msgs[0]["ts"].endswith("Z")
 
@@ -116,7 +116,7 @@ def test_an_empty_room_has_an_empty_history(make_server: MakeServer) -> None:
     for request in ({}, {"before": 1}, {"after": 0}, {"before": 99}):
         msgs, end = history(bob, id="e", **request)
         assert msgs == []
-        assert end == {"type": "history_end", "id": "e", "count": 0, "more": False,
+        assert end == {"type": "history_end", "room": "lobby", "id": "e", "count": 0, "more": False,
                        "oldest": None, "latest": 0}
 
 
@@ -136,7 +136,8 @@ def test_ranges_that_do_not_exist_get_defined_answers(
     _, bob = room_of(make_server, 30)
     msgs, end = history(bob, id="r", **request_)
     assert seqs(msgs) == expected
-    assert end == {"type": "history_end", "id": "r", "count": len(expected), "more": more,
+    assert end == {"type": "history_end", "room": "lobby",
+                   "id": "r", "count": len(expected), "more": more,
                    "oldest": 1, "latest": 30}
 
 
@@ -188,7 +189,7 @@ def test_messages_pruned_by_history_max_are_gone_from_history_and_resume(
     back, _ = running.login(running.add_user("bob"), client_id="b",
                             resume=(welcome["epoch"], 5))
     replayed, caught_up = read_replay(back)
-    assert caught_up == {"type": "caught_up", "seq": 30, "replayed": 10,
+    assert caught_up == {"type": "caught_up", "room": "lobby", "seq": 30, "replayed": 10,
                          "missing_after": 5, "missing_before": 21}, (
         f"replayed {seqs(replayed)[:3]}...: pruned messages came back from the room's cache")
     assert seqs(replayed) == list(range(21, 31))
@@ -214,5 +215,5 @@ def test_after_a_restart_a_resume_from_before_the_pruned_messages_is_told_the_ga
     replayed, caught_up = read_replay(back)
     assert seqs(replayed) == list(range(21, 31))
     assert [m["body"] for m in replayed] == [f"m{i}" for i in range(20, 30)]
-    assert caught_up == {"type": "caught_up", "seq": 30, "replayed": 10,
+    assert caught_up == {"type": "caught_up", "room": "lobby", "seq": 30, "replayed": 10,
                          "missing_after": 5, "missing_before": 21}

@@ -88,9 +88,9 @@ def test_a_resend_after_a_lost_ack_is_delivered_once_and_acked_duplicate(
     again, _ = running.user("alice", client_id="laptop-7")
     again.send({"type": "msg", "body": "hello once", "id": "m1"})
     assert again.expect("ack", skip=OTHERS) == {
-        "type": "ack", "id": "m1", "seq": 1, "duplicate": True}
+        "type": "ack", "room": "lobby", "id": "m1", "seq": 1, "duplicate": True}
     (ack,) = publish(again, ["and then"], ["m2"])
-    assert ack == {"type": "ack", "id": "m2", "seq": 2}
+    assert ack == {"type": "ack", "room": "lobby", "id": "m2", "seq": 2}
     assert received(bob, 1) == [("alice", "and then", 2)]  # nothing came in between
 
 
@@ -103,9 +103,10 @@ def test_a_resend_racing_its_own_store_is_delivered_once(make_server: MakeServer
     frame = b'{"type":"msg","body":"racing","id":5}\n'
     alice.send(frame + frame + b'{"type":"msg","body":"marker","id":6}\n')
     acks = acks_until(alice, 6)
-    assert acks[0] == {"type": "ack", "id": 5, "seq": 1}
-    assert acks[1:-1] in ([], [{"type": "ack", "id": 5, "seq": 1, "duplicate": True}])
-    assert acks[-1] == {"type": "ack", "id": 6, "seq": 2}
+    assert acks[0] == {"type": "ack", "room": "lobby", "id": 5, "seq": 1}
+    assert acks[1:-1] in ([], [{"type": "ack", "room": "lobby",
+                                "id": 5, "seq": 1, "duplicate": True}])
+    assert acks[-1] == {"type": "ack", "room": "lobby", "id": 6, "seq": 2}
     assert received(bob, 2) == [("alice", "racing", 1), ("alice", "marker", 2)]
 
 
@@ -120,7 +121,7 @@ def test_without_a_client_id_the_same_id_is_delivered_every_time(
     alice.close()
     again, _ = running.user("alice")
     (ack,) = publish(again, ["three"], ["same"])
-    assert ack == {"type": "ack", "id": "same", "seq": 3}
+    assert ack == {"type": "ack", "room": "lobby", "id": "same", "seq": 3}
     assert [b for _, b, _ in received(bob, 3)] == ["one", "two", "three"]
 
 
@@ -167,14 +168,15 @@ def test_resends_are_recognised_after_kill_9(servers: ServerProcesses) -> None:
 
     second = servers.start()
     bob2, _ = servers.login(second, bob_t, resume=(welcome["epoch"], 3))
-    assert read_replay(bob2) == ([], {"type": "caught_up", "seq": 3, "replayed": 0})
+    assert read_replay(bob2) == ([], {"type": "caught_up", "room": "lobby",
+                                      "seq": 3, "replayed": 0})
     laptop, _ = servers.login(second, alice_t, client_id="laptop")
     acks = publish(laptop, [f"body {i}" for i in (1, 2, 3, 4)], ["m1", "m2", "m3", "m4"])
-    assert acks[:3] == [{"type": "ack", "id": f"m{i}", "seq": i, "duplicate": True}
+    assert acks[:3] == [{"type": "ack", "room": "lobby", "id": f"m{i}", "seq": i, "duplicate": True}
                         for i in (1, 2, 3)]
-    assert acks[3] == {"type": "ack", "id": "m4", "seq": 4}
+    assert acks[3] == {"type": "ack", "room": "lobby", "id": "m4", "seq": 4}
     phone, _ = servers.login(second, alice_t, client_id="phone")
     (ack,) = publish(phone, ["phone's own m1"], ["m1"])
-    assert ack == {"type": "ack", "id": "m1", "seq": 5}
+    assert ack == {"type": "ack", "room": "lobby", "id": "m1", "seq": 5}
     assert received(bob2, 2) == [("alice", "body 4", 4), ("alice", "phone's own m1", 5)]
     assert second.stop() == 0

@@ -163,7 +163,8 @@ def test_token_revoke_command_kicks_a_live_session_at_the_default_poll(
     elapsed = time.monotonic() - revoked_at
     assert frames and frames[-1]["type"] == "error" and frames[-1]["code"] == "revoked"
     assert elapsed < seconds(DEFAULT_POLL + DEFAULT_TICK + 0.75), f"took {elapsed:.2f} s"
-    assert bob.expect("leave") == {"type": "leave", "user": "alice", "reason": "revoked"}
+    assert bob.expect("leave") == {"type": "leave", "room": "lobby",
+                                   "user": "alice", "reason": "revoked"}
     assert server.stop(signal.SIGINT) == 0
 
 
@@ -354,7 +355,8 @@ def test_stalled_client_itself_receives_slow_consumer(
             frame = watcher.recv()
             if frame["type"] == "msg":
                 break
-            assert frame == {"type": "leave", "user": "stalled", "reason": "slow_consumer"}
+            assert frame == {"type": "leave", "room": "lobby",
+                             "user": "stalled", "reason": "slow_consumer"}
             cut = True
     # Read again at once: the server lingers CLOSE_LINGER (1 s) for the error to get out.
     frames = stalled.expect_closed(timeout=5)
@@ -372,7 +374,7 @@ def test_leave_reason_idle_timeout_is_seen_by_another_member(make_server: MakeSe
     bob, _ = running.user("bob")  # bob answers pings (expect() pongs them)
     started = time.monotonic()
     assert bob.expect("leave", timeout=5) == {
-        "type": "leave", "user": "silent", "reason": "idle_timeout"}
+        "type": "leave", "room": "lobby", "user": "silent", "reason": "idle_timeout"}
     assert time.monotonic() - started < 3 * heartbeat + seconds(2)
     frames = silent.expect_closed()
     assert frames[-1]["type"] == "error" and frames[-1]["code"] == "idle_timeout"

@@ -36,7 +36,7 @@ def test_acknowledged_messages_survive_kill_9_and_resuming_members_miss_none(
     alice, alice_welcome = servers.login(first, alice_t, client_id="alice-1")
     epoch = alice_welcome["epoch"]
     assert bob_welcome["epoch"] == carol_welcome["epoch"] == epoch
-    assert alice_welcome["protocol"] == 2 and bob_welcome["seq"] == 0
+    assert alice_welcome["protocol"] == 3 and bob_welcome["seq"] == 0
     bodies = [f"before the crash {i}" for i in range(100)]
     acks = publish(alice, bodies)
     assert [a["seq"] for a in acks] == list(range(1, 101))
@@ -53,12 +53,12 @@ def test_acknowledged_messages_survive_kill_9_and_resuming_members_miss_none(
     assert [m["seq"] for m in replayed] == list(range(1, 101))
     assert [m["body"] for m in replayed] == bodies
     assert {m["from"] for m in replayed} == {"alice"}
-    assert caught_up == {"type": "caught_up", "seq": 100, "replayed": 100}
+    assert caught_up == {"type": "caught_up", "room": "lobby", "seq": 100, "replayed": 100}
 
     carol2, _ = servers.login(second, carol_t, client_id="carol-1", resume=(epoch, 40))
     replayed, caught_up = read_replay(carol2)
     assert [m["seq"] for m in replayed] == list(range(41, 101))
-    assert caught_up == {"type": "caught_up", "seq": 100, "replayed": 60}
+    assert caught_up == {"type": "caught_up", "room": "lobby", "seq": 100, "replayed": 60}
     assert [m["body"] for m in live + replayed] == bodies  # all 100, once each
 
     alice2, welcome = servers.login(second, alice_t, client_id="alice-1")
@@ -102,7 +102,8 @@ def test_a_deleted_data_dir_is_a_new_epoch_and_old_positions_are_reset(
     second = servers.start()
     bob, welcome = servers.login(second, bob_t, resume=(old_epoch, 5))
     assert welcome["epoch"] != old_epoch and welcome["seq"] == 0
-    assert bob.recv() == {"type": "caught_up", "seq": 0, "replayed": 0, "reset": True}
+    assert bob.recv() == {"type": "caught_up", "room": "lobby",
+                          "seq": 0, "replayed": 0, "reset": True}
     alice2, _ = servers.login(second, alice_t)
     (ack,) = publish(alice2, ["in the new log"])
     assert ack["seq"] == 1

@@ -107,7 +107,8 @@ def test_a_member_away_for_1000_messages_gets_exactly_those_then_live(
     assert [m["seq"] for m in replayed] == list(range(1, 1001))
     assert [m["body"] for m in replayed] == bodies
     assert all(m["from"] == "alice" and m["ts"] for m in replayed)
-    assert caught_up == {"type": "caught_up", "seq": 1000, "replayed": 1000}  # no gap
+    assert caught_up == {"type": "caught_up", "room": "lobby",
+                         "seq": 1000, "replayed": 1000}  # no gap
     publish(alice, ["live"])
     live = bob.expect("msg")
     assert (live["seq"], live["body"]) == (1001, "live")
@@ -127,7 +128,7 @@ def test_a_replay_after_a_restart_comes_from_the_log_on_disk(make_server: MakeSe
     replayed, caught_up = read_replay(bob)
     assert [m["body"] for m in replayed] == [f"m{i}" for i in range(1200)]
     assert [m["seq"] for m in replayed] == list(range(1, 1201))
-    assert caught_up == {"type": "caught_up", "seq": 1200, "replayed": 1200}
+    assert caught_up == {"type": "caught_up", "room": "lobby", "seq": 1200, "replayed": 1200}
 
 
 def test_a_resume_at_the_latest_position_is_caught_up_at_once(
@@ -136,7 +137,7 @@ def test_a_resume_at_the_latest_position_is_caught_up_at_once(
     alice, welcome = running.user("alice")
     publish(alice, ["a", "b"])
     bob, _ = resume_login(running, "bob", (welcome["epoch"], 2))
-    assert bob.recv() == {"type": "caught_up", "seq": 2, "replayed": 0}
+    assert bob.recv() == {"type": "caught_up", "room": "lobby", "seq": 2, "replayed": 0}
     publish(alice, ["c"])
     assert bob.expect("msg")["seq"] == 3
 
@@ -148,7 +149,8 @@ def test_a_position_this_log_never_had_is_reset(make_server: MakeServer, where: 
     publish(alice, ["a", "b", "c"])
     resume = ("0123456789abcdef", 2) if where == "another epoch" else (welcome["epoch"], 4)
     bob, _ = resume_login(running, "bob", resume)
-    assert bob.recv() == {"type": "caught_up", "seq": 3, "replayed": 0, "reset": True}
+    assert bob.recv() == {"type": "caught_up", "room": "lobby",
+                          "seq": 3, "replayed": 0, "reset": True}
     publish(alice, ["d"])
     assert bob.expect("msg")["seq"] == 4  # and live traffic follows
 
@@ -159,7 +161,7 @@ def test_without_resume_there_is_no_caught_up(make_server: MakeServer) -> None:
     alice, _ = running.user("alice")
     publish(alice, ["before"])
     bob, welcome = running.user("bob", client_id="b")
-    assert welcome["protocol"] == 2 and welcome["seq"] == 1 and welcome["epoch"]
+    assert welcome["protocol"] == 3 and welcome["seq"] == 1 and welcome["epoch"]
     publish(alice, ["after"])
     assert bob.recv()["type"] == "msg"
 
@@ -216,7 +218,7 @@ def test_a_slow_reader_catching_up_beside_two_publishers_is_not_cut_off(
                 (ack,) = publish(wire, [body], [len(live_sent)])
                 live_sent.append((ack["seq"], body))
         frame = bob.recv()
-    assert frame == {"type": "caught_up", "seq": 2000, "replayed": 2000}
+    assert frame == {"type": "caught_up", "room": "lobby", "seq": 2000, "replayed": 2000}
     assert replayed == list(range(1, 2001))
     assert len(live_sent) == 200
     live = [bob.expect("msg") for _ in live_sent]

@@ -22,7 +22,7 @@ def test_auth_ok_gets_welcome(server: RunningServer) -> None:
     assert welcome["heartbeat"] == 20
     assert welcome["seq"] == 0
     assert welcome["max_frame"] == 65536
-    assert welcome["protocol"] == 2
+    assert welcome["protocol"] == 3
     assert welcome["epoch"] == server.server.room.epoch  # the log's identity
     assert welcome["session"].startswith(server.server.session_prefix + "-")
 
@@ -102,14 +102,14 @@ def test_ack_seq_and_no_spoofing(server: RunningServer) -> None:
     alice.expect("join")
     alice.send({"type": "msg", "body": "hello", "id": "c1", "from": "mallory"})
     ack = alice.expect("ack")
-    assert ack == {"type": "ack", "id": "c1", "seq": 1}
+    assert ack == {"type": "ack", "room": "lobby", "id": "c1", "seq": 1}
     msg = bob.expect("msg")
     assert msg["from"] == "alice"
     assert msg["body"] == "hello"
     assert msg["seq"] == 1
     assert msg["ts"].endswith("Z") and "T" in msg["ts"]
     alice.send({"type": "msg", "body": "again"})
-    assert alice.expect("ack") == {"type": "ack", "id": None, "seq": 2}
+    assert alice.expect("ack") == {"type": "ack", "room": "lobby", "id": None, "seq": 2}
 
 
 def test_resent_id_is_acked_once_and_delivered_once(server: RunningServer) -> None:
@@ -119,9 +119,10 @@ def test_resent_id_is_acked_once_and_delivered_once(server: RunningServer) -> No
     bob, _ = server.user("bob")
     alice.expect("join")
     alice.send({"type": "msg", "body": "once", "id": "dup-1"})
-    assert alice.expect("ack") == {"type": "ack", "id": "dup-1", "seq": 1}
+    assert alice.expect("ack") == {"type": "ack", "room": "lobby", "id": "dup-1", "seq": 1}
     alice.send({"type": "msg", "body": "once", "id": "dup-1"})
-    assert alice.expect("ack") == {"type": "ack", "id": "dup-1", "seq": 1, "duplicate": True}
+    assert alice.expect("ack") == {"type": "ack", "room": "lobby",
+                                   "id": "dup-1", "seq": 1, "duplicate": True}
     alice.send({"type": "msg", "body": "next", "id": "dup-2"})
     assert alice.expect("ack")["seq"] == 2
     assert [bob.expect("msg")["body"] for _ in range(2)] == ["once", "next"]
@@ -169,14 +170,16 @@ def test_presence_join_and_leave(server: RunningServer) -> None:
     alice, _ = server.user("alice")
     bob, welcome = server.user("bob")
     assert welcome["members"] == ["alice", "bob"]
-    assert alice.expect("join") == {"type": "join", "user": "bob"}
+    assert alice.expect("join") == {"type": "join", "room": "lobby", "user": "bob"}
     bob.send({"type": "bye"})
     assert bob.expect_closed() == [{"type": "bye"}]
-    assert alice.expect("leave") == {"type": "leave", "user": "bob", "reason": "bye"}
+    assert alice.expect("leave") == {"type": "leave", "room": "lobby",
+                                     "user": "bob", "reason": "bye"}
     carol, _ = server.user("carol")
     assert alice.expect("join")["user"] == "carol"
     carol.close()
-    assert alice.expect("leave") == {"type": "leave", "user": "carol", "reason": "disconnected"}
+    assert alice.expect("leave") == {"type": "leave", "room": "lobby",
+                                     "user": "carol", "reason": "disconnected"}
 
 
 def test_ping_pong(server: RunningServer) -> None:

@@ -90,7 +90,7 @@ def test_bad_frames_end_the_session_after_max_errors(make_server: MakeServer) ->
     alice.send(b"{}\n" * 100)
     frames = alice.expect_closed()
     assert error_codes(frames) == ["too_many_errors"]
-    assert bob.expect("leave") == {"type": "leave", "user": "alice",
+    assert bob.expect("leave") == {"type": "leave", "room": "lobby", "user": "alice",
                                    "reason": "too_many_errors"}
     bob.send({"type": "ping"})
     assert bob.recv() == {"type": "pong"}

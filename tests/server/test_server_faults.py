@@ -311,7 +311,7 @@ def test_a_bug_handling_one_connection_sends_internal_error_and_closes_cleanly(
         pytest.fail("connection ended without close_notify")
     assert rest == b""
     mallory.close()
-    assert bob.expect("leave") == {"type": "leave", "user": "mallory",
+    assert bob.expect("leave") == {"type": "leave", "room": "lobby", "user": "mallory",
                                    "reason": "internal_error"}
     bob.send({"type": "msg", "id": 7, "body": "still here"})
     assert bob.expect("ack")["id"] == 7

@@ -69,7 +69,8 @@ def test_oversize_frame_closes_only_that_connection(make_server: MakeServer) -> 
     frames = alice.expect_closed()
     assert [f["code"] for f in frames if f["type"] == "error"] == ["frame_too_large"]
     assert bob.expect("msg")["seq"] == 1
-    assert bob.expect("leave") == {"type": "leave", "user": "alice", "reason": "frame_too_large"}
+    assert bob.expect("leave") == {"type": "leave", "room": "lobby",
+                                   "user": "alice", "reason": "frame_too_large"}
     assert_serving(server)
 
 
@@ -271,7 +272,7 @@ def test_reader_that_stops_is_cut_and_others_get_everything(
     _small_rcvbuf_login(server, server.add_user("stalled"))  # never reads after welcome
     healthy, _ = server.user("healthy")
     pub, _ = server.user("pub")
-    assert healthy.expect("join") == {"type": "join", "user": "pub"}
+    assert healthy.expect("join") == {"type": "join", "room": "lobby", "user": "pub"}
     stalled = server.session_of("stalled")
     assert stalled is not None
     body = "x" * 4000
@@ -294,7 +295,8 @@ def test_reader_that_stops_is_cut_and_others_get_everything(
             if frame["type"] == "msg":
                 assert frame["seq"] == sent
                 break
-            assert frame == {"type": "leave", "user": "stalled", "reason": "slow_consumer"}
+            assert frame == {"type": "leave", "room": "lobby",
+                             "user": "stalled", "reason": "slow_consumer"}
             cut_seen = time.monotonic()
     for n in range(50):  # and after the cut, everything still flows to the healthy member
         pub.send({"type": "msg", "body": body, "id": sent})

@@ -78,7 +78,8 @@ def test_revoking_a_token_kicks_its_live_sessions(server: RunningServer) -> None
     frames = alice.expect_closed(timeout=5)
     assert frames[-1]["code"] == "revoked"
     assert time.monotonic() - started < server.server.config.tokens_poll + seconds(2)
-    assert bob.expect("leave") == {"type": "leave", "user": "alice", "reason": "revoked"}
+    assert bob.expect("leave") == {"type": "leave", "room": "lobby",
+                                   "user": "alice", "reason": "revoked"}
     bob.send({"type": "ping"})
     assert bob.expect("pong") == {"type": "pong"}
 

@@ -204,7 +204,7 @@ def test_global_queue_bound_cuts_the_largest_queue_first(make_server: MakeServer
     _big = _stalled_login(server, "big", 1024 * 1024)
     healthy, _ = server.user("healthy")
     pub, _ = server.user("pub")
-    assert healthy.expect("join") == {"type": "join", "user": "pub"}
+    assert healthy.expect("join") == {"type": "join", "room": "lobby", "user": "pub"}
     body = "x" * 4000
     sent = 0
     leaves: list[str] = []

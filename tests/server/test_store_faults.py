@@ -212,7 +212,7 @@ def test_a_disk_that_fills_while_serving_refuses_and_recovers(
         pause.wait(float(answer["retry_after"]))
     else:
         raise AssertionError("the server never stored a message again")
-    assert answer == {"type": "ack", "id": "f1", "seq": 4}  # new, and no hole
+    assert answer == {"type": "ack", "room": "lobby", "id": "f1", "seq": 4}  # new, and no hole
     (ack,) = publish(alice, ["later"], ["s4"])
     assert ack["seq"] == 5
     got = [bob.expect("msg", skip=("ping",)) for _ in range(2)]

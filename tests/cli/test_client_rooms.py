@@ -2,19 +2,16 @@
 against a real server over real TLS: --room, --all-rooms, refusals, --json's room
 field, and the interactive /join /switch /leave /rooms and Tab.
 
-Tests marked ``NEEDS_GRANTS`` make tokens with room grants through
-``add_token(path, name, grants=Grants(...))``; they skip, saying so, until that
-(the token helper's change) is in the tree. The others need only default-room tokens.
+The default room is ``lobby``; tokens made with ``server.add_user`` may enter it only,
+and :func:`granted` makes tokens with room grants.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import pexpect
 import pytest
@@ -22,6 +19,7 @@ import pytest
 from securechat import protocol
 from securechat.cli import client as client_cli
 from securechat.client import Client
+from securechat.grants import Grants, Mode
 from securechat.server.tokens import add_token
 from tests.client_support import (
     ClientPool,
@@ -38,24 +36,20 @@ from tests.support import Certs, RunningServer, seconds, wait_for
 
 pytest_plugins = ["tests.client_support"]
 
-NEEDS_GRANTS = pytest.mark.skipif(
-    "grants" not in inspect.signature(add_token).parameters,
-    reason="needs add_token(path, name, grants=...) from the token helper's branch")
+#: Read and send in both rooms.
+BOTH: dict[str, Mode] = {"general": "rw", "ops": "rw"}
 
 
-def granted(running: RunningServer, name: str, grants: dict[str, str]) -> str:
+def granted(running: RunningServer, name: str, grants: Mapping[str, Mode]) -> str:
     """A token for ``name`` with room grants (``{"general": "rw", "ops": "ro"}``),
     once the server has loaded it."""
-    from securechat.grants import Grants
-
-    add: Any = add_token  # typed once the grants parameter is in the tree
-    token, record = add(running.tokens_path, name, grants=Grants(grants))  # type: ignore[arg-type]
+    token, record = add_token(running.tokens_path, name, Grants(grants))
     wait_for(lambda: record.id in running.server.tokens, what=f"{name}'s token")
-    return str(token)
+    return token
 
 
 def granted_file(directory: Path, running: RunningServer, name: str,
-                 grants: dict[str, str]) -> Path:
+                 grants: Mapping[str, Mode]) -> Path:
     path = directory / f"{name}.token"
     path.write_text(granted(running, name, grants) + "\n")
     path.chmod(0o600)
@@ -132,17 +126,15 @@ def test_json_listen_gives_every_room_event_its_room(
     assert {"type": "join", "user": "bob", "room": "lobby"} in presence
 
 
-# --------------------------------------------------------------------------- grants
-@NEEDS_GRANTS
+# --------------------------------------------------------------------------- granted tokens
 def test_send_into_two_rooms_exactly_once(server: RunningServer, certs: Certs,
                                           clients: ClientPool, tmp_path: Path) -> None:
     """--send --room ops goes to #ops; with two --room it goes to the first; each
     message arrives once, in its room, and nowhere else."""
-    both = {"general": "rw", "ops": "rw"}
-    bob = clients.make(server.port, granted(server, "bob", both), rooms=["general", "ops"])
+    bob = clients.make(server.port, granted(server, "bob", BOTH), rooms=["general", "ops"])
     in_room(bob, "general")
     in_room(bob, "ops")
-    alice = granted_file(tmp_path, server, "alice", both)
+    alice = granted_file(tmp_path, server, "alice", BOTH)
     one = run_cli(*base(server, certs, alice, "--room", "ops", "--send", "to ops"))
     assert one.returncode == 0, one.stderr
     two = run_cli(*base(server, certs, alice, "--room", "general", "--room", "ops",
@@ -155,7 +147,6 @@ def test_send_into_two_rooms_exactly_once(server: RunningServer, certs: Certs,
                                                      ("ops", "to ops")]
 
 
-@NEEDS_GRANTS
 def test_read_only_send_exits_6(server: RunningServer, certs: Certs, tmp_path: Path) -> None:
     """A read-only grant joins but may not send: exit 6, one line saying so."""
     watcher = granted_file(tmp_path, server, "watcher", {"general": "ro"})
@@ -166,14 +157,12 @@ def test_read_only_send_exits_6(server: RunningServer, certs: Certs, tmp_path: P
         "(this token may only read it)"]
 
 
-@NEEDS_GRANTS
 def test_all_rooms_joins_every_granted_room(server: RunningServer, certs: Certs,
                                             clients: ClientPool, tmp_path: Path,
                                             procs: list[CliProcess]) -> None:
     """--all-rooms --json --listen joins the rooms its grants name (not patterns),
     shows earlier messages (--history) and live ones, each with its room."""
-    both = {"general": "rw", "ops": "rw"}
-    alice = clients.make(server.port, granted(server, "alice", both), rooms=["general", "ops"])
+    alice = clients.make(server.port, granted(server, "alice", BOTH), rooms=["general", "ops"])
     in_room(alice, "ops")
     alice.send("before", room="ops").wait(seconds(5))
     watcher = granted_file(tmp_path, server, "watcher",
@@ -194,15 +183,13 @@ def test_all_rooms_joins_every_granted_room(server: RunningServer, certs: Certs,
     assert proc.finish()[0] == 128 + signal.SIGTERM
 
 
-@NEEDS_GRANTS
 def test_bot_talks_in_its_room_once_its_peer_is_there(
         server: RunningServer, certs: Certs, clients: ClientPool, tmp_path: Path,
         procs: list[CliProcess]) -> None:
     """--say --room ops --wait-for alice waits for alice in #ops (not in #general)."""
-    both = {"general": "rw", "ops": "rw"}
-    alice = clients.make(server.port, granted(server, "alice", both), rooms=["general"])
+    alice = clients.make(server.port, granted(server, "alice", BOTH), rooms=["general"])
     in_room(alice, "general")
-    bot = granted_file(tmp_path, server, "bot", both)
+    bot = granted_file(tmp_path, server, "bot", BOTH)
     proc = CliProcess(*base(server, certs, bot, "--room", "ops", "--room", "general",
                             "--json", "--say", "beep", "--count", "1", "--every", "0",
                             "--wait-for", "alice"))
@@ -258,16 +245,14 @@ def test_interactive_refused_join_and_bad_names(
     assert term.exitstatus == 0
 
 
-@NEEDS_GRANTS
 def test_interactive_join_switch_leave(server: RunningServer, clients: ClientPool,
                                        tmp_path: Path,
                                        terminal_as: Callable[..., pexpect.spawn]) -> None:
     """/join makes the room current (prompt and sends), other rooms' lines are
     prefixed, /switch and Tab change the current room, /leave goes back."""
-    both = {"general": "rw", "ops": "rw"}
-    bob = clients.make(server.port, granted(server, "bob", both), rooms=["general", "ops"])
+    bob = clients.make(server.port, granted(server, "bob", BOTH), rooms=["general", "ops"])
     in_room(bob, "ops")
-    alice = granted_file(tmp_path, server, "alice", both)
+    alice = granted_file(tmp_path, server, "alice", BOTH)
     term = terminal_as(server, alice, "--room", "general")
     term.expect(r"\[#general\] alice>")
     term.send("/join #ops\r")

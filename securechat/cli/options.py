@@ -71,7 +71,7 @@ reported as missed.
 """
 
 EPILOG = """\
-rooms:
+using rooms:
   A session can be in several rooms at once. Without --room the client logs in
   to the server's default room, as older clients do. --room NAME (repeatable; a
   leading '#' is dropped and the name folded to lower case) joins those rooms
@@ -83,9 +83,9 @@ rooms:
   rooms it was granted (securechat-token add NAME --rooms 'general,ops'
   [--read-only]). A room refused (forbidden, room_full, too_many_rooms, or a
   message into a read-only room) is one line naming it; scripted, a refusal of
-  the room you send to exits 6. Text output prefixes a line with its #room when
-  several rooms are joined; --json gives every room event a "room" field and
-  adds joined, left and grants events.
+  the room you send to exits 6. With several --room or --all-rooms, text lines
+  start with their #room; --json gives every room event a "room" field and adds
+  joined, left and grants events.
 
 interactive commands:
   /quit            say bye and leave (also Ctrl-D, Ctrl-C)

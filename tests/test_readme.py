@@ -39,6 +39,8 @@ RUN_ELSEWHERE: dict[str, tuple[str, str]] = {
 RUN_HERE = [
     r"securechat-certs( --new-ca)? --force",
     r"securechat-token (add|list|revoke)( dave)? --tokens run/tokens\.json",
+    r"securechat-token (add|grant|ungrant) erin (--rooms '\S+'|ops)( --read-only)?"
+    r" --tokens run/tokens\.json",
     r"make bench",
     r'echo "deploy finished" \| securechat-client .*',
     r'securechat-client .* --send "build green"',
@@ -88,6 +90,10 @@ def test_operating_commands_work_as_written(tmp_path: Path) -> None:
             assert result.stdout.startswith("sct1.")
         if command.startswith("securechat-token list"):
             assert result.stdout.startswith("dave\t")
+        if command.startswith("securechat-token grant erin ops --read-only"):
+            assert result.stdout.startswith("erin\t") and "ops:ro" in result.stdout
+        if command.startswith("securechat-token ungrant erin ops"):
+            assert "ops" not in result.stdout.split("\t")[-1]
         if command == "securechat-certs --force":
             assert (certs_dir / "ca.pem").read_bytes() == before  # same CA
     assert (certs_dir / "ca.pem").read_bytes() != before  # --new-ca made a new one

@@ -9,7 +9,6 @@ so a join cannot race a room being dropped.
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 from collections.abc import Callable
 
 from ..store.base import MessageLog, Pending, StoreUnavailable
@@ -91,6 +90,11 @@ class RoomRegistry:
         room.unsubscribe(member, reason)
         self._maybe_drop(room)
 
+    def release(self, room: InProcessRoom) -> None:
+        """A room fetched with :meth:`get` is no longer needed: drop it from memory again
+        if nobody is in it."""
+        self._maybe_drop(room)
+
     def _maybe_drop(self, room: InProcessRoom) -> None:
         if len(room) or room is self.default_room:
             return
@@ -115,15 +119,18 @@ class RoomRegistry:
             self._maybe_drop(room)
 
     def _by_room(self, batch: list[Pending]) -> list[tuple[InProcessRoom, list[Pending]]]:
-        if len(batch) == 1 or all(item.room == batch[0].room for item in batch):
-            room = self._rooms.get(batch[0].room) if batch else None
-            return [(room, batch)] if room is not None else []
-        groups: defaultdict[str, list[Pending]] = defaultdict(list)
+        """The batch cut into runs of one room, in the batch's order, so a sender in
+        several rooms gets its acks in the order it sent (a room with messages in flight
+        is never dropped, so each is found; a vanished one is skipped)."""
+        runs: list[tuple[InProcessRoom, list[Pending]]] = []
+        name = ""
+        items: list[Pending] = []
         for item in batch:
-            groups[item.room].append(item)
-        out = []
-        for name, items in groups.items():
-            room = self._rooms.get(name)
-            if room is not None:  # a room with messages in flight is never dropped
-                out.append((room, items))
-        return out
+            if item.room != name:
+                if items and (room := self._rooms.get(name)) is not None:
+                    runs.append((room, items))
+                name, items = item.room, []
+            items.append(item)
+        if items and (room := self._rooms.get(name)) is not None:
+            runs.append((room, items))
+        return runs

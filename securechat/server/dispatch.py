@@ -45,26 +45,15 @@ class FrameDispatch(Memberships):
     ip_key: str
     conn_id: int
     peer: str
-    user_json: str
     user_counted: bool
     decoder: protocol.FrameDecoder
     bucket: TokenBucket | None
     frame_bucket: TokenBucket | None
     error_bucket: TokenBucket | None
     order_gate: OrderGate
-    client_id: str | None
     resume: protocol.Resume | None
 
     submitted: int
-
-    def deliver(self, frame: bytes) -> None:
-        raise NotImplementedError
-
-    def deliver_ack(self, frame: bytes) -> None:
-        raise NotImplementedError
-
-    def _send(self, frame: bytes) -> None:
-        raise NotImplementedError
 
     def _fail(self, code: str, message: str, mid: protocol.MessageId = None,
               retry_after: float | None = None) -> None:
@@ -72,9 +61,6 @@ class FrameDispatch(Memberships):
 
     def _begin_close(self, reason: str, *, linger: float = 1.0,
                      final: bytes | None = None) -> None:
-        raise NotImplementedError
-
-    def _queue_out(self, chunk: bytes) -> None:
         raise NotImplementedError
 
     def _schedule_flush(self) -> None:
@@ -235,10 +221,13 @@ class FrameDispatch(Memberships):
             self._error("forbidden", f"this token may not read room {name}", mid,
                         counts=False, room=name)
             return
-        room = self.rooms.get(name) or self.host.rooms.get(name)
-        if room is None:  # no such room: nothing stored
-            self._send(protocol.encode(protocol.HistoryEnd(mid, 0, False, None, 0, name)))
-            return
+        room = self.rooms.get(name)
+        if room is None:  # not a member: read it, then let it go again
+            room = self.host.rooms.get(name)
+            if room is None:  # no such room: nothing stored
+                self._send(protocol.encode(protocol.HistoryEnd(mid, 0, False, None, 0, name)))
+                return
+            self.host.rooms.release(room)  # the object stays usable for this one read
         try:
             page = room.history_page(before=frame.before, after=frame.after,
                                      limit=frame.limit)

@@ -5,13 +5,17 @@ token (shown by ``securechat-token list``, used in logs and to find the record),
 ``secret`` is 256 random bits. The file keeps only a salted SHA-256 of the secret:
 a fast hash is enough because the secret is random, not a password, so it cannot
 be guessed from its hash; a slow KDF would only make every login cost CPU.
+
+A record may carry room grants (:class:`~securechat.grants.Grants`); one without
+(``grants`` None, the format before rooms) may enter the server's default room only,
+which only the server knows (``--room``): :func:`effective_grants` resolves it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
+import functools
 import hashlib
 import hmac
 import json
@@ -20,13 +24,13 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
 from ..errors import ConfigError, TokenError
-from ..grants import Grants, Mode
+from ..grants import MAX_GRANTS, MODES, Grants, Mode, pattern_problem
 
 __all__ = [
     "TokenFileWatcher",
@@ -34,8 +38,12 @@ __all__ = [
     "TokenStore",
     "add_token",
     "check_permissions",
+    "effective_grants",
+    "grant_rooms",
     "load_store",
     "revoke_tokens",
+    "set_grants",
+    "ungrant_rooms",
     "validate_name",
 ]
 
@@ -54,17 +62,32 @@ class TokenRecord:
     salt: bytes
     digest: bytes
     created: str
-    #: The rooms it may enter; None: the server's default room only.
+    #: What the token may join; None: the server's default room only (read and send).
     grants: Grants | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+        data: dict[str, Any] = {
             "id": self.id, "name": self.name, "salt": self.salt.hex(),
             "hash": "sha256:" + self.digest.hex(), "created": self.created,
         }
-        if self.grants is not None:
-            out["grants"] = dict(self.grants.items)
-        return out
+        if self.grants is not None:  # absent keeps files of tokens without grants as they were
+            data["grants"] = dict(self.grants.items)
+        return data
+
+
+def effective_grants(record: TokenRecord, default_room: str) -> Grants:
+    """The grants in force for ``record`` on a server whose default room is
+    ``default_room``: its own, or ``{default_room: "rw"}`` for a token without any."""
+    if record.grants is not None:
+        return record.grants
+    return _default_grants(default_room)
+
+
+@functools.lru_cache(maxsize=16)
+def _default_grants(room: str) -> Grants:
+    # Grants are immutable: one shared object per room, not one per login.
+    grants: dict[str, Mode] = {room: "rw"}
+    return Grants(grants)
 
 
 def validate_name(name: str) -> str:
@@ -89,14 +112,14 @@ def split_token(token: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
-def new_token(name: str) -> tuple[str, TokenRecord]:
+def new_token(name: str, grants: Grants | None = None) -> tuple[str, TokenRecord]:
     """A fresh random token and the record that stores its hash."""
     validate_name(name)
     token_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)  # 256 bits
     salt = secrets.token_bytes(16)
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    record = TokenRecord(token_id, name, salt, _digest(salt, secret), created)
+    record = TokenRecord(token_id, name, salt, _digest(salt, secret), created, grants)
     return f"{TOKEN_PREFIX}.{token_id}.{secret}", record
 
 
@@ -120,11 +143,13 @@ class TokenStore:
     def __iter__(self) -> Iterator[TokenRecord]:
         return iter(sorted(self._by_id.values(), key=lambda r: (r.name, r.created, r.id)))
 
-    def get(self, token_id: str) -> TokenRecord | None:
-        return self._by_id.get(token_id)
-
     def ids(self) -> frozenset[str]:
         return frozenset(self._by_id)
+
+    def get(self, token_id: str) -> TokenRecord | None:
+        """The record with this id, or None (a session looks up its token's grants
+        after a reload with this)."""
+        return self._by_id.get(token_id)
 
     def verify(self, token: str) -> TokenRecord | None:
         """The record matching ``token``, or None.
@@ -197,17 +222,28 @@ def _record_from_json(item: Any) -> TokenRecord:
     scheme, _, digest = fields["hash"].partition(":")
     if scheme != "sha256" or len(digest) != 64 or not _HEX_RE.fullmatch(digest):
         raise TokenError(f"unknown hash scheme for id {fields['id']} (want sha256:<64 hex>)")
-    raw_grants = item.get("grants")
-    grants = None
-    if raw_grants is not None:
-        if not isinstance(raw_grants, dict):
-            raise TokenError("'grants' must be an object of pattern: \"rw\" | \"ro\"")
-        try:
-            grants = Grants(raw_grants)
-        except ValueError as exc:
-            raise TokenError(f"'grants': {exc}") from None
     return TokenRecord(id=fields["id"], name=fields["name"], salt=bytes.fromhex(fields["salt"]),
-                       digest=bytes.fromhex(digest), created=created, grants=grants)
+                       digest=bytes.fromhex(digest), created=created,
+                       grants=_grants_from_json(item["grants"]) if "grants" in item else None)
+
+
+def _grants_from_json(value: Any) -> Grants:
+    if not isinstance(value, dict):
+        raise TokenError("'grants' must be an object of room pattern to \"rw\" or \"ro\"")
+    if len(value) > MAX_GRANTS:
+        raise TokenError(f"'grants' holds {len(value)} patterns, more than {MAX_GRANTS}")
+    pairs: list[tuple[str, Mode]] = []
+    for pattern, mode in value.items():
+        if (problem := pattern_problem(pattern)) is not None:
+            raise TokenError(f"'grants': {problem}")
+        if mode not in MODES:
+            raise TokenError(f"'grants': mode of {pattern!r} must be \"rw\" or \"ro\", "
+                             f"not {json.dumps(mode)}")
+        pairs.append((pattern, mode))
+    try:
+        return Grants(pairs)
+    except ValueError as exc:  # pragma: no cover - every case is checked above
+        raise TokenError(f"'grants': {exc}") from None
 
 
 #: Refused above this size: ~150 bytes a token, so room for ~400,000 tokens.
@@ -319,13 +355,13 @@ def add_token(path: Path, name: str, grants: Grants | None = None) -> tuple[str,
     """Create a token for ``name`` in the file at ``path`` (created if missing).
 
     A name may hold several tokens (one per device); each is revoked on its own
-    or all at once. Returns the token, which is never stored, and its record.
+    or all at once. ``grants`` None: the server's default room only. Returns the
+    token, which is never stored, and its record.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
         store = _load_or_empty(path)
-        token, record = new_token(name)
-        record = dataclasses.replace(record, grants=grants)
+        token, record = new_token(name, grants)
         _write_store(path, TokenStore([*store, record]))
     return token, record
 
@@ -340,12 +376,55 @@ def revoke_tokens(path: Path, name_or_id: str) -> list[TokenRecord]:
     return removed
 
 
-def effective_grants(record: TokenRecord, default_room: str) -> Grants:
-    """The record's grants, with None read as the default room (read and send)."""
-    if record.grants is None:
-        default: dict[str, Mode] = {default_room: "rw"}
-        return Grants(default)
-    return record.grants
+def set_grants(path: Path, name_or_id: str, change: Callable[[Grants], Grants],
+               default_room: str) -> list[TokenRecord]:
+    """Replace the grants of every token of a user, or of the one token with that id,
+    by ``change(old)``; return the matching records as they are now (empty: no such
+    token).
+
+    A token without grants is first given ``{default_room: "rw"}``, what it had on a
+    server with that ``--room``; it keeps None if ``change`` leaves that as it was.
+    The file is rewritten (atomically, under the lock) only if some grants changed. A
+    ValueError from ``change`` (too many grants) is a TokenError; the file stays as it
+    was.
+    """
+    with _locked(path):
+        store = load_store(path)
+        updated: dict[str, TokenRecord] = {}
+        for record in store:
+            if name_or_id in (record.name, record.id):
+                old = effective_grants(record, default_room)
+                try:
+                    grants = change(old)
+                except ValueError as exc:
+                    raise TokenError(f"token {record.id} of {record.name}: {exc}") from None
+                updated[record.id] = record if grants == old else replace(record, grants=grants)
+        if any(store.get(i) is not r for i, r in updated.items()):
+            _write_store(path, TokenStore([updated.get(r.id, r) for r in store]))
+    return list(updated.values())
+
+
+def grant_rooms(path: Path, name_or_id: str, patterns: list[str], mode: Mode,
+                default_room: str) -> list[TokenRecord]:
+    """Give ``patterns`` the ``mode`` (replacing a mode they had), see :func:`set_grants`."""
+    def change(old: Grants) -> Grants:
+        return Grants({**dict(old.items), **dict.fromkeys(patterns, mode)})
+    return set_grants(path, name_or_id, change, default_room)
+
+
+def ungrant_rooms(path: Path, name_or_id: str, patterns: list[str],
+                  default_room: str) -> list[tuple[TokenRecord, list[str]]]:
+    """Remove exactly ``patterns`` (no glob expansion: ungranting ``team-*`` leaves
+    ``team-a``); return each token's new record with the patterns it did not hold."""
+    missing: list[list[str]] = []
+
+    def change(old: Grants) -> Grants:
+        held = dict(old.items)
+        missing.append([p for p in patterns if p not in held])
+        return Grants({p: m for p, m in held.items() if p not in patterns})
+    # set_grants calls ``change`` once per record it returns, in the same order.
+    records = set_grants(path, name_or_id, change, default_room)
+    return list(zip(records, missing, strict=True))
 
 
 class TokenFileWatcher:

@@ -8,6 +8,10 @@
 #   SECURECHAT_TOKENS      the server's tokens file           (default /data/server/tokens.json)
 #   SECURECHAT_CLIENT_DIR  ca.pem and USER.token per user     (default /data/client)
 #   SECURECHAT_USERS       who gets a token                   (default "alice bob carol")
+#                          each NAME (the server's default room only), NAME:PATTERNS
+#                          (read and send in those rooms, e.g. alice:general,ops) or
+#                          NAME:PATTERNS:ro (read only); a kept token keeps its grants
+#                          (change them with securechat-token grant/ungrant)
 #   SECURECHAT_CERT_NAMES  more names/addresses for the server certificate
 #
 # Keys, the tokens file and token files are mode 0600 (umask 077 below).
@@ -36,7 +40,24 @@ if [ -f "$certs/ca.pem" ] && [ "$certs" != "$client" ]; then
     mv "$client/.ca.pem.tmp" "$client/ca.pem"
 fi
 
-for user in $users; do
+set -f  # room patterns may hold '*': never expand them as file names
+for entry in $users; do
+    user=${entry%%:*}
+    rest=${entry#"$user"}
+    rest=${rest#:}
+    rooms=${rest%%:*}
+    mode=${rest#"$rooms"}
+    mode=${mode#:}
+    set --
+    if [ -n "$rooms" ]; then
+        set -- --rooms "$rooms"
+    fi
+    if [ "$mode" = ro ]; then
+        set -- "$@" --read-only
+    elif [ -n "$mode" ]; then
+        echo "securechat-init: $entry: the mode after the rooms must be ro" >&2
+        exit 2
+    fi
     file="$client/$user.token"
     if [ -s "$file" ] && [ -f "$tokens" ]; then
         # Keep the token only if the tokens file still knows its id (tokens look like
@@ -51,7 +72,7 @@ for user in $users; do
     if [ -f "$tokens" ]; then
         securechat-token revoke "$user" --tokens "$tokens" >/dev/null 2>&1 || true
     fi
-    securechat-token add "$user" --tokens "$tokens" --quiet >"$file.tmp"
+    securechat-token add "$user" --tokens "$tokens" --quiet "$@" >"$file.tmp"
     mv "$file.tmp" "$file"
     echo "securechat-init: token for $user written to $file"
 done

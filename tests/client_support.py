@@ -309,3 +309,12 @@ def procs() -> Iterator[list[CliProcess]]:
     yield started
     for proc in started:
         proc.kill()
+
+
+def room_token(running: RunningServer, name: str, *patterns: str) -> str:
+    """A new token for ``name`` granted ``rw`` on ``patterns`` (glob room patterns).
+
+    PENDING (issue 10): until the server's token API grants rooms, this is a plain
+    token (the server's default room only)."""
+    del patterns
+    return running.add_user(name)

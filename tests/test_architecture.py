@@ -16,11 +16,13 @@ PURE_MODULES = ("securechat.protocol", "securechat.protocol.frames",
                 "securechat.protocol.encode", "securechat.client.core", "securechat.client.parts",
                 "securechat.client.sendqueue", "securechat.client.phases",
                 "securechat.client.events", "securechat.client.backoff",
-                "securechat.client.roster", "securechat.grants")
+                "securechat.client.roster", "securechat.client.rooms",
+                "securechat.client.view", "securechat.grants")
 #: The client's state machine also never reads the clock: time comes in as ``now``.
 CLOCKLESS_MODULES = ("securechat.client.core", "securechat.client.parts",
                      "securechat.client.sendqueue", "securechat.client.phases",
-                     "securechat.client.events")
+                     "securechat.client.events", "securechat.client.rooms",
+                     "securechat.client.view")
 #: What "no I/O" means here (design-notes: the sans-I/O layer never sees a socket).
 IO_MODULES = frozenset({"socket", "ssl", "selectors", "threading", "asyncio"})
 #: Which top-level packages each package may import (docs/architecture.md).

@@ -1,5 +1,6 @@
 """docker-compose.yml, for real: a private Docker engine, ``docker-compose up`` as a user
-types it, and alice's and bob's messages crossing the server over TLS.
+types it, alice's and bob's messages crossing the server over TLS in #general, and a
+read-only watcher that joined every room it may enter and saw them.
 
 The file is always validated (``docker-compose config -q``: no engine needed). The
 real run is marked ``docker``; it starts dockerd on a private socket with
@@ -10,6 +11,7 @@ SECURECHAT_REQUIRE_DOCKER=1 (set by .ci/run) it fails instead of skipping.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -83,13 +85,15 @@ def test_compose_file_wiring() -> None:
     result = subprocess.run([*commands[0], "-f", str(COMPOSE_FILE), "config"],
                             capture_output=True, text=True, timeout=60, check=True)
     config = result.stdout
-    for service in ("init", "securechat", "alice", "bob", "client"):
+    for service in ("init", "securechat", "alice", "bob", "watcher", "client"):
         assert re.search(rf"^  {service}:$", config, re.M), service
     assert "condition: service_completed_successfully" in config
     assert "condition: service_healthy" in config
     assert re.search(r"profiles:\n\s+- interactive", config)
     assert "healthcheck:" in config
     assert not re.search(r"SECURECHAT_TOKEN:", config), "tokens belong in the volume"
+    assert "watcher:general,ops:ro" in config  # read-only, made by init
+    assert "--all-rooms" in config and "--room" in config
 
 
 # ---------------------------------------------------------------------- the real run
@@ -308,6 +312,18 @@ def compose_run(engine: Engine) -> Iterator[Run]:
               file=sys.stderr)
 
 
+def _watched(lines: list[str]) -> list[dict[str, object]]:
+    """The JSON events the watcher printed (its state lines on stderr are not JSON)."""
+    events = []
+    for line in lines:
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+    return events
+
+
 def _said(lines: list[str], speaker: str) -> list[int]:
     """The numbers of ``speaker``'s bot messages in a client's output lines
     (``12:01:03 bob: hello from bob #1``)."""
@@ -324,6 +340,8 @@ def test_alice_and_bob_talk_over_tls(compose_run: Run) -> None:
     assert _said(run.lines("alice"), "bob") == expected, run.tail()
     assert _said(run.lines("bob"), "alice") == expected, run.tail()
     assert run.exit_codes.get("alice") == 0 and run.exit_codes.get("bob") == 0, run.tail()
+    for bot in ("alice", "bob"):  # --room general: they talked in #general
+        assert any("joined #general" in line for line in run.lines(bot)), run.lines(bot)
     server = "\n".join(run.server_lines())
     assert "event=listen" in server and "tls_min=1.3" in server
     assert re.search(r"event=auth .*user=alice", server)
@@ -332,11 +350,29 @@ def test_alice_and_bob_talk_over_tls(compose_run: Run) -> None:
 
 @pytest.mark.docker
 @pytest.mark.timeout(900)
+def test_watcher_saw_the_conversation_in_general(compose_run: Run) -> None:
+    """The read-only watcher joined #general and #ops (--all-rooms: its grants) and
+    saw every message of alice and bob, in #general: live, or as history when it
+    joined after they started (--history)."""
+    events = _watched(compose_run.lines("watcher"))
+    joined = {e["room"] for e in events if e.get("type") == "joined"}
+    assert joined == {"general", "ops"}, events[:20]
+    seen = {(e["room"], e["from"], e["body"]) for e in events
+            if e.get("type") in ("msg", "history_msg")}
+    for speaker in ("alice", "bob"):
+        for i in range(1, BOT_MESSAGES + 1):
+            assert ("general", speaker, f"hello from {speaker} #{i}") in seen, sorted(seen)
+    assert not any(room == "ops" for room, _, _ in seen)
+    assert re.search(r"event=auth .*user=watcher", "\n".join(compose_run.server_lines()))
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(900)
 def test_init_ran_once_before_the_server(compose_run: Run) -> None:
-    """init made certificates and three tokens, and exited 0 before the server listened."""
+    """init made certificates and four tokens, and exited 0 before the server listened."""
     init = compose_run.lines("init")
     assert any("new development CA" in line for line in init), compose_run.tail()
-    assert any("ready (3 tokens)" in line for line in init)
+    assert any("ready (4 tokens)" in line for line in init)
     assert compose_run.exit_codes.get("init") == 0
     # Same clock, same format (UTC, fixed width up to the seconds' fraction): compare
     # as strings to the microsecond.
@@ -363,7 +399,7 @@ def test_secrets_in_volumes_are_private(compose_run: Run) -> None:
     modes = compose_run.extra["modes"]
     assert modes.returncode == 0, modes.stderr
     rows = [line.split() for line in modes.stdout.splitlines() if line.startswith(("6", "7"))]
-    assert len(rows) == 2 + 1 + 3, modes.stdout
+    assert len(rows) == 2 + 1 + 4, modes.stdout
     assert all(mode == "600" and uid == "10001" for mode, uid, _ in rows), modes.stdout
 
 

@@ -8,6 +8,8 @@ Modes, picked from the flags and from whether stdin is a terminal:
   exits 0 at end of input once the server welcomed us and acknowledged every
   message (empty input included: a refused token still exits 3);
 - ``--send TEXT``: one message, wait for its ack, exit;
+- ``--room NAME`` (repeatable) logs in to those rooms instead of the server's default
+  room, ``--all-rooms`` also joins every room the token's grants name;
 - ``--say TEXT --every S --count N [--wait-for USER]``: a bot for demos;
 - ``--listen``: print what arrives until interrupted.
 
@@ -36,6 +38,7 @@ from .options import (
     EXIT_ERROR,
     EXIT_GAVE_UP,
     EXIT_OK,
+    EXIT_REFUSED,
     EXIT_TLS,
     EXIT_USAGE,
     PROG,
@@ -47,7 +50,8 @@ from .options import (
 from .scripted import run_scripted
 
 __all__ = [
-    "EXIT_AUTH", "EXIT_ERROR", "EXIT_GAVE_UP", "EXIT_OK", "EXIT_TLS", "EXIT_USAGE",
+    "EXIT_AUTH", "EXIT_ERROR", "EXIT_GAVE_UP", "EXIT_OK", "EXIT_REFUSED", "EXIT_TLS",
+    "EXIT_USAGE",
     "Options", "build_parser", "event_json", "event_text", "exit_code", "main",
     "options_from_args",
 ]
@@ -56,7 +60,7 @@ __all__ = [
 def _make_client(opts: Options) -> Client:
     return Client(opts.host, opts.port, token=opts.token, cafile=opts.ca,
                   server_name=opts.server_name, backoff=opts.backoff,
-                  connect_timeout=opts.connect_timeout)
+                  connect_timeout=opts.connect_timeout, rooms=opts.login_rooms)
 
 
 def _never_ok_unless_welcomed(client: Client, code: int, stderr: TextIO) -> int:
@@ -76,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         opts = options_from_args(args, stdin_tty=stdin_tty)
         client = _make_client(opts)
         if opts.mode == "interactive":
-            code = run_interactive(client, opts.history)
+            code = run_interactive(client, opts.history, all_rooms=opts.all_rooms,
+                                   login_rooms=opts.rooms)
         else:
             code = run_scripted(opts, client, sys.stdout, sys.stderr)
         return _never_ok_unless_welcomed(client, code, sys.stderr)

@@ -2,7 +2,10 @@
 (also ``--json``), ``--send``, the ``--say`` bot and ``--listen``.
 
 The main thread only waits for the work thread or for SIGINT/SIGTERM
-(:func:`run_until_signal`); a :class:`Printer` thread prints events as they arrive.
+(:func:`run_until_signal`); a :class:`Printer` thread prints events as they arrive
+and tells a :class:`RoomWatch` about them, which the work thread waits on (a room
+joined or refused, a member in a room). Sending modes send to the first ``--room``
+(the server's default room without one), once it is joined.
 """
 
 from __future__ import annotations
@@ -15,28 +18,144 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any, TextIO
 
 from .. import protocol
-from ..client.api import Client, Closed, Connected, Connecting, Event, SendHandle
-from ..errors import ClientClosed, ClientError, ProtocolError
-from .display import event_json, event_text, status_text, write_line
-from .options import PROG, Options, exit_code
+from ..client.api import Client, Closed, Connected, Connecting, SendHandle
+from ..client.rooms import JOIN_REFUSALS
+from ..errors import ClientClosed, ClientError, ConfigError, ProtocolError
+from .display import ShownEvent, event_json, event_text, status_text, write_line
+from .options import (
+    PROG,
+    ROOM_REFUSALS,
+    Options,
+    RoomRefused,
+    exit_code,
+    literal_rooms,
+)
 
-__all__ = ["Printer", "run_scripted", "run_until_signal"]
+__all__ = ["Printer", "RoomFollow", "RoomWatch", "run_scripted", "run_until_signal",
+           "wait_room"]
+
+
+class RoomWatch:
+    """Rooms refused and "something happened" for threads that wait on the event
+    stream without reading it (the printer reads it and calls :meth:`saw`)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        #: room -> the error that refused joining it (cleared by a later joined).
+        self.refused: dict[str, protocol.ErrorFrame] = {}
+        self.ended = False
+
+    def saw(self, event: ShownEvent) -> None:
+        with self._cond:
+            if (isinstance(event, protocol.ErrorFrame) and event.room
+                    and event.code in JOIN_REFUSALS and event.id is None):
+                self.refused[event.room] = event
+            elif isinstance(event, protocol.Joined):
+                self.refused.pop(event.room, None)
+            self._cond.notify_all()
+
+    def end(self) -> None:
+        with self._cond:
+            self.ended = True
+            self._cond.notify_all()
+
+    def wait(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Wait until ``predicate()`` (checked after every event) or the stream ended;
+        returns ``predicate()``."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.ended or predicate(), timeout)
+            return predicate()
+
+
+def wait_room(client: Client, watch: RoomWatch, room: str | None) -> None:
+    """Block until logged in and in ``room`` (None: the default room, in with the
+    login); raises :class:`RoomRefused` if the server refused it, or why the client
+    stopped."""
+    client.wait_connected()
+    if room is None:
+        return
+    watch.wait(lambda: room in client.rooms or room in watch.refused or client.closed)
+    if room not in client.rooms and (error := watch.refused.get(room)) is not None:
+        raise RoomRefused(room, error.code, error.message)
+    if room not in client.rooms:
+        client.wait_connected()  # raises why it stopped
+        raise ClientClosed("the client is closed")
+
+
+def sent(handle: SendHandle, room: str | None, client: Client) -> int:
+    """``handle.wait()``, with a refusal by the server named by its room."""
+    try:
+        return handle.wait()
+    except ProtocolError as exc:
+        if exc.code in ROOM_REFUSALS:
+            raise RoomRefused(room or client.room, exc.code, exc.message,
+                              sending=True) from exc
+        raise
+
+
+class RoomFollow:
+    """What the client does by itself as rooms come and go: ask for the last
+    ``history`` messages of each room the first time it is joined, and with
+    ``all_rooms`` join every room the grants name without a wildcard (at login,
+    and again when the grants change)."""
+
+    def __init__(self, client: Client, *, history: int, all_rooms: bool,
+                 login_rooms: Sequence[str] = ()) -> None:
+        self.client = client
+        self.history = history
+        self.all_rooms = all_rooms
+        self._asked: set[str] = set()
+        #: Asked for already (the login's rooms among them): never joined twice.
+        self._requested: set[str] = set(login_rooms)
+
+    def saw(self, event: ShownEvent) -> None:
+        """Called by the thread reading the events; never raises for a closed client."""
+        with contextlib.suppress(ClientError, ConfigError, ProtocolError, ValueError):
+            self._saw(event)
+
+    def _saw(self, event: ShownEvent) -> None:
+        if isinstance(event, Connected) and not event.reconnect:
+            if event.welcome.room:  # the old login: in the default room already
+                self._asked.add(event.welcome.room)
+                if self.history:
+                    self.client.history(limit=self.history)
+            if self.all_rooms:
+                self._join_all(event.welcome.grants)
+        elif isinstance(event, protocol.Joined) and event.room not in self._asked:
+            self._asked.add(event.room)
+            if self.history:
+                # What was there when we joined; what came after arrives live.
+                self.client.history(before=event.seq + 1, limit=self.history,
+                                    room=event.room)
+        elif isinstance(event, protocol.Left):
+            self._requested.discard(event.room)
+        elif isinstance(event, protocol.Grants) and self.all_rooms:
+            self._join_all(event.grants)
+
+    def _join_all(self, grants: tuple[tuple[str, str], ...]) -> None:
+        joined = set(self.client.rooms)
+        for room in literal_rooms(grants):
+            if room not in joined and room not in self._requested:
+                self._requested.add(room)
+                self.client.join(room)
 
 
 class Printer:
     """Prints events as they arrive, on its own thread (the main thread sends).
 
-    ``show`` filters what goes to stdout; connection state goes to stderr. After the
-    first welcome it asks for the last ``--history`` messages, if any."""
+    ``show`` filters what goes to stdout; connection state goes to stderr. It asks
+    for the last ``--history`` messages of each room joined, joins the granted rooms
+    with ``--all-rooms`` (:class:`RoomFollow`), and tells ``watch`` every event."""
 
     def __init__(self, client: Client, opts: Options, *, stdout: TextIO, stderr: TextIO,
-                 show: Callable[[Event], bool] = lambda e: True,
-                 finished: threading.Event | None = None) -> None:
+                 show: Callable[[ShownEvent], bool] = lambda e: True,
+                 finished: threading.Event | None = None,
+                 watch: RoomWatch | None = None) -> None:
         #: Set once the Closed event was printed.
         self.finished = finished or threading.Event()
         self.client = client
@@ -44,6 +163,12 @@ class Printer:
         self.stdout = stdout
         self.stderr = stderr
         self.show = show
+        self.watch = watch or RoomWatch()
+        self.follow = RoomFollow(client, history=opts.history, all_rooms=opts.all_rooms,
+                                 login_rooms=opts.rooms)
+        #: Text lines name their room unless only one room can be joined.
+        self.current: str | None = (
+            None if len(opts.rooms) <= 1 and not opts.all_rooms else "")
         self.thread = threading.Thread(target=self._run, name="securechat-client-printer",
                                        daemon=True)
 
@@ -56,14 +181,14 @@ class Printer:
     def _run(self) -> None:
         try:
             for event in self.client.events():
-                if isinstance(event, Connected) and not event.reconnect and self.opts.history:
-                    with contextlib.suppress(ClientError):  # closed meanwhile
-                        self.client.history(limit=self.opts.history)
+                self.follow.saw(event)
                 self.print(event)
+                self.watch.saw(event)
         finally:
+            self.watch.end()
             self.finished.set()
 
-    def print(self, event: Event) -> None:
+    def print(self, event: ShownEvent) -> None:
         status = status_text(event)
         # --quiet hides state changes, never why the client stopped.
         if status is not None and (not self.opts.quiet or isinstance(event, Closed)):
@@ -73,14 +198,16 @@ class Printer:
         if self.opts.json:
             write_line(self.stdout, json.dumps(event_json(event), ensure_ascii=False))
         else:
-            text = event_text(event)
+            text = event_text(event, self.current)
             if text is not None:
                 write_line(self.stdout, text)
 
 
-def _run_lines(client: Client, stdin_fd: int, done: threading.Event) -> BaseException | None:
-    """Send every stdin line; at end of input wait for every ack. ``done`` is also set
-    when the client stops by itself (so a silent stdin does not keep us waiting)."""
+def _run_lines(client: Client, stdin_fd: int, done: threading.Event,
+               room: str | None) -> BaseException | None:
+    """Send every stdin line to ``room``; at end of input wait for every ack. ``done``
+    is also set when the client stops by itself (so a silent stdin does not keep us
+    waiting)."""
     handles: list[SendHandle] = []
     failure: list[BaseException] = []
 
@@ -88,7 +215,7 @@ def _run_lines(client: Client, stdin_fd: int, done: threading.Event) -> BaseExce
         try:
             for line in _lines(stdin_fd):
                 if line.strip():
-                    handles.append(client.send(line, wait=None))
+                    handles.append(client.send(line, room=room, wait=None))
         except (ClientError, ProtocolError) as exc:
             failure.append(exc)
         except OSError as exc:  # stdin is a directory, a closed descriptor...
@@ -104,7 +231,7 @@ def _run_lines(client: Client, stdin_fd: int, done: threading.Event) -> BaseExce
     if failure:
         return failure[0]
     for handle in list(handles):
-        handle.wait()
+        sent(handle, room, client)
     if not handles:
         # "Done" needs a welcome: with nothing to send, end of input alone must not
         # exit 0 for a refused token or a server that never answered.
@@ -127,17 +254,25 @@ def _lines(fd: int) -> Any:
         yield buf.rstrip(b"\r").decode("utf-8", errors="replace")
 
 
-def _run_say(client: Client, opts: Options, stop: threading.Event) -> None:
+def _run_say(client: Client, opts: Options, stop: threading.Event, watch: RoomWatch
+             ) -> None:
     assert opts.say is not None
-    client.wait_connected()
+    room = opts.send_room
+    wait_room(client, watch, room)
     if opts.wait_for:
-        while not client.wait_for_member(opts.wait_for, 1.0):
+        user = opts.wait_for
+        if room is None:
+            while not client.wait_for_member(user, 1.0):
+                if client.closed:
+                    client.wait_connected()  # raises why it closed
+        else:
+            watch.wait(lambda: user in client.members_of(room) or client.closed)
             if client.closed:
-                client.wait_connected()  # raises why it closed
+                client.wait_connected()
     i = 0
     while opts.count == 0 or i < opts.count:
         i += 1
-        client.send(f"{opts.say} #{i}", wait=None).wait()
+        sent(client.send(f"{opts.say} #{i}", room=room, wait=None), room, client)
         if (opts.count == 0 or i < opts.count) and stop.wait(opts.every):
             return
     stop.wait(max(opts.every, 1.0))  # let replies arrive
@@ -146,30 +281,35 @@ def _run_say(client: Client, opts: Options, stop: threading.Event) -> None:
 def run_scripted(opts: Options, client: Client, stdout: TextIO, stderr: TextIO) -> int:
     """Run ``client`` (not started yet) in ``opts.mode`` until it is done or a signal
     stops it; returns the exit code (128+N for signal N)."""
-    show: Callable[[Event], bool] = lambda e: True  # noqa: E731
+    show: Callable[[ShownEvent], bool] = lambda e: True  # noqa: E731
     if opts.mode == "send":
         show = lambda e: isinstance(e, protocol.Ack)  # noqa: E731
     elif not opts.json:
         # Our own acks are not chat lines; neither is every connection attempt.
         show = lambda e: not isinstance(e, protocol.Ack | Connecting)  # noqa: E731
     done = threading.Event()  # the client stopped, or (lines mode) stdin ended
-    printer = Printer(client, opts, stdout=stdout, stderr=stderr, show=show, finished=done)
+    watch = RoomWatch()
+    printer = Printer(client, opts, stdout=stdout, stderr=stderr, show=show, finished=done,
+                      watch=watch)
     stop = threading.Event()
     outcome: list[BaseException | None] = []
 
     def work() -> None:
         error: BaseException | None = None
         try:
+            room = opts.send_room
             if opts.mode == "send":
                 assert opts.send is not None
-                client.send(opts.send, wait=None).wait()
+                wait_room(client, watch, room)
+                sent(client.send(opts.send, room=room, wait=None), room, client)
             elif opts.mode == "say":
-                _run_say(client, opts, stop)
+                _run_say(client, opts, stop, watch)
             elif opts.mode == "listen":
                 client.wait_connected()
                 client.wait_closed()
             else:
-                error = _run_lines(client, sys.stdin.fileno(), done)
+                wait_room(client, watch, room)
+                error = _run_lines(client, sys.stdin.fileno(), done, room)
         except (ClientError, ProtocolError) as exc:
             error = exc
         outcome.append(error)

@@ -52,23 +52,17 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final
 
 from .. import protocol
-from ..errors import (
-    ClientClosed,
-    ClientError,
-    ConfigError,
-    LocalProtocolError,
-    QueueFull,
-)
+from ..errors import ClientClosed, ClientError, ConfigError, LocalProtocolError, QueueFull
 from ..io.tls import client_context
-from ..protocol import Join, Leave, Welcome
+from ..protocol import Grants, Join, Joined, JoinRoom, Leave, LeaveRoom, Left, Welcome
 from .backoff import BackoffPolicy
-from .core import ClientCore, HistoryRequest, Outgoing, SeqTracker, validate_token
+from .core import ClientCore, HistoryRequest, SeqTracker, validate_token
 from .events import (
     Closed,
     Connected,
@@ -78,30 +72,18 @@ from .events import (
     EventsDropped,
     Gap,
     Reconnecting,
-    SecureChatClientFailure,
     SendFailed,
 )
+from .handle import SendHandle
 from .link import Link
 from .loop import ClientLoop, Resolver, resolve
-from .roster import Roster
+from .rooms import validate_room
+from .view import SessionView
 
 __all__ = [
-    "Client",
-    "ClientLoop",
-    "Closed",
-    "Connected",
-    "Connecting",
-    "Disconnected",
-    "Event",
-    "EventsDropped",
-    "Gap",
-    "Reconnecting",
-    "Resolver",
-    "SendFailed",
-    "SendHandle",
-    "SeqTracker",
-    "resolve",
-    "validate_token",
+    "Client", "ClientLoop", "Closed", "Connected", "Connecting", "Disconnected", "Event",
+    "EventsDropped", "Gap", "Grants", "Join", "Joined", "Leave", "Left", "Reconnecting",
+    "Resolver", "SendFailed", "SendHandle", "SeqTracker", "resolve", "validate_token",
 ]
 
 logger = logging.getLogger("securechat.client")
@@ -109,57 +91,13 @@ logger = logging.getLogger("securechat.client")
 #: Seconds :meth:`Client.close` waits at most for a name resolution still running.
 RESOLVER_JOIN_WAIT: Final = 1.0
 
+#: The events that change what :class:`SessionView` shows.
+_STATE_EVENTS: Final = (Connected, Join, Leave, Joined, Left, Grants, protocol.ErrorFrame,
+                        Disconnected, Closed)
+
 #: The jitter source of clients given no ``rng``: one for all (a Mersenne Twister is
 #: 2.5 KiB; ``random()`` is atomic under the GIL, so sharing it across threads is safe).
 _JITTER = random.Random()
-
-
-class SendHandle(Outgoing):
-    """One message given to :meth:`Client.send`: wait for its ``seq`` or its failure."""
-
-    __slots__ = ("_done", "_on_done")
-
-    def __init__(self, mid: str, body: str, frame: bytes, order: int,
-                 on_done: Callable[[], None] | None = None) -> None:
-        super().__init__(mid, body, frame, order)
-        self._done = threading.Event()
-        self._on_done = on_done
-
-    def __repr__(self) -> str:
-        state = f"seq={self.seq}" if self.seq is not None else (
-            f"error={self.error}" if self.error else "pending")
-        return f"<SendHandle {self.id} {state}>"
-
-    def done(self) -> bool:
-        """Acknowledged or failed."""
-        return self._done.is_set()
-
-    def wait(self, timeout: float | None = None) -> int:
-        """The room ``seq`` the server gave the message. Raises :class:`TimeoutError`
-        if it is not acknowledged in time (it stays queued), or the reason it never
-        will be (:class:`ClientClosed`, :class:`GaveUp`, :class:`AuthRefused`...)."""
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"message {self.id} not acknowledged within {timeout} s")
-        if self.error is not None:
-            raise self.error
-        assert self.seq is not None
-        return self.seq
-
-    # Called once, by the core (loop thread) or the closing thread.
-    def acked(self, seq: int) -> None:
-        super().acked(seq)
-        self._settled()
-
-    def failed(self, error: SecureChatClientFailure) -> None:
-        super().failed(error)
-        self._settled()
-
-    def _settled(self) -> None:
-        if self._done.is_set():
-            return
-        self._done.set()
-        if self._on_done is not None:
-            self._on_done()
 
 
 class Client:
@@ -205,6 +143,19 @@ class Client:
       resend after a lost ack (acked with ``duplicate=True``, not delivered twice).
     - ``resume`` [None]: an ``(epoch, seq)`` saved from :attr:`position`: the first
       connection then gets what was missed since (every reconnect resumes anyway).
+    - ``rooms`` [None]: the rooms to be in (protocol 3). None logs in the old way,
+      into the server's default room (``welcome.room``); a list, even empty, logs in
+      to exactly those (the first is the default send room). :meth:`join` and
+      :meth:`leave` change the set at any time (after a :meth:`join`, an old-style
+      client logs in to all its rooms, the default one by name, when it reconnects).
+    - ``resumes`` [None]: ``{room: (epoch, seq)}`` saved from :attr:`positions`.
+
+    Every reconnect resumes EVERY room from its own position (in ``auth`` as far as
+    it fits, then ``join`` frames). Room events carry ``.room``; each room has its
+    ``Joined``, replay and ``CaughtUp``; ``Left(room, "forbidden")`` (grant removed)
+    or a refused join drops the room from those asked for. :meth:`send` and
+    :meth:`history` take ``room=`` (None: :attr:`room`); ``forbidden`` or
+    ``not_joined`` fails a message's handle (never retried).
 
     After a reconnect (or with ``resume``) a protocol-2 server replays the missed
     messages as ``Message(..., replayed=True)``, then one ``CaughtUp``; a
@@ -216,11 +167,11 @@ class Client:
     """
 
     __slots__ = (
-        "_close_requested", "_cond", "_connected", "_core", "_dropped", "_events",
-        "_finished", "_id_prefix", "_ids", "_link", "_loop", "_max_frame", "_members",
-        "_on_event", "_own_loop", "_position", "_started", "_stream_ended", "_terminal",
-        "_unacked", "_welcome", "address", "close_timeout", "connect_timeout", "host",
-        "max_events", "port", "queue_size", "server_name",
+        "_close_requested", "_cond", "_core", "_dropped", "_events", "_finished",
+        "_id_prefix", "_ids", "_link", "_loop", "_max_frame", "_on_event", "_own_loop",
+        "_position", "_positions", "_started", "_stream_ended", "_terminal", "_unacked",
+        "_view", "address", "close_timeout", "connect_timeout", "host", "max_events",
+        "port", "queue_size", "server_name",
     )
 
     def __init__(self, host: str = "127.0.0.1", port: int = protocol.DEFAULT_PORT, *,
@@ -232,7 +183,8 @@ class Client:
                  heartbeat: float | None = None, rng: random.Random | None = None,
                  name: str = "securechat-client-io", resolver: Resolver | None = None,
                  loop: ClientLoop | None = None, client_id: str | None = None,
-                 resume: tuple[str, int] | None = None) -> None:
+                 resume: tuple[str, int] | None = None, rooms: Sequence[str] | None = None,
+                 resumes: Mapping[str, tuple[str, int]] | None = None) -> None:
         if queue_size < 1:
             raise ConfigError("queue_size must be at least 1")
         self.host = host
@@ -244,7 +196,8 @@ class Client:
                                 connect_timeout=connect_timeout,
                                 close_timeout=close_timeout, heartbeat=heartbeat,
                                 client_id=secrets.token_hex(16) if client_id is None
-                                else client_id, resume=resume)
+                                else client_id, resume=resume,
+                                rooms=None if rooms is None else list(rooms), resumes=resumes)
         ctx = ssl_context or client_context(Path(cafile) if cafile else None)
         self.queue_size = queue_size
         self.max_events = max_events
@@ -264,9 +217,7 @@ class Client:
         self._events: deque[Event] | None = deque() if max_events > 0 else None
         self._dropped = 0
         self._stream_ended = False
-        self._welcome: Welcome | None = None
-        self._connected = False
-        self._members = Roster()  # changed in place; 8 bytes a name, a set's are ~66
+        self._view = SessionView(rooms)  # rooms, rosters, grants as the events tell
         self._terminal: ClientError | None = None
         self._finished = False
         self._close_requested = False
@@ -274,6 +225,7 @@ class Client:
         self._ids = 0  # under _cond: the last message / request number given
         self._max_frame = protocol.DEFAULT_MAX_FRAME
         self._position = self._core.tracker.position()
+        self._positions = self._core.rooms.positions()
 
     # ================================================================== user threads
     def start(self) -> Client:
@@ -301,22 +253,70 @@ class Client:
         :class:`TimeoutError` when ``timeout`` passes first.
         """
         with self._cond:
-            ok = self._cond.wait_for(lambda: self._connected or self._finished, timeout)
-            if self._connected and self._welcome is not None:
-                return self._welcome
+            view = self._view
+            ok = self._cond.wait_for(lambda: view.connected or self._finished, timeout)
+            if view.connected and view.welcome is not None:
+                return view.welcome
             if not ok:
                 raise TimeoutError(f"not connected to {self.address} within {timeout} s")
             raise self._terminal or ClientClosed("the client is closed")
 
     def wait_for_member(self, user: str, timeout: float | None = None) -> bool:
-        """Block until ``user`` is in the room (connected); False on timeout or close."""
+        """Block until ``user`` is in the default room (connected); False on timeout or
+        close."""
+        view = self._view
         with self._cond:
             return self._cond.wait_for(
-                lambda: (self._connected and user in self._members) or self._finished,
-                timeout) and not self._finished
+                lambda: (view.connected and user in view.members_of(view.room))
+                or self._finished, timeout) and not self._finished
 
-    def send(self, body: str, *, wait: float | None = 0.0) -> SendHandle:
-        """Queue ``body`` for the room and return a handle whose ``wait()`` gives its seq.
+    def join(self, room: str) -> None:
+        """Be in ``room`` from now on: asked at once when connected (the answer is a
+        ``Joined`` event, or an ``ErrorFrame`` with ``room``) and at every reconnect,
+        resumed from its position. Does not block; see :meth:`wait_joined`. Raises
+        :class:`ConfigError` for a name the server would refuse."""
+        self._room_request(JoinRoom(validate_room(room)))
+
+    def leave(self, room: str) -> None:
+        """Be in ``room`` no more (a ``Left`` event follows when connected). Does not
+        block; acks of messages already sent to it still come."""
+        self._room_request(LeaveRoom(validate_room(room)))
+
+    def _room_request(self, request: JoinRoom | LeaveRoom) -> None:
+        with self._cond:
+            if self._finished or self._close_requested:
+                raise self._terminal or ClientClosed("the client is closed")
+            if isinstance(request, JoinRoom):
+                self._view.want(request.room)
+            else:
+                self._view.unwant(request.room)
+            self._link.inbox.append(request)
+        self._link.submit()
+
+    def wait_joined(self, room: str, timeout: float | None = None) -> bool:
+        """Block until the server has the connected session in ``room``; False on
+        timeout, once the client stopped, or when ``room`` is no longer asked for (its
+        join was refused, or it was left)."""
+        view = self._view
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: (view.connected and room in view.joined) or self._finished
+                or room not in view.wanted, timeout) and (
+                    view.connected and room in view.joined and not self._finished)
+
+    def _target(self, room: str | None) -> tuple[str, str | None]:
+        """The room a message or request goes to, and the name its frame carries
+        (None: the server's default room, as an old-style login says)."""
+        if room is not None:
+            return validate_room(room), room
+        with self._cond:
+            default, legacy = self._view.room, self._view.legacy
+        return default, None if legacy or not default else default
+
+    def send(self, body: str, *, room: str | None = None,
+             wait: float | None = 0.0) -> SendHandle:
+        """Queue ``body`` for ``room`` (None: :attr:`room`) and return a handle whose
+        ``wait()`` gives its seq.
 
         The message is resent after a reconnect until the server acknowledges it.
         When ``queue_size`` messages are already unacknowledged, wait up to ``wait``
@@ -325,10 +325,11 @@ class Client:
         server's frame limit, and :class:`ClientClosed` (or the fatal error) once
         the client has stopped.
         """
+        target, wire_room = self._target(room)
         with self._cond:
             self._ids = order = self._ids + 1
-        mid = f"{self._id_prefix}-{order}"
-        frame = protocol.encode(protocol.SendMessage(body, mid))
+        mid = f"{self._id_prefix}-{order}"  # unique across rooms: acks match by id
+        frame = protocol.encode(protocol.SendMessage(body, mid, wire_room))
         limit = self._max_frame
         if len(frame) - 1 > limit:
             raise LocalProtocolError(
@@ -342,7 +343,7 @@ class Client:
                     f"(queue_size={self.queue_size}); message not queued")
             if self._finished or self._close_requested:
                 raise self._terminal or ClientClosed("the client is closed")
-            handle = SendHandle(mid, body, frame, order, self._message_settled)
+            handle = SendHandle(mid, body, frame, order, self._message_settled, target)
             self._unacked += 1
             # Under the lock: the link fails whatever is in its inbox once it has
             # emitted Closed, which takes this lock first.
@@ -351,16 +352,19 @@ class Client:
         return handle
 
     def history(self, before: int | None = None, *, after: int | None = None,
-                limit: int = protocol.DEFAULT_HISTORY_LIMIT) -> str:
-        """Ask for up to ``limit`` (1-500) stored messages before seq ``before``, after
-        seq ``after``, or the latest ones; returns the request id. The answer comes
+                limit: int = protocol.DEFAULT_HISTORY_LIMIT, room: str | None = None) -> str:
+        """Ask for up to ``limit`` (1-500) stored messages of ``room`` (None:
+        :attr:`room`) before seq ``before``, after seq ``after``, or the latest ones;
+        returns the request id. The answer comes
         as ``HistoryMessage`` events (ascending seq) and one ``HistoryEnd`` with that
         id (an ``ErrorFrame`` with it if refused). Asked once connected, and again
         after a reconnect if its answer did not end. Raises :class:`ValueError` for
         bad arguments and :class:`ClientClosed` once the client has stopped."""
+        wire_room = self._target(room)[1]
         with self._cond:
             self._ids = order = self._ids + 1
-        request = HistoryRequest(f"{self._id_prefix}-h{order}", before, after, limit)
+        request = HistoryRequest(f"{self._id_prefix}-h{order}", before, after, limit,
+                                 wire_room)
         with self._cond:
             if self._finished or self._close_requested:
                 raise self._terminal or ClientClosed("the client is closed")
@@ -462,18 +466,45 @@ class Client:
     # ------------------------------------------------------------------ state for users
     @property
     def connected(self) -> bool:
-        return self._connected
+        return self._view.connected
 
     @property
     def welcome(self) -> Welcome | None:
         """The welcome of the current (or last) connection."""
-        return self._welcome
+        return self._view.welcome
 
     @property
     def members(self) -> frozenset[str]:
-        """Users in the room, as last known (welcome, then join/leave)."""
+        """Users in the default room (:attr:`room`), as last known."""
         with self._cond:
-            return self._members.frozen()
+            return self._view.members_of(self._view.room)
+
+    def members_of(self, room: str) -> frozenset[str]:
+        """Users in ``room`` as last known (``Joined``, then join/leave); empty for a
+        room the session is not in."""
+        with self._cond:
+            return self._view.members_of(room)
+
+    @property
+    def rooms(self) -> tuple[str, ...]:
+        """The rooms the server has the session in (as last known), in join order."""
+        with self._cond:
+            return tuple(self._view.joined)
+
+    @property
+    def room(self) -> str:
+        """The default room of :meth:`send` and :meth:`history`: for an old-style
+        login the server's (``welcome.room``), else the first room asked for ("" if
+        none, or before an old-style client's first welcome)."""
+        with self._cond:
+            return self._view.room
+
+    @property
+    def grants(self) -> tuple[tuple[str, str], ...]:
+        """What the token may join: ``(pattern, "rw" | "ro")`` pairs (welcome, then
+        ``Grants`` frames)."""
+        with self._cond:
+            return self._view.grants
 
     @property
     def client_id(self) -> str:
@@ -485,8 +516,14 @@ class Client:
     def position(self) -> tuple[str, int] | None:
         """``(epoch, seq)``: the room log and the last seq of the events queued so far
         (None before the first welcome). Save it and pass ``resume=`` to a later
-        client to get what was missed in between."""
+        client to get what was missed in between. Of the default room."""
         return self._position
+
+    @property
+    def positions(self) -> dict[str, tuple[str, int]]:
+        """``{room: (epoch, seq)}`` for every room with a position: pass it as
+        ``resumes=`` to a later client."""
+        return dict(self._positions)
 
     @property
     def error(self) -> ClientError | None:
@@ -530,29 +567,21 @@ class Client:
     def _deliver(self, events: list[Event]) -> None:
         """Events from the core, in order: update what users can see, then emit."""
         self._position = self._core.tracker.position()
+        self._positions = self._core.rooms.positions()
         for event in events:
-            if isinstance(event, Connected | Join | Leave | Disconnected | Closed):
+            if isinstance(event, _STATE_EVENTS):
                 self._apply(event)
             self._emit(event)
 
-    def _apply(self, event: Connected | Join | Leave | Disconnected | Closed) -> None:
+    def _apply(self, event: Event) -> None:
         with self._cond:
             if isinstance(event, Connected):
-                self._welcome = event.welcome
-                self._connected = True
-                self._members = Roster(event.welcome.members)
                 self._max_frame = event.welcome.max_frame
-            elif isinstance(event, Join):
-                self._members.add(event.user)
-            elif isinstance(event, Leave):
-                self._members.discard(event.user)
-            elif isinstance(event, Disconnected):
-                self._connected = False
-            else:
+            elif isinstance(event, Closed):
                 self._terminal = event.error
-                self._connected = False
                 self._finished = True
-            self._cond.notify_all()
+            if self._view.apply(event):
+                self._cond.notify_all()
 
     def _emit(self, event: Event) -> None:
         if self._on_event is not None:

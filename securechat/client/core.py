@@ -21,18 +21,19 @@ after X s" is the ``Reconnecting`` event plus the core's deadline (the driver ca
 
 What it covers: auth and welcome, the ack window and the resend queue (ids, resend in order
 until acked, ``rate_limited`` / ``store_unavailable`` pauses: the rules of
-:class:`securechat.client.sendqueue.SendQueue`), seq/epoch tracking and resume
-(:class:`SeqTracker`), ``history`` requests, heartbeat deadlines (ping after one idle
-interval, dead after :data:`DEAD_AFTER_INTERVALS`), the reconnect schedule
-(:class:`securechat.client.backoff.Backoff`, clock = the ``now`` passed in) and the
-retryable/fatal classification (:func:`securechat.client.backoff.is_fatal`). All phase
-changes go through :meth:`ClientCore._goto` and :data:`TRANSITIONS`.
+:class:`securechat.client.sendqueue.SendQueue`), the rooms to be in and, per room, seq/epoch
+tracking and resume (:class:`securechat.client.rooms.RoomBook`), ``history`` requests,
+heartbeat deadlines (ping after one idle interval, dead after :data:`DEAD_AFTER_INTERVALS`),
+the reconnect schedule (:class:`securechat.client.backoff.Backoff`, clock = the ``now``
+passed in) and the retryable/fatal classification. All phase changes go through
+:meth:`ClientCore._goto` and :data:`TRANSITIONS`.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Final
@@ -46,17 +47,6 @@ from ..errors import (
     GaveUp,
     LocalProtocolError,
     RemoteProtocolError,
-)
-from ..protocol import (
-    Ack,
-    CaughtUp,
-    ErrorFrame,
-    HistoryEnd,
-    HistoryMessage,
-    Join,
-    Leave,
-    Message,
-    Welcome,
 )
 from .backoff import Backoff, BackoffPolicy, is_fatal, is_fatal_code
 from .events import (
@@ -79,10 +69,10 @@ from .parts import (
     interned,
     too_long,
     validate_client_id,
-    validate_position,
     validate_token,
 )
 from .phases import LINKED, READING, TRANSITIONS, CloseLink, Connect, Output, Phase
+from .rooms import CAUGHT_UP_WAIT, RoomBook, dropped_room
 from .sendqueue import DEFAULT_RATE_PAUSE, SEND_WINDOW, HistoryQueue, SendQueue
 
 __all__ = [
@@ -95,10 +85,6 @@ logger = logging.getLogger("securechat.client")
 
 #: Heartbeat intervals without any frame after which the link is declared dead.
 DEAD_AFTER_INTERVALS: Final = 3
-#: After a resumed welcome, seconds without a replayed message or ``caught_up`` after
-#: which the server is taken as one that ignores ``resume`` (the missed messages are
-#: then a Gap, as from a protocol-1 server). A replaying server sends at once.
-CAUGHT_UP_WAIT: Final = 3.0
 #: Errors that mean "this message was dropped; send it again after retry_after".
 _RETRY_CODES: Final = frozenset({"rate_limited", "store_unavailable"})
 
@@ -119,16 +105,16 @@ class ClientCore:
         "_attempt_deadline", "_backlog", "_close_deadline", "_decoder",
         "_ever_connected", "_heartbeat", "_heartbeat_override", "_history", "_last_rx",
         "_last_tx", "_linked", "_next_attempt_at", "_now", "_out", "_outputs", "_queue",
-        "_replay_deadline", "_resumed", "_token", "address", "backoff", "client_id",
-        "close_requested", "close_timeout", "connect_timeout", "error", "max_frame",
-        "phase", "stage", "stats", "tracker", "welcome",
+        "_token", "address", "backoff", "client_id", "close_requested", "close_timeout",
+        "connect_timeout", "error", "max_frame", "phase", "rooms", "stage", "stats", "welcome",
     )
 
     def __init__(self, *, token: str, address: str = "", backoff: BackoffPolicy | None = None,
                  rng: random.Random | None = None, connect_timeout: float = 10.0,
                  close_timeout: float = 2.0, heartbeat: float | None = None,
                  client_id: str | None = None,
-                 resume: tuple[str, int] | None = None) -> None:
+                 resume: tuple[str, int] | None = None, rooms: Sequence[str] | None = None,
+                 resumes: Mapping[str, tuple[str, int]] | None = None) -> None:
         if connect_timeout <= 0 or close_timeout < 0:
             raise ConfigError("connect_timeout must be > 0 and close_timeout >= 0")
         if heartbeat is not None and heartbeat <= 0:
@@ -147,7 +133,7 @@ class ClientCore:
         #: What the driver is doing in CONNECTING, for timeout messages.
         self.stage = "connecting"
         self.close_requested = False
-        self.welcome: Welcome | None = None
+        self.welcome: protocol.Welcome | None = None
         #: Why the core stopped on its own (None after a plain close).
         self.error: ClientError | None = None
         self.max_frame = protocol.DEFAULT_MAX_FRAME
@@ -166,12 +152,15 @@ class ClientCore:
         self._close_deadline = 0.0
         self._ever_connected = False
         self._linked = False  # a Connect was asked for and no CloseLink since
-        self.tracker = SeqTracker()
-        if resume is not None:
-            self.tracker.start_at(*validate_position(resume))
+        #: The rooms to be in, each with its own log position (:mod:`.rooms`).
+        self.rooms = RoomBook(rooms, resume=resume, resumes=resumes)
         self._history = HistoryQueue.EMPTY  # one of its own on the first request
-        self._resumed = False  # the current link's auth carried resume
-        self._replay_deadline = 0.0  # 0.0: not waiting for caught_up
+
+    @property
+    def tracker(self) -> SeqTracker:
+        """The default room's position and gap tracking."""
+        room = self.rooms.first()
+        return room.tracker if room is not None else SeqTracker()
 
     # ================================================================== outputs
     def data_to_send(self) -> bytes:
@@ -198,7 +187,8 @@ class ClientCore:
             return self._close_deadline
         if phase is not Phase.ACTIVE:
             return None
-        deadlines = [self._replay_deadline] if self._replay_deadline else []
+        replay = self.rooms.replay_deadline()
+        deadlines = [replay] if replay else []
         if (paused := self._queue.pause_deadline()) is not None:
             deadlines.append(paused)
         interval = self._heartbeat
@@ -236,11 +226,7 @@ class ClientCore:
         self._goto("connection_made")
         self._decoder = protocol.FrameDecoder(decoder_limit(protocol.DEFAULT_MAX_FRAME))
         self._backlog = False
-        position = self.tracker.position()
-        self._resumed = position is not None
-        self._out.append(protocol.encode(protocol.Auth(
-            self._token, self.client_id,
-            None if position is None else protocol.Resume(*position))))
+        self._out.append(self.rooms.login(self._token, self.client_id))
 
     def connection_lost(self, reason: str, now: float, *,
                         error: ClientError | None = None) -> None:
@@ -291,6 +277,18 @@ class ClientCore:
         if self.phase is Phase.ACTIVE:
             self._pump()
 
+    def join(self, room: str) -> None:
+        """Be in ``room`` from now on (asked now if connected, at every reconnect)."""
+        if self.phase is not Phase.DONE and (
+                frame := self.rooms.join(room, self.phase is Phase.ACTIVE)) is not None:
+            self._out.append(frame)
+
+    def leave(self, room: str) -> None:
+        """Be in ``room`` no more (said now if connected; never asked for again)."""
+        if self.phase is not Phase.DONE and (
+                frame := self.rooms.leave(room, self.phase is Phase.ACTIVE)) is not None:
+            self._out.append(frame)
+
     def history(self, request: HistoryRequest) -> None:
         """Queue a ``history`` request; it goes out once connected (again after a
         reconnect until its ``history_end`` arrives)."""
@@ -334,10 +332,10 @@ class ClientCore:
                     self._finish(None, "closed")
             elif phase is Phase.ACTIVE:
                 self._heartbeat_tick(now)
-                if self._replay_deadline and now >= self._replay_deadline:
-                    logger.info("%s sent no caught_up after a resume: taken as a server "
-                                "that does not replay", self.address)
-                    self._end_replay(self.tracker.end_replay())
+                for room, gap in self.rooms.expired(now):
+                    logger.info("%s sent no caught_up for %r after a resume: taken as a "
+                                "server that does not replay", self.address, room.name)
+                    self._end_replay(room.name, gap)
                 self._pump()
         except LinkFailure as failure:
             self._link_failed(failure)
@@ -402,7 +400,6 @@ class ClientCore:
         self.error = error
         pending = self._queue.drain()
         self._history.drain()
-        self._replay_deadline = 0.0
         failure = error or ClientClosed("the client was closed before the server "
                                         "acknowledged the message")
         for message in pending:
@@ -441,9 +438,9 @@ class ClientCore:
         return self.backoff.policy.clamp_hint(retry_after)
 
     def _on_auth_frame(self, frame: protocol.ServerFrame) -> None:
-        if isinstance(frame, Welcome):
+        if isinstance(frame, protocol.Welcome):
             self._on_welcome(frame)
-        elif isinstance(frame, ErrorFrame):
+        elif isinstance(frame, protocol.ErrorFrame):
             self._on_error(frame)
         elif isinstance(frame, protocol.Bye):
             hint = self._hint(frame.retry_after)
@@ -451,7 +448,7 @@ class ClientCore:
         elif isinstance(frame, protocol.Ping):
             self._out.append(_PONG)
 
-    def _on_welcome(self, welcome: Welcome) -> None:
+    def _on_welcome(self, welcome: protocol.Welcome) -> None:
         now = self._now
         self._goto("welcome")
         welcome = interned(welcome)
@@ -461,21 +458,16 @@ class ClientCore:
         self._heartbeat = self._heartbeat_override or welcome.heartbeat
         self._last_rx = self._last_tx = now
         self.backoff.connected()
-        self._replay_deadline = 0.0
-        if self._resumed and welcome.protocol >= 2:
-            # The server replays what we missed, then says caught_up: judge holes then.
-            gap = None
-            if self.tracker.resume(welcome.seq, welcome.epoch):
-                self._replay_deadline = now + CAUGHT_UP_WAIT
-        else:
-            gap = self.tracker.welcome(welcome.seq, welcome.epoch)
+        gap = self.rooms.welcome(welcome, now)
         reconnect = self._ever_connected
         self._ever_connected = True
         self.stats["connects"] += 1
         self._outputs.append(Connected(welcome, self.address, reconnect))
         if gap is not None:
             self._outputs.append(gap)
-        # Unacknowledged messages go first, with their old ids, in a full window.
+        # Rooms that did not fit in auth, then unacknowledged messages, with their old
+        # ids, in a full window.
+        self._out.extend(self.rooms.unasked())
         self.stats["resent"] += self._queue.requeue()
         self._history.requeue()
         if welcome.protocol < 2:  # no log to read from
@@ -484,19 +476,27 @@ class ClientCore:
         self._pump()
 
     def _on_frame(self, frame: protocol.ServerFrame) -> None:
-        if isinstance(frame, Message):
+        if isinstance(frame, protocol.Message):
             self._on_message(frame)
-        elif isinstance(frame, Ack):
+        elif isinstance(frame, protocol.Ack):
             self._on_ack(frame)
-        elif isinstance(frame, HistoryMessage):
+        elif isinstance(frame, protocol.HistoryMessage):
             self._outputs.append(frame)
-        elif isinstance(frame, HistoryEnd):
+        elif isinstance(frame, protocol.HistoryEnd):
             self._history.answered(frame.id)
             self._outputs.append(frame)
-        elif isinstance(frame, CaughtUp):
-            gap = self.tracker.caught_up(frame)
-            self._end_replay(gap, frame)
-        elif isinstance(frame, Join | Leave):
+        elif isinstance(frame, protocol.CaughtUp):
+            self._end_replay(frame.room, self.rooms.caught_up(frame), frame)
+        elif isinstance(frame, protocol.Joined):
+            gap = self.rooms.joined(frame, self._now)
+            self._outputs.append(frame)
+            if gap is not None:
+                self._outputs.append(gap)
+        elif isinstance(frame, protocol.Left):
+            if (room := dropped_room(frame)) is not None:
+                self.rooms.drop(room)
+            self._outputs.append(frame)
+        elif isinstance(frame, protocol.Join | protocol.Leave | protocol.Grants):
             self._outputs.append(frame)
         elif isinstance(frame, protocol.Ping):
             self._out.append(_PONG)
@@ -506,47 +506,42 @@ class ClientCore:
             else:
                 hint = self._hint(frame.retry_after)
                 raise LinkFailure(bye_reason(frame, hint), retry_after=hint)
-        elif isinstance(frame, ErrorFrame):
+        elif isinstance(frame, protocol.ErrorFrame):
             self._on_error(frame)
 
-    def _on_message(self, message: Message) -> None:
-        tracker = self.tracker
-        if not tracker.is_new(message.seq):
+    def _on_message(self, message: protocol.Message) -> None:
+        shown = self.rooms.message(message, self._now)
+        if shown is None:
             return  # seen already: a replay can repeat what came live
-        if tracker.replaying and message.seq <= tracker.live_from:
-            message = replace(message, replayed=True)
+        if shown.replayed:
             self.stats["replayed"] += 1
-            if self._replay_deadline:
-                self._replay_deadline = self._now + CAUGHT_UP_WAIT
-        tracker.seen(message.seq)
-        self._outputs.append(message)
-        self._settle()
+        self._outputs.append(shown)
+        self._settle(message.room)
 
-    def _end_replay(self, gap: Gap | None, caught_up: CaughtUp | None = None) -> None:
-        """The resume replay ended (``caught_up``, or none came in time)."""
-        self._replay_deadline = 0.0
+    def _end_replay(self, room: str, gap: Gap | None,
+                    caught_up: protocol.CaughtUp | None = None) -> None:
+        """A room's resume replay ended (``caught_up``, or none came in time)."""
         if gap is not None:
             self._outputs.append(gap)
         if caught_up is not None:
             self._outputs.append(caught_up)
-        self._settle()
+        self._settle(room)
 
-    def _on_ack(self, ack: Ack) -> None:
-        self.tracker.seen(ack.seq)
+    def _on_ack(self, ack: protocol.Ack) -> None:
+        self.rooms.ack(ack)
         message = self._queue.acked(str(ack.id)) if ack.id is not None else None
         if message is not None:
             self.stats["acked"] += 1
             message.acked(ack.seq)
         self._outputs.append(ack)
-        self._settle()
+        # Holes in any room may have waited for this ack.
+        self._settle(None if len(self.rooms) > 1 else ack.room)
 
-    def _settle(self) -> None:
+    def _settle(self, room: str | None) -> None:
         if not self._queue.in_flight:
-            gap = self.tracker.settle()
-            if gap is not None:
-                self._outputs.append(gap)
+            self._outputs.extend(self.rooms.settle(room))
 
-    def _on_error(self, err: ErrorFrame) -> None:
+    def _on_error(self, err: protocol.ErrorFrame) -> None:
         if err.retry_after is not None:
             # Users see the hint the client honours, never inf or 1e300.
             err = replace(err, retry_after=self._hint(err.retry_after))
@@ -569,11 +564,13 @@ class ClientCore:
             raise LinkFailure(f"server error {err.code}: {err.message}",
                                retry_after=err.retry_after)
         self._history.answered(err.id)  # a refused request gets no history_end
+        if (room := dropped_room(err)) is not None:
+            self.rooms.drop(room)  # its join was refused: not asked for again
         if message is not None:
             self._refuse(message, err)  # bad_frame...: the same bytes cannot do better
         self._outputs.append(err)
 
-    def _refuse(self, message: Outgoing, err: ErrorFrame) -> None:
+    def _refuse(self, message: Outgoing, err: protocol.ErrorFrame) -> None:
         self._queue.remove(message)
         self._fail_message(message, RemoteProtocolError(err.code, err.message,
                                                         message_id=message.id))
@@ -597,4 +594,4 @@ class ClientCore:
 
     def _fail_message(self, message: Outgoing, error: SecureChatClientFailure) -> None:
         message.failed(error)
-        self._outputs.append(SendFailed(message.id, message.body, error))
+        self._outputs.append(SendFailed(message.id, message.body, error, message.room))

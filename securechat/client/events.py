@@ -4,8 +4,9 @@ The events a :class:`~securechat.client.Client` emits are the protocol frames
 :class:`~securechat.protocol.Message`, :class:`~securechat.protocol.Ack`,
 :class:`~securechat.protocol.Join`, :class:`~securechat.protocol.Leave`,
 :class:`~securechat.protocol.ErrorFrame`, :class:`~securechat.protocol.CaughtUp`,
-:class:`~securechat.protocol.HistoryMessage` and :class:`~securechat.protocol.HistoryEnd`,
-plus the ones defined here:
+:class:`~securechat.protocol.HistoryMessage`, :class:`~securechat.protocol.HistoryEnd`,
+:class:`~securechat.protocol.Joined`, :class:`~securechat.protocol.Left` and
+:class:`~securechat.protocol.Grants`, plus the ones defined here:
 :class:`Connecting`, :class:`Connected`, :class:`Disconnected`, :class:`Reconnecting`,
 :class:`Gap`, :class:`SendFailed`, :class:`EventsDropped` and, always last,
 :class:`Closed` (whose ``error`` is a :class:`~securechat.errors.GaveUp` when retries
@@ -20,6 +21,11 @@ that never sends ``caught_up`` (protocol 1, or one that ignores ``resume``) gets
 the old behaviour: a ``Gap`` for what was numbered while away, and no ``CaughtUp``.
 ``HistoryMessage`` events (ascending seq) and one ``HistoryEnd`` answer each
 :meth:`~securechat.client.Client.history` request, under its id.
+
+With rooms (protocol 3) all of that is per room: every event about a room carries
+``.room`` (``Gap`` and ``SendFailed`` too), a resume of several rooms gives each its
+``Joined``, its replay and its ``CaughtUp``, and ``Left(room, "forbidden")`` says a
+grant was removed (the client stops asking for that room).
 
 They live in their own module, importing only :mod:`securechat.protocol` and
 :mod:`securechat.errors`, so that the sans-I/O core (:mod:`securechat.client.core`),
@@ -37,10 +43,13 @@ from ..protocol import (
     Ack,
     CaughtUp,
     ErrorFrame,
+    Grants,
     HistoryEnd,
     HistoryMessage,
     Join,
+    Joined,
     Leave,
+    Left,
     Message,
     Welcome,
 )
@@ -107,6 +116,8 @@ class Gap:
     before: int
     missing: int
     restarted: bool = False
+    #: The room the messages were numbered in.
+    room: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +127,7 @@ class SendFailed:
     id: str
     body: str
     error: SecureChatClientFailure
+    room: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,5 +148,5 @@ class Closed:
 
 
 Event = (Message | Ack | Join | Leave | ErrorFrame | CaughtUp | HistoryMessage | HistoryEnd
-         | Connecting | Connected | Disconnected | Reconnecting | Gap | SendFailed
-         | EventsDropped | Closed)
+         | Joined | Left | Grants | Connecting | Connected | Disconnected | Reconnecting | Gap
+         | SendFailed | EventsDropped | Closed)

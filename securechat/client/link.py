@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from ..errors import ClientClosed, ClientError, TLSVerificationFailed
 from ..io.sendbuffer import SendBuffer
+from ..protocol import JoinRoom, LeaveRoom
 from .core import ClientCore, CloseLink, Connect, HistoryRequest, Outgoing, Phase
 from .events import Event
 from .loop import ClientLoop, Resolver, describe, is_ip_literal, resolve
@@ -85,7 +86,8 @@ class Link:
         self._resolver = resolver
         # Any thread: appended to, then a flush is scheduled. A list (append and pop(0)
         # are atomic) rather than a deque: ~500 bytes less per client.
-        self.inbox: list[Outgoing | HistoryRequest] = []
+        #: From user threads, in order: messages, history requests, joins and leaves.
+        self.inbox: list[Outgoing | HistoryRequest | JoinRoom | LeaveRoom] = []
         self._close_asked = False
         self._flush_scheduled = False
         # Loop thread only.
@@ -207,6 +209,10 @@ class Link:
             item = inbox.pop(0)
             if isinstance(item, HistoryRequest):
                 self.core.history(item)
+            elif isinstance(item, JoinRoom):
+                self.core.join(item.room)
+            elif isinstance(item, LeaveRoom):
+                self.core.leave(item.room)
             else:
                 self.core.send(item)
 

@@ -92,7 +92,7 @@ class HistoryRequest:
     __slots__ = ("frame", "id")
 
     def __init__(self, rid: str, before: int | None = None, after: int | None = None,
-                 limit: int = protocol.DEFAULT_HISTORY_LIMIT) -> None:
+                 limit: int = protocol.DEFAULT_HISTORY_LIMIT, room: str | None = None) -> None:
         if before is not None and after is not None:
             raise ValueError("history takes before or after, not both")
         _history_bound(before, "before")
@@ -101,7 +101,7 @@ class HistoryRequest:
                 or not 1 <= limit <= protocol.MAX_HISTORY_LIMIT):
             raise ValueError(f"history limit must be from 1 to {protocol.MAX_HISTORY_LIMIT}")
         self.id = rid
-        self.frame = protocol.encode(protocol.History(rid, before, after, limit))
+        self.frame = protocol.encode(protocol.History(rid, before, after, limit, room))
 
 
 def too_long(message: Outgoing, max_frame: int) -> LocalProtocolError:
@@ -305,10 +305,12 @@ class Outgoing:
     ``SendHandle`` subclasses this to wake the threads waiting on it.
     """
 
-    __slots__ = ("body", "error", "frame", "id", "order", "seq")
+    __slots__ = ("body", "error", "frame", "id", "order", "room", "seq")
 
-    def __init__(self, mid: str, body: str, frame: bytes, order: int) -> None:
+    def __init__(self, mid: str, body: str, frame: bytes, order: int, room: str = "") -> None:
         self.id = mid
+        #: The room it goes to ("": the default room of an old-style login).
+        self.room = room
         self.body = body
         self.frame = frame
         self.order = order

@@ -172,7 +172,7 @@ def test_bot_waits_for_its_peer_then_talks(server: RunningServer, certs: Certs,
     code, rest, err = bot.finish()
     assert code == 0, err
     events = [json.loads(line) for line in bot.lines] + json_lines(rest)
-    assert {"type": "join", "user": "alice"} in events
+    assert {"type": "join", "user": "alice", "room": "lobby"} in events
     assert events[-1]["type"] == "closed" and events[-1]["exit_code"] == 0
 
 

@@ -67,15 +67,16 @@ def test_incoming_message_does_not_corrupt_the_typed_line(
 
 def test_commands_and_quit(terminal: pexpect.spawn, server: RunningServer,
                            clients: ClientPool) -> None:
-    """/help lists the commands, /who the members, /quit says bye and exits 0."""
+    """/help lists the commands, /who the members of the current room (the server's
+    default one: #lobby, also in the prompt), /quit says bye and exits 0."""
     bob = clients.make(server.port, server.add_user("bob"))
     bob.connect(seconds(5))
     terminal.expect("connected to 127.0.0.1")
-    terminal.expect("alice>")
+    terminal.expect(r"\[#lobby\] alice>")
     terminal.send("/help\r")
     terminal.expect("/quit")
     terminal.send("/who\r")
-    terminal.expect("in the room: alice, bob")
+    terminal.expect("in #lobby: alice, bob")
     terminal.send("//not a command\r")
     assert next_of(bob, protocol.Message).body == "/not a command"
     terminal.send("/quit\r")

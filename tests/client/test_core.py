@@ -387,7 +387,7 @@ def test_gap_in_room_numbers_is_reported_once_nothing_is_in_flight() -> None:
     h.connect()
     h.feed(protocol.Message("bob", "a", 11, "t"), protocol.Message("bob", "b", 14, "t"))
     out = h.outputs()
-    assert out[-1] == Gap(11, 15, 2)
+    assert out[-1] == Gap(11, 15, 2, room="lobby")
 
 
 def test_gap_after_an_outage_follows_the_connected_event() -> None:
@@ -397,7 +397,7 @@ def test_gap_after_an_outage_follows_the_connected_event() -> None:
     h.core.connection_lost("reset", h.now)
     h.outputs()
     out = h.connect(welcome(13))
-    assert isinstance(out[0], Connected) and out[1] == Gap(10, 14, 3)
+    assert isinstance(out[0], Connected) and out[1] == Gap(10, 14, 3, room="lobby")
 
 
 # --------------------------------------------------------------------------- heartbeats

@@ -93,7 +93,7 @@ def test_messages_the_log_no_longer_has_are_a_gap_before_caught_up() -> None:
     h.feed(*(msg(s) for s in range(16, 21)))
     assert gaps(h.outputs()) == []  # holes are not judged during the replay
     h.feed(protocol.CaughtUp(20, 5, missing_after=10, missing_before=16))
-    assert h.outputs() == [Gap(10, 16, 5), protocol.CaughtUp(20, 5, 10, 16)]
+    assert h.outputs() == [Gap(10, 16, 5, room="lobby"), protocol.CaughtUp(20, 5, 10, 16)]
     h.feed(msg(21))
     assert h.outputs() == [msg(21)]
     assert h.core.tracker.position() == ("e1", 21)
@@ -104,8 +104,8 @@ def test_a_reset_log_is_a_restarted_gap_and_a_new_position() -> None:
     h = resumed(10, welcome_seq=4, epoch="e2")
     assert h.outputs() == []
     h.feed(protocol.CaughtUp(4, 0, reset=True), msg(5))
-    assert h.outputs() == [Gap(0, 5, 4, restarted=True), protocol.CaughtUp(4, 0, reset=True),
-                           msg(5)]
+    assert h.outputs() == [Gap(0, 5, 4, restarted=True, room="lobby"),
+                           protocol.CaughtUp(4, 0, reset=True), msg(5)]
     assert h.core.tracker.position() == ("e2", 5)
 
 
@@ -113,7 +113,7 @@ def test_reset_under_the_same_epoch_name_is_a_restart_too() -> None:
     """caught_up reset=True wins even if the epoch string did not change."""
     h = resumed(10, welcome_seq=13)
     h.feed(protocol.CaughtUp(13, 0, reset=True))
-    assert gaps(h.outputs()) == [Gap(0, 14, 13, restarted=True)]
+    assert gaps(h.outputs()) == [Gap(0, 14, 13, restarted=True, room="lobby")]
     assert h.core.tracker.position() == ("e1", 13)
 
 
@@ -137,7 +137,7 @@ def test_a_hole_in_live_traffic_after_caught_up_is_a_gap() -> None:
     """After the replay, a seq jump is reported as before."""
     h = resumed(10, welcome_seq=10)
     h.feed(protocol.CaughtUp(10, 0), msg(11), msg(13))
-    assert gaps(h.outputs()) == [Gap(11, 14, 1)]
+    assert gaps(h.outputs()) == [Gap(11, 14, 1, room="lobby")]
 
 
 def test_nothing_missed_needs_no_caught_up() -> None:
@@ -146,7 +146,7 @@ def test_nothing_missed_needs_no_caught_up() -> None:
     deadline = h.core.next_deadline()
     assert deadline is not None and deadline > h.now + CAUGHT_UP_WAIT  # the heartbeat's
     h.feed(msg(11), msg(13))
-    assert gaps(h.outputs()) == [Gap(11, 14, 1)]
+    assert gaps(h.outputs()) == [Gap(11, 14, 1, room="lobby")]
 
 
 def test_a_server_that_sends_no_caught_up_gets_the_old_gap_after_the_wait() -> None:
@@ -157,7 +157,7 @@ def test_a_server_that_sends_no_caught_up_gets_the_old_gap_after_the_wait() -> N
     h.advance(CAUGHT_UP_WAIT - 0.01)
     assert h.outputs() == []
     h.advance(0.01)
-    assert h.outputs() == [Gap(10, 14, 3)]
+    assert h.outputs() == [Gap(10, 14, 3, room="lobby")]
     h.feed(msg(14))
     assert h.outputs() == [msg(14)]  # live, not flagged
     h.feed(protocol.CaughtUp(14, 0))  # a late one is shown, and judges nothing again
@@ -180,7 +180,7 @@ def test_a_v1_server_reports_the_gap_at_the_welcome() -> None:
     h.connect(welcome(10))
     out = reconnect(h, welcome(13))
     assert "resume" in h.auth
-    assert isinstance(out[0], Connected) and out[1] == Gap(10, 14, 3)
+    assert isinstance(out[0], Connected) and out[1] == Gap(10, 14, 3, room="lobby")
     assert h.core.next_deadline() == h.now + 20.0  # only the heartbeat: no replay wait
 
 

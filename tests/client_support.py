@@ -312,9 +312,5 @@ def procs() -> Iterator[list[CliProcess]]:
 
 
 def room_token(running: RunningServer, name: str, *patterns: str) -> str:
-    """A new token for ``name`` granted ``rw`` on ``patterns`` (glob room patterns).
-
-    PENDING (issue 10): until the server's token API grants rooms, this is a plain
-    token (the server's default room only)."""
-    del patterns
-    return running.add_user(name)
+    """A new token for ``name`` granted ``rw`` on ``patterns`` (glob room patterns)."""
+    return running.add_user(name, dict.fromkeys(patterns, "rw"))

@@ -34,6 +34,12 @@ RUN_ELSEWHERE: dict[str, tuple[str, str]] = {
     r"sqlite3 data/messages\.sqlite3 .*": ("tests/server/test_backup.py", "sqlite3 data/"),
     r"securechat-client .* --say hello --every 5 --count 10 --wait-for alice":
         ("tests/cli/test_client.py", '"--wait-for"'),
+    r"securechat-client .* --room general --room '#ops'":
+        ("tests/cli/test_client_rooms.py", '"--room", "general"'),
+    r"securechat-client .* --room ops --send \"deploy finished\"":
+        ("tests/cli/test_client_rooms.py", '"--room", "ops", "--send"'),
+    r"securechat-client .* --all-rooms --json --listen":
+        ("tests/cli/test_client_rooms.py", '"--all-rooms", "--json", "--listen"'),
 }
 #: Commands this file runs itself (see the tests below).
 RUN_HERE = [

@@ -1,12 +1,6 @@
-"""PENDING (issue 10): the client with rooms against the rooms server, over real TLS.
-Not collected (the name does not start with ``test_``): rename it to
-``test_rooms_e2e.py`` once "server: rooms" is merged, and make
-:func:`tests.client_support.room_token` give a token its grants through whatever the
-server's token API becomes (``securechat-token grant``).
-
-Two rooms with exact delivery counts, leave, resume of two rooms after a server
-restart on the same data dir, and an old-style client unchanged.
-"""
+"""The client with rooms against the rooms server, over real TLS: two rooms with exact
+delivery counts, leave, resume of two rooms after a server restart on the same data
+dir, and an old-style client unchanged."""
 
 from __future__ import annotations
 

@@ -523,7 +523,7 @@ def rooms_material(directory: Path) -> str:
     from securechat.grants import Grants
     from securechat.server.tokens import add_token
 
-    token, _ = add_token(directory / "tokens.json", "bench-rooms", grants=Grants({"*": "rw"}))
+    token, _ = add_token(directory / "tokens.json", "bench-rooms", grants=Grants([("*", "rw")]))
     return token
 
 

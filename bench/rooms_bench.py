@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from resume_storm import Conn, CpuWindow, Driver, percentiles
+from resume_storm import CHUNK, Conn, CpuWindow, Driver, percentiles
 
 MSG = re.compile(rb'"room":"r(\d+)",[^\n]*?"body":"(\d+) (\d+) ([0-9.]+)"')
 MSG_HEAD = b'{"type":"msg"'
@@ -160,6 +160,28 @@ class RoomsDriver(Driver):
         super()._step(c, until_caught_up)
         if c.out and not c.closed and c.phase in ("joining", "live"):
             super()._step(c, until_caught_up)  # a pong queued while reading: send it now
+
+    def _read(self, c: Conn, until_caught_up: bool) -> None:
+        """Read what is there, one ``recv`` per TLS record: here most events bring one
+        small record, and the base class's extra ``recv`` that ends in SSLWantReadError
+        would double the reads. Bytes left in the kernel wake the (level-triggered)
+        selector again; OpenSSL reads no further than the record (no read-ahead)."""
+        sock = c.sock
+        assert sock is not None
+        while not c.closed:
+            try:
+                data = sock.recv(CHUNK)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                return
+            if not data:
+                if c.welcome is None:
+                    self._fail(c, f"closed by the server in phase {c.phase}")
+                else:
+                    self.close(c)
+                return
+            self._take(c, c.tail + data if c.tail else data)
+            if not sock.pending():
+                return
 
     def publish(self, c: RoomConn, n: int, room: int) -> None:
         body = f"{room} {n} {time.perf_counter():.6f}"

@@ -73,12 +73,14 @@ def layout(rooms: int, members: int) -> list[tuple[int, ...]]:
 class RoomConn(Conn):
     """One session: its rooms, and what it received of each publisher."""
 
-    __slots__ = ("acks", "errors", "joined", "last", "names", "pongs", "want")
+    __slots__ = ("acks", "errors", "joined", "last", "names", "numbers", "pongs", "want")
 
     def __init__(self, index: int, token: str, names: list[str], client: str) -> None:
         super().__init__(index, {"type": "auth", "token": token, "client": client,
                                  "rooms": names})
         self.names = frozenset(names)
+        #: the rooms' numbers, for rooms named r<number> (the run's)
+        self.numbers = frozenset(int(n[1:]) for n in names if n[:1] == "r" and n[1:].isdigit())
         self.want = len(names)  # joined frames still to come
         self.joined = 0
         self.acks = 0
@@ -127,7 +129,7 @@ class RoomsDriver(Driver):
             self.wrong_room += 1  # a msg without our room or body: not ours
             return
         room, pub, n = int(m[1]), int(m[2]), int(m[3])
-        if f"r{room}" not in c.names or room != pub:
+        if room not in c.numbers or room != pub:
             self.wrong_room += 1
             return
         if c.last.get(pub, -1) >= n:

@@ -17,6 +17,12 @@ and each row shows the ratio sqlite/memory and the issue-9 target it is held to.
     python bench/run_bench.py --store both --repeat 2 --only targets   # issue 9's rows
     python bench/run_bench.py --only fanout100,chat --repeat 3 --store memory
     python bench/run_bench.py --quick --store both  # tiny figures, seconds (smoke test)
+    python bench/run_bench.py --only rooms1000 --store memory  # 1,000 rooms x 10 (issue 10)
+    python bench/run_bench.py --only fanout100idle --repeat 3  # beside 1,000 idle rooms
+
+``fanout100idle`` runs fanout100 twice per repeat and store, each on a fresh server:
+alone, and with bench/rooms_bench.py holding idle rooms beside it (the order
+alternates), and shows the ratio of the two.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 DEFAULT_LOADGEN = HERE / "loadgen.mjs"
 RESUME_DRIVER = HERE / "resume_storm.py"
+ROOMS_DRIVER = HERE / "rooms_bench.py"
+#: Issue 10: fanout100 beside idle rooms keeps at least this share of it alone.
+IDLE_MIN_RATIO = 0.95
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,9 @@ class Scenario:
     what: str
     args: tuple[str, ...]
     quick_args: tuple[str, ...]
+    #: rooms_bench.py hold arguments: run each repeat alone and beside idle rooms.
+    idle_args: tuple[str, ...] = ()
+    idle_quick_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,18 @@ SCENARIOS = [
     Scenario("resume500", "resume storm: 500 clients that each missed 1,000 msgs, at once",
              ("--scenario", "resume", "--clients", "500", "--messages", "1000", "--size", "100"),
              ("--scenario", "resume", "--clients", "20", "--messages", "100", "--size", "100")),
+    Scenario("rooms1000", "1,000 rooms x 10 members, 1 msg/s per room (latency, CPU, RSS)",
+             ("--scenario", "rooms", "--rooms", "1000", "--members", "10", "--rate", "1",
+              "--warmup", "2", "--duration", "10", "--drain", "5"),
+             ("--scenario", "rooms", "--rooms", "20", "--members", "4", "--rate", "2",
+              "--warmup", "0.5", "--duration", "1.5", "--drain", "3")),
+    Scenario("fanout100idle", "fanout100 beside 1,000 idle rooms (100 sessions x 10)",
+             ("--scenario", "fanout", "--subs", "100", "--pubs", "1", "--size", "100",
+              "--duration", "5", "--window", "16"),
+             ("--scenario", "fanout", "--subs", "10", "--pubs", "1", "--size", "100",
+              "--duration", "1", "--warmup", "0.2", "--window", "16", "--drain", "1"),
+             idle_args=("--sessions", "100", "--rooms-each", "10"),
+             idle_quick_args=("--sessions", "10", "--rooms-each", "3")),
 ]
 
 #: Issue 9's targets for the durable store, per scenario.
@@ -134,7 +158,7 @@ TARGETS = {
 }
 #: The figure a row's sqlite/memory ratio is shown for, where no target names one.
 RATIO_KEYS = {"fanout": "delivered_per_s", "conns": "rss_per_conn_kb",
-              "storm": "all_auth_s", "resume": "all_caught_up_s"}
+              "storm": "all_auth_s", "resume": "all_caught_up_s", "rooms": "p99_ms"}
 STORES = ("memory", "sqlite")
 
 
@@ -222,7 +246,11 @@ class ServerProcess:
 def run_loadgen(loadgen: Path, port: int, ca: Path, token: str, server_pid: int,
                 args: tuple[str, ...], pin: bool, timeout: float,
                 resume_driver: str = "python") -> dict[str, Any]:
-    if args[:2] == ("--scenario", "resume") and resume_driver == "python":
+    if args[:2] == ("--scenario", "rooms"):
+        argv = [sys.executable, str(ROOMS_DRIVER), "run", "--port", str(port), "--ca", str(ca),
+                "--token", token, "--servername", "localhost", "--server-pid", str(server_pid),
+                "--timeout", str(int(timeout / 4)), *args[2:]]
+    elif args[:2] == ("--scenario", "resume") and resume_driver == "python":
         # bench/resume_storm.py: the generator costs less there (its docstring says why)
         argv = [sys.executable, str(RESUME_DRIVER), "--port", str(port), "--ca", str(ca),
                 "--token", token, "--servername", "localhost", "--server-pid", str(server_pid),
@@ -240,6 +268,70 @@ def run_loadgen(loadgen: Path, port: int, ca: Path, token: str, server_pid: int,
         raise RuntimeError(f"loadgen failed ({result.returncode}): {result.stderr[-1500:]}"
                            ) from exc
     return parsed
+
+
+class IdleRooms:
+    """bench/rooms_bench.py hold: idle sessions in idle rooms, until stopped."""
+
+    def __init__(self, port: int, ca: Path, token: str, args: tuple[str, ...], pin: bool
+                 ) -> None:
+        argv = [sys.executable, str(ROOMS_DRIVER), "hold", "--port", str(port), "--ca",
+                str(ca), "--token", token, "--servername", "localhost", *args]
+        self.proc = subprocess.Popen(pinned(1, argv, pin), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # bounded by the holder's own --timeout
+        try:
+            self.ready: dict[str, Any] = json.loads(line)
+        except json.JSONDecodeError:
+            self.ready = {"ok": False, "error": f"holder said {line[:200]!r}"}
+        if not self.ready.get("ok"):
+            self.stop()
+            raise RuntimeError(f"idle rooms not set up: {self.ready}")
+
+    def stop(self) -> bool:
+        """Stop it; True if it held every session to the end."""
+        alive = self.proc.poll() is None
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()  # the holder's signal to leave
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        self.proc.stdout.close()
+        return alive and self.proc.returncode == 0
+
+
+def summarize_idle(alone: dict[str, Any], idle: dict[str, Any], idle_rooms: int,
+                   held: bool) -> dict[str, Any]:
+    """One repeat of fanout100idle: the run beside idle rooms against the one alone."""
+    def per_cpu(r: dict[str, Any]) -> Any:
+        return r.get("deliveredPerServerCpuSec")
+
+    def cpu(r: dict[str, Any]) -> dict[str, Any]:
+        return r.get("cpu") or {}
+
+    out: dict[str, Any] = {
+        "delivered_per_s": idle.get("deliveredPerSec"),
+        "alone_delivered_per_s": alone.get("deliveredPerSec"),
+        "idle_vs_alone": _ratio(idle.get("deliveredPerSec"), alone.get("deliveredPerSec")),
+        "per_server_cpu_s": per_cpu(idle), "alone_per_server_cpu_s": per_cpu(alone),
+        "per_cpu_s_idle_vs_alone": _ratio(per_cpu(idle), per_cpu(alone)),
+        "server_cpu_pct": cpu(idle).get("serverCpuPct"),
+        "alone_server_cpu_pct": cpu(alone).get("serverCpuPct"),
+        "lost": (idle.get("lost") or 0) + (alone.get("lost") or 0),
+        "idle_rooms": idle_rooms,
+        "foreign_cpu_pct": max(cpu(idle).get("foreignCpuPct") or 0,
+                               cpu(alone).get("foreignCpuPct") or 0),
+        "ok": bool(idle.get("ok") and alone.get("ok") and held),
+    }
+    return out
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    x, y = _number(a), _number(b)
+    return round(x / y, 3) if x is not None and y else None
 
 
 def summarize(name: str, r: dict[str, Any]) -> dict[str, Any]:
@@ -279,6 +371,18 @@ def _figures(r: dict[str, Any]) -> dict[str, Any]:
                 "loadgen_cpu_pct": (r.get("cpu") or {}).get("loadgenCpuPct"),
                 "examples": r.get("examples") or None, "error": r.get("error"),
                 "ok": r.get("ok")}
+    if r.get("scenario") == "rooms":
+        lat = r.get("latency") or {}
+        cpu = r.get("cpu") or {}
+        return {"p50_ms": lat.get("p50ms"), "p99_ms": lat.get("p99ms"),
+                "max_ms": lat.get("maxMs"), "server_cpu_pct": cpu.get("serverCpuPct"),
+                "server_cpu_s": cpu.get("serverCpuSec"), "rss_setup_mb": _mb(r.get("rssSetupKb")),
+                "rss_end_mb": _mb(r.get("rssEndKb")), "published": r.get("published"),
+                "delivered": r.get("delivered"), "wrong_room": r.get("wrongRoom"),
+                "missing": r.get("missing"), "duplicates": r.get("duplicates"),
+                "driver_cpu_pct": cpu.get("loadgenCpuPct"),
+                "late_publishes": r.get("latePublishes"), "setup_s": r.get("setupSec"),
+                "errors": r.get("errors") or None, "error": r.get("error"), "ok": r.get("ok")}
     if r.get("scenario") == "storm":
         return {"authenticated": r.get("authenticated"), "clients": r.get("clients"),
                 "all_auth_s": r.get("allAuthSec"),
@@ -286,6 +390,10 @@ def _figures(r: dict[str, Any]) -> dict[str, Any]:
                 "handshakes_per_cpu_s": r.get("perServerCpuSec"), "fails": r.get("fails"),
                 "ok": r.get("ok")}
     return {"raw": r}
+
+
+def _mb(kb: Any) -> float | None:
+    return round(kb / 1024, 1) if isinstance(kb, int) else None
 
 
 def listen_drops() -> int | None:
@@ -363,18 +471,28 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="securechat-bench-") as tmp:
         directory = Path(tmp)
         ca, cert, key, token = make_material(directory)
+        rooms_token = rooms_material(directory)
         servers = 0
         for scenario in chosen:
             runs: dict[str, list[dict[str, Any]]] = {store: [] for store in stores}
-            for _r, store in run_order(stores, args.repeat):
+            for r, store in run_order(stores, args.repeat):
+                if scenario.idle_args:
+                    runs[store].append(run_idle_pair(
+                        scenario, r, store, directory, (ca, cert, key, token, rooms_token),
+                        extra, args, pin))
+                    print(f"  {scenario.name} [{store}]: {json.dumps(runs[store][-1])}",
+                          file=sys.stderr, flush=True)
+                    continue
                 servers += 1
                 data_dir = directory / f"data-{servers}"  # fresh per server
                 server = ServerProcess(directory, cert, key,
                                        [*store_args(store, data_dir, args.durability), *extra],
                                        pin, args.log_level)
                 drops_before = listen_drops()
+                kind_token = rooms_token if _kind(scenario) == "rooms" else token
                 try:
-                    raw = run_loadgen(args.loadgen, server.port, ca, token, server.proc.pid,
+                    raw = run_loadgen(args.loadgen, server.port, ca, kind_token,
+                                      server.proc.pid,
                                       scenario.quick_args if args.quick else scenario.args,
                                       pin, timeout=180, resume_driver=args.resume_driver)
                 finally:
@@ -400,6 +518,45 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def rooms_material(directory: Path) -> str:
+    """A second token, granted every room (the rooms rows join rooms by name)."""
+    from securechat.grants import Grants
+    from securechat.server.tokens import add_token
+
+    token, _ = add_token(directory / "tokens.json", "bench-rooms", grants=Grants([("*", "rw")]))
+    return token
+
+
+def run_idle_pair(scenario: Scenario, repeat: int, store: str, directory: Path,
+                  material: tuple[Path, Path, Path, str, str], extra: list[str],
+                  args: argparse.Namespace, pin: bool) -> dict[str, Any]:
+    """One repeat of a row paired with idle rooms: alone and beside them, each on a
+    fresh server (and data dir), alternating which goes first."""
+    ca, cert, key, token, rooms_token = material
+    load = scenario.quick_args if args.quick else scenario.args
+    holder_args = scenario.idle_quick_args if args.quick else scenario.idle_args
+    got: dict[bool, dict[str, Any]] = {}
+    idle_rooms, held = 0, False
+    for with_idle in ((False, True) if repeat % 2 == 0 else (True, False)):
+        data_dir = directory / f"data-idle-{store}-{repeat}-{int(with_idle)}"  # fresh
+        server = ServerProcess(directory, cert, key,
+                               [*store_args(store, data_dir, args.durability), *extra],
+                               pin, args.log_level)
+        holder: IdleRooms | None = None
+        try:
+            if with_idle:
+                holder = IdleRooms(server.port, ca, rooms_token, holder_args, pin)
+                idle_rooms = int(holder.ready.get("roomsJoined") or 0)
+            got[with_idle] = run_loadgen(args.loadgen, server.port, ca, token,
+                                         server.proc.pid, load, pin, timeout=180)
+        finally:
+            if holder is not None:
+                held = holder.stop()
+            server.stop()
+            shutil.rmtree(data_dir, ignore_errors=True)
+    return summarize_idle(got[False], got[True], idle_rooms, held)
+
+
 def _kind(scenario: Scenario) -> str:
     return scenario.args[scenario.args.index("--scenario") + 1]
 
@@ -418,6 +575,12 @@ def compare(scenario: Scenario, medians: dict[str, dict[str, Any]],
     if target is not None and judge:
         out["target"] = target.describe()
         out["verdict"] = target.verdict(sqlite, memory)
+    if scenario.idle_args and judge:
+        out["idle_target"] = f"beside idle rooms >= {IDLE_MIN_RATIO:.0%} of alone"
+        out["idle_verdict"] = {
+            store: ("met" if ratio >= IDLE_MIN_RATIO else "MISSED")
+            for store, med in medians.items()
+            if (ratio := _number(med.get("idle_vs_alone"))) is not None}
     return out
 
 
@@ -444,6 +607,8 @@ def render(results: dict[str, Any], pin: bool) -> str:
             lines.append(f"    sqlite/memory {entry['key']}: {entry['ratio']:.3f}")
         if entry.get("verdict"):
             lines.append(f"    target ({entry['target']}): {entry['verdict']}")
+        for store, verdict in (entry.get("idle_verdict") or {}).items():
+            lines.append(f"    {store} target ({entry['idle_target']}): {verdict}")
     return "\n".join(lines)
 
 

@@ -133,3 +133,210 @@ def test_leave_then_join_pipelined_answers_left_before_joined(server: RunningSer
     send_to(bob, "x", ["after"])
     got = alice.expect("msg", skip=NOISE)
     assert (got["room"], got["seq"], got["body"]) == ("x", rejoin["seq"] + 1, "after")
+
+
+# --------------------------------------------------------------------------- during a replay
+def fill(running: RunningServer, room: str, body_size: int = 1000) -> tuple[WireClient, int]:
+    """A writer in ``room`` (and ``other``) stores enough messages there that a client with
+    a 4 KiB receive buffer resuming from 0 stalls its replay; the writer and the count."""
+    writer, _ = running.user("writer", rooms=[room, "other"], grants=ALL)
+    writer.expect("joined"), writer.expect("joined")
+    count = backlog(body_size)
+    send_to(writer, room, ["b" * body_size] * count, "fill")
+    return writer, count
+
+
+def resume_entry(running: RunningServer, room: str, seq: int = 0) -> dict[str, Any]:
+    return {"room": room, "resume": {"epoch": running.server.room.epoch, "seq": seq}}
+
+
+def test_leaving_a_room_during_its_replay_keeps_the_other_rooms_whole(
+        make_server: MakeServer) -> None:
+    """bob resumes "big" (a replay far larger than his socket) and is in "other"; while
+    the replay waits on him he leaves big. Afterwards nothing of big reaches him; every
+    message of other arrives exactly once and in seq order; the writer is unaffected."""
+    running = make_server(msg_rate=0)
+    writer, _count = fill(running, "big")
+    bob, welcome = running.user("bob", rooms=[resume_entry(running, "big"), "other"],
+                                grants=ALL)
+    assert welcome["rooms"] == ["big", "other"]
+    session = session_of(running, "bob")
+    wait_for(lambda: stalled(session), what="bob's replay to stall")
+    send_to(writer, "other", [f"o{i}" for i in range(50)], "o1")
+    send_to(writer, "big", ["live big"] * 20, "lb1")
+    bob.send({"type": "leave", "room": "big"})
+    wait_for(lambda: "big" not in session.rooms, what="bob to leave big")
+    send_to(writer, "big", ["after leave"] * 20, "lb2")
+    send_to(writer, "other", [f"p{i}" for i in range(50)], "o2")
+    bob.send({"type": "ping"})
+    frames = collect(bob, is_pong, timeout=30)
+    left = next(i for i, f in enumerate(frames) if f["type"] == "left")
+    assert frames[left] == {"type": "left", "room": "big", "reason": "left"}
+    assert not room_frames(frames[left + 1:], "big"), room_frames(frames[left + 1:], "big")[:3]
+    assert not [f for f in frames if f.get("body") == "after leave"]
+    assert per_room_seqs(frames, "other") == list(range(1, 101))
+    assert [f["type"] for f in frames if f.get("room") == "other"][0] == "joined"
+    assert session.state is State.ACTIVE
+    send_to(writer, "other", ["still live"], "o3")
+    assert bob.expect("msg", skip=NOISE)["body"] == "still live"
+    assert_serving(running, "other")
+
+
+def test_a_grant_removed_during_that_rooms_replay_ends_only_that_room(
+        make_server: MakeServer) -> None:
+    """bob's grant for "big" goes while big's replay waits on him: he gets error
+    forbidden and left (forbidden) for big, the grants frame, nothing more of big, and
+    every message of "other" exactly once in order."""
+    running = make_server(msg_rate=0)
+    writer, _count = fill(running, "big")
+    bob, _ = running.user("bob", rooms=[resume_entry(running, "big"), "other"],
+                          grants={"big": RW, "other": RW})
+    session = session_of(running, "bob")
+    wait_for(lambda: stalled(session), what="bob's replay to stall")
+    send_to(writer, "other", [f"o{i}" for i in range(30)], "o1")
+    running.set_grants("bob", {"other": RW})
+    wait_for(lambda: "big" not in session.rooms, what="bob's grant check")
+    send_to(writer, "big", ["after ungrant"] * 10, "lb")
+    send_to(writer, "other", [f"p{i}" for i in range(30)], "o2")
+    bob.send({"type": "ping"})
+    frames = collect(bob, is_pong, timeout=30)
+    errors = [f for f in frames if f["type"] == "error"]
+    assert [(e["code"], e["room"]) for e in errors] == [("forbidden", "big")]
+    left = next(i for i, f in enumerate(frames) if f["type"] == "left")
+    assert frames[left] == {"type": "left", "room": "big", "reason": "forbidden"}
+    assert frames.index(errors[0]) < left
+    assert not room_frames(frames[left + 1:], "big")
+    assert {"type": "grants", "grants": {"other": RW}} in frames
+    assert per_room_seqs(frames, "other") == list(range(1, 61))
+    assert session.state is State.ACTIVE
+    assert_serving(running, "other")
+
+
+def test_all_grants_removed_leaves_every_room_and_keeps_the_session(
+        server: RunningServer) -> None:
+    """Grants emptied: forbidden + left for each room, in join order, then grants {}; the
+    session stays up (ping) and may join nothing; the others in the rooms see leave."""
+    alice, _ = server.user("alice", rooms=["a", "b", "c"], grants=ALL)
+    for _ in range(3):
+        alice.expect("joined")
+    bob, _ = server.user("bob", rooms=["a", "b"], grants=ALL)
+    bob.expect("joined"), bob.expect("joined")
+    server.set_grants("alice", {})
+    alice.send({"type": "ping"})
+    frames = collect(alice, lambda f: f["type"] == "grants")
+    frames = [f for f in frames if f["type"] not in ("join", "pong")]
+    assert [(f["type"], f.get("room"), f.get("code") or f.get("reason")) for f in frames] == [
+        ("error", "a", "forbidden"), ("left", "a", "forbidden"),
+        ("error", "b", "forbidden"), ("left", "b", "forbidden"),
+        ("error", "c", "forbidden"), ("left", "c", "forbidden"),
+        ("grants", None, None)]
+    assert frames[-1]["grants"] == {}
+    leaves = {(f["room"], f["user"], f["reason"])
+              for f in (bob.expect("leave", skip=("ping", "join")) for _ in range(2))}
+    assert leaves == {("a", "alice", "forbidden"), ("b", "alice", "forbidden")}
+    alice.send({"type": "join", "room": "a"})
+    assert alice.expect("error", skip=NOISE)["code"] == "forbidden"
+    alice.send({"type": "msg", "body": "x", "id": 1})
+    error = alice.expect("error", skip=NOISE)
+    assert (error["code"], error["room"]) == ("not_joined", "lobby")
+    alice.send({"type": "ping"})
+    assert alice.expect("pong", skip=NOISE) == {"type": "pong"}
+    wait_for(lambda: len(server.server.rooms) == 3, what="c dropped (a, b and lobby left)")
+    send_to(bob, "a", ["bob goes on"])
+
+
+def test_grants_flipping_rw_ro_rw_while_sending(server: RunningServer) -> None:
+    """Messages sent while the grant is ro are refused forbidden (with id, not stored);
+    every message sent while it is rw is acked, with seqs 1..n and no hole."""
+    alice, _ = server.user("alice", rooms=["ops"], grants={"ops": RW})
+    alice.expect("joined")
+    bob, _ = server.user("bob", rooms=["ops"], grants={"ops": RW})
+    bob.expect("joined"), alice.expect("join")
+    acked: list[int] = []
+    for round_ in range(3):
+        acked += [a["seq"] for a in send_to(alice, "ops", ["rw"] * 5, f"rw{round_}")]
+        server.set_grants("alice", {"ops": "ro"})
+        assert alice.expect("grants", skip=NOISE)["grants"] == {"ops": "ro"}
+        alice.send(b"".join(line({"type": "msg", "room": "ops", "body": "ro", "id": f"ro{i}"})
+                            for i in range(5)))
+        errors = [alice.expect("error", skip=NOISE) for _ in range(5)]
+        assert [(e["code"], e["id"], e["room"]) for e in errors] == [
+            ("forbidden", f"ro{i}", "ops") for i in range(5)]
+        server.set_grants("alice", {"ops": RW})
+        assert alice.expect("grants", skip=NOISE)["grants"] == {"ops": RW}
+    assert acked == list(range(1, 16))
+    got = [bob.expect("msg", skip=NOISE) for _ in range(15)]
+    assert {m["body"] for m in got} == {"rw"} and [m["seq"] for m in got] == acked
+    bob.send({"type": "history", "room": "ops", "id": "h", "limit": 100})
+    assert bob.expect("history_end", skip=("ping", "msg", "history_msg"))["count"] == 15
+
+
+def membership_events(frames: list[dict[str, Any]], room: str) -> list[str]:
+    """The joined/left frames of ``room``, in the order they arrived."""
+    return [f["type"] for f in frames if f.get("room") == room
+            and f["type"] in ("joined", "left")]
+
+
+def test_leave_and_rejoin_during_another_rooms_replay_keeps_their_order(
+        make_server: MakeServer) -> None:
+    """bob logs in to "big" (a stalled replay) and "x"; he leaves and rejoins x before the
+    replay is out. He must see, for x: joined (from the login), left, joined, in that
+    order, and be in x afterwards (its live messages reach him)."""
+    running = make_server(msg_rate=0)
+    writer, _count = fill(running, "big")
+    writer.send({"type": "join", "room": "x"})
+    writer.expect("joined", skip=NOISE)
+    bob, welcome = running.user("bob", rooms=[resume_entry(running, "big"), "x"], grants=ALL)
+    assert welcome["rooms"] == ["big", "x"]
+    session = session_of(running, "bob")
+    wait_for(lambda: stalled(session), what="bob's replay to stall")
+    bob.send(line({"type": "leave", "room": "x"}) + line({"type": "join", "room": "x"}))
+    wait_for(lambda: "x" in session.rooms and len(session.host.rooms.in_memory("x") or ()) == 2,
+             what="bob back in x")
+    send_to(writer, "x", ["x live"], "xl")
+    bob.send({"type": "ping"})
+    frames = collect(bob, is_pong, timeout=30)
+    assert membership_events(frames, "x") == ["joined", "left", "joined"], [
+        f for f in frames if f.get("room") == "x"]
+    assert [f["body"] for f in room_frames(frames, "x") if f["type"] == "msg"] == ["x live"]
+    assert session.state is State.ACTIVE
+
+
+def test_a_room_left_before_its_joined_was_sent_still_gets_joined_first(
+        make_server: MakeServer) -> None:
+    """bob's login names "big" (a stalled replay) then "x": x's joined waits behind big's
+    replay. He leaves x before it was sent. The welcome named x, so he must still get
+    x's joined before its left, and no msg of x without a joined before it."""
+    running = make_server(msg_rate=0)
+    writer, _count = fill(running, "big")
+    writer.send({"type": "join", "room": "x"})
+    writer.expect("joined", skip=NOISE)
+    bob, welcome = running.user("bob", rooms=[resume_entry(running, "big"), "x"], grants=ALL)
+    assert welcome["rooms"] == ["big", "x"]
+    session = session_of(running, "bob")
+    wait_for(lambda: stalled(session), what="bob's replay to stall")
+    send_to(writer, "x", ["x while replaying"], "xr")
+    bob.send({"type": "leave", "room": "x"})
+    wait_for(lambda: "x" not in session.rooms, what="bob to leave x")
+    bob.send({"type": "ping"})
+    frames = collect(bob, is_pong, timeout=30)
+    x_frames = [f["type"] for f in frames if f.get("room") == "x"]
+    assert x_frames and x_frames[0] == "joined", x_frames
+    assert membership_events(frames, "x") == ["joined", "left"], x_frames
+    assert session.state is State.ACTIVE
+
+
+def test_auth_answers_each_room_entry_in_the_order_of_the_list(server: RunningServer) -> None:
+    """auth rooms [big with resume, secret (forbidden), ops]: after the welcome come big's
+    joined, replay and caught_up, then secret's error, then ops's joined (protocol.md,
+    Login (version 3), step 2: "for each entry, in the order of the list")."""
+    writer, _ = server.user("writer", rooms=["big"], grants=ALL)
+    writer.expect("joined")
+    send_to(writer, "big", ["m1", "m2", "m3"])
+    token = server.add_user("bob", {"big": RW, "ops": RW})
+    bob, welcome = server.login(token, rooms=[resume_entry(server, "big"), "secret", "ops"])
+    assert welcome["rooms"] == ["big", "ops"]
+    frames = collect(bob, lambda f: f["type"] == "joined" and f["room"] == "ops")
+    assert [(f["type"], f.get("room")) for f in frames] == [
+        ("joined", "big"), ("msg", "big"), ("msg", "big"), ("msg", "big"),
+        ("caught_up", "big"), ("error", "secret"), ("joined", "ops")], frames

@@ -32,7 +32,7 @@ NOISE = ("ping", "join", "leave")
 
 # --------------------------------------------------------------------------- helpers
 def line(frame: dict[str, Any]) -> bytes:
-    return json.dumps(frame).encode() + b"\n"
+    return json.dumps(frame, separators=(",", ":")).encode() + b"\n"
 
 
 def send_to(wire: WireClient, room: str, bodies: list[str], prefix: str = "") -> list[
@@ -340,3 +340,122 @@ def test_auth_answers_each_room_entry_in_the_order_of_the_list(server: RunningSe
     assert [(f["type"], f.get("room")) for f in frames] == [
         ("joined", "big"), ("msg", "big"), ("msg", "big"), ("msg", "big"),
         ("caught_up", "big"), ("error", "secret"), ("joined", "ops")], frames
+
+
+# --------------------------------------------------------------------------- churn and limits
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+def test_join_leave_churn_of_many_names_leaks_no_room(make_server: MakeServer,
+                                                      store: str) -> None:
+    """300 distinct names joined and left (pipelined, 100 at a time) by two sessions:
+    len(rooms) returns to the baseline; rooms that got a message stay counted (and come
+    back with their seq), the others are gone."""
+    running = make_server(store=store, msg_rate=0, frame_rate=10_000, frame_burst=10_000)
+    baseline = len(running.server.rooms)
+    alice, _ = running.user("alice", rooms=[], grants=ALL)
+    bob, _ = running.user("bob", rooms=[], grants=ALL)
+    for batch in range(3):
+        names = [f"churn-{batch}-{i}" for i in range(100)]
+        for wire in (alice, bob):
+            wire.send(b"".join(line({"type": "join", "room": n}) for n in names))
+        for wire in (alice, bob):
+            got = [wire.expect("joined", skip=NOISE)["room"] for _ in names]
+            assert got == names
+        send_to(alice, names[7], ["kept"], f"k{batch}")
+        for wire in (alice, bob):
+            wire.send(b"".join(line({"type": "leave", "room": n}) for n in names))
+        for wire in (alice, bob):
+            got = [wire.expect("left", skip=(*NOISE, "msg"))["room"] for _ in names]
+            assert got == names
+    wait_for(lambda: len(running.server.rooms) == baseline + 3,
+             what=f"rooms back to {baseline} + 3 with messages ({len(running.server.rooms)})")
+    assert running.server.rooms.in_memory("churn-0-0") is None
+    assert running.server.rooms.in_memory("churn-0-7") is None
+    again = joined(alice, "churn-1-7")
+    assert again["seq"] == 1
+    alice.send({"type": "history", "room": "churn-2-7", "id": "h"})
+    assert alice.expect("history_msg", skip=NOISE)["body"] == "kept"
+    alice.expect("history_end")
+    wait_for(lambda: len(running.server.rooms) == baseline + 3, what="history released")
+    assert_serving(running)
+
+
+def test_100_rooms_per_session_then_too_many_rooms(make_server: MakeServer) -> None:
+    """A session joins 100 rooms (--max-rooms-per-session); the 101st is too_many_rooms
+    and the session goes on; after one leave a join succeeds again."""
+    running = make_server(frame_rate=10_000, frame_burst=10_000)
+    alice, _ = running.user("alice", rooms=[], grants=ALL)
+    names = [f"r{i}" for i in range(101)]
+    alice.send(b"".join(line({"type": "join", "room": n}) for n in names))
+    for name in names[:100]:
+        assert alice.expect("joined", skip=NOISE)["room"] == name
+    error = alice.expect("error", skip=NOISE)
+    assert (error["code"], error["room"]) == ("too_many_rooms", "r100")
+    assert len(session_of(running, "alice").rooms) == 100
+    alice.send({"type": "leave", "room": "r0"})
+    assert alice.expect("left", skip=NOISE)["room"] == "r0"
+    assert joined(alice, "r100")["members"] == ["alice"]
+    bob, _ = running.user("bob", rooms=["r99", "r100"], grants=ALL)
+    assert [bob.expect("joined")["room"] for _ in range(2)] == ["r99", "r100"]
+    send_to(bob, "r100", ["hi"])
+    assert alice.expect("msg", skip=NOISE)["body"] == "hi"
+
+
+def test_auth_with_64_resume_entries_then_65_is_a_malformed_login(
+        server: RunningServer) -> None:
+    """64 entries, each with a resume, fit in the 4 KiB pre-auth frame: all are joined and
+    each gets its caught_up, in the order of the list. 65 names: bad_frame and close.
+    The others on the server notice nothing."""
+    other, _ = server.user("other", rooms=["r0"], grants=ALL)
+    other.expect("joined")
+    send_to(other, "r0", ["one"])
+    token = server.add_user("alice", ALL)
+    epoch = server.server.room.epoch
+    entries = [{"room": f"r{i}", "resume": {"epoch": epoch, "seq": 0}} for i in range(64)]
+    frame = line({"type": "auth", "token": token, "rooms": entries})
+    assert len(frame) <= 4096, len(frame)
+    wire = server.tls_connect()
+    wire.send(frame)
+    welcome = wire.expect("welcome")
+    assert welcome["rooms"] == [f"r{i}" for i in range(64)]
+    got = collect(wire, lambda f: f["type"] == "caught_up" and f["room"] == "r63")
+    kinds = [(f["type"], f["room"]) for f in got]
+    expected: list[tuple[str, str]] = []
+    for i in range(64):
+        expected.append(("joined", f"r{i}"))
+        if i == 0:
+            expected.append(("msg", "r0"))
+        expected.append(("caught_up", f"r{i}"))
+    assert kinds == expected
+    too_many = server.tls_connect()
+    too_many.send({"type": "auth", "token": token,
+                   "rooms": [f"r{i}" for i in range(65)]})
+    assert error_codes(too_many.expect_closed()) == ["bad_frame"]
+    send_to(other, "r0", ["two"])
+    assert wire.expect("msg", skip=NOISE)["body"] == "two"
+
+
+def test_an_auth_frame_at_the_4_kib_limit_is_read_one_byte_more_closes(
+        server: RunningServer) -> None:
+    """An auth frame of exactly 4096 bytes (newline excluded) padded with room names logs
+    in; 4097 bytes is frame_too_large and close."""
+    token = server.add_user("alice", ALL)
+
+    def auth_of(size: int) -> bytes:
+        """A compact auth frame naming 40 rooms, padded to ``size`` bytes with blanks
+        (JSON whitespace) before its closing brace."""
+        frame = line({"type": "auth", "token": token,
+                      "rooms": [f"pad-{i:02d}" + "x" * 40 for i in range(40)]})[:-2]
+        frame += b" " * (size - len(frame) - 1) + b"}"
+        assert len(frame) == size
+        json.loads(frame)
+        return frame + b"\n"
+
+    wire = server.tls_connect()
+    wire.send(auth_of(4096))
+    welcome = wire.expect("welcome")
+    assert len(welcome["rooms"]) == 40
+    late = server.tls_connect()
+    late.send(auth_of(4097))
+    assert error_codes(late.expect_closed()) == ["frame_too_large"]
+    wire.send({"type": "ping"})
+    assert wire.expect("pong", skip=(*NOISE, "joined")) == {"type": "pong"}

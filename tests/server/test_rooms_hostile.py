@@ -459,3 +459,126 @@ def test_an_auth_frame_at_the_4_kib_limit_is_read_one_byte_more_closes(
     assert error_codes(late.expect_closed()) == ["frame_too_large"]
     wire.send({"type": "ping"})
     assert wire.expect("pong", skip=(*NOISE, "joined")) == {"type": "pong"}
+
+
+# --------------------------------------------------------------------------- presence
+def test_two_sessions_of_one_user_are_one_presence_per_room(server: RunningServer) -> None:
+    """alice's phone is in a and b, her laptop in b and c. Bob (in a, b, c) sees join
+    once per room for her first session there and leave only when her last one there
+    goes: leaving b from the phone is silent, leaving b from the laptop too is not."""
+    bob, _ = server.user("bob", rooms=["a", "b", "c"], grants=ALL)
+    for _ in range(3):
+        bob.expect("joined")
+    phone, _ = server.user("alice", rooms=["a", "b"], grants=ALL)
+    phone.expect("joined"), phone.expect("joined")
+    laptop, _ = server.user("alice", rooms=["b", "c"], grants=ALL)
+    first, second = laptop.expect("joined"), laptop.expect("joined")
+    assert first["members"] == ["alice", "bob"] and second["members"] == ["alice", "bob"]
+    bob.send({"type": "ping"})
+    seen = collect(bob, is_pong)
+    assert [(f["type"], f.get("room"), f.get("user")) for f in seen] == [
+        ("join", "a", "alice"), ("join", "b", "alice"), ("join", "c", "alice"),
+        ("pong", None, None)]
+    phone.send({"type": "leave", "room": "b"})
+    phone.expect("left")
+    bob.send({"type": "ping"})
+    assert collect(bob, is_pong) == [{"type": "pong"}]  # laptop still holds b
+    laptop.send({"type": "leave", "room": "b"})
+    laptop.expect("left")
+    assert bob.expect("leave") == {"type": "leave", "room": "b", "user": "alice",
+                                   "reason": "left"}
+    phone.close()
+    assert bob.expect("leave")["room"] == "a"  # her only session in a; c is the laptop's
+    bob.send({"type": "ping"})
+    assert collect(bob, is_pong) == [{"type": "pong"}]
+    laptop.send({"type": "join", "room": "a"})
+    assert laptop.expect("joined", skip=NOISE)["members"] == ["alice", "bob"]
+    assert bob.expect("join") == {"type": "join", "room": "a", "user": "alice"}
+
+
+# --------------------------------------------------------------------------- slow consumers
+def test_a_slow_consumer_in_one_room_is_cut_and_both_rooms_go_on(
+        make_server: MakeServer) -> None:
+    """carol (in a, 4 KiB receive buffer) never reads; she is cut with slow_consumer.
+    bob in a and b, and dave in b, get every message of their rooms in order, and see
+    carol's leave in a."""
+    running = make_server(msg_rate=0, max_pending=256 * 1024)
+    alice, _ = running.user("alice", rooms=["a", "b"], grants=ALL)
+    alice.expect("joined"), alice.expect("joined")
+    bob, _ = running.user("bob", rooms=["a", "b"], grants=ALL)
+    bob.expect("joined"), bob.expect("joined")
+    dave, _ = running.user("dave", rooms=["b"], grants=ALL)
+    dave.expect("joined")
+    token = running.add_user("carol", ALL)
+    carol, _ = running.login(token, rooms=["a"], rcvbuf=4096)
+    session = session_of(running, "carol")
+    sent_a = sent_b = 0
+    bob_got: list[dict[str, Any]] = []
+    dave_got: list[dict[str, Any]] = []
+    while session.state is State.ACTIVE and sent_a < 20_000:
+        send_to(alice, "a", ["x" * 1000] * 50, f"a{sent_a}")
+        send_to(alice, "b", ["y" * 100] * 10, f"b{sent_b}")
+        sent_a, sent_b = sent_a + 50, sent_b + 10
+        for wire, got in ((bob, bob_got), (dave, dave_got)):  # they keep reading
+            got += collect(wire, lambda f, n=sent_b: f["type"] == "msg" and f["room"] == "b"
+                           and f["seq"] == n, timeout=30)
+    wait_for(lambda: session.state is State.CLOSED, what="carol cut")
+    assert sent_a < 20_000
+    send_to(alice, "a", ["after"], "after")
+    bob_got += collect(bob, lambda f: f.get("body") == "after")
+    assert per_room_seqs(bob_got, "a") == list(range(1, sent_a + 2))
+    assert per_room_seqs(bob_got, "b") == list(range(1, sent_b + 1))
+    assert [f for f in bob_got if f["type"] == "leave"] == [
+        {"type": "leave", "room": "a", "user": "carol", "reason": "slow_consumer"}]
+    assert per_room_seqs(dave_got, "b") == list(range(1, sent_b + 1))
+    assert not room_frames(dave_got, "a")
+    carol.close()
+    assert_serving(running, "a")
+
+
+# --------------------------------------------------------------------------- not a member
+def test_a_v3_message_without_room_outside_the_default_room_is_not_joined(
+        server: RunningServer) -> None:
+    """A v3 session in ops only sends msg and history with no room: the msg gets
+    not_joined for the default room (with its id; not stored, not acked); history of the
+    default room needs only the grant."""
+    alice, _ = server.user("alice", rooms=["ops"], grants=ALL)
+    alice.expect("joined")
+    lobby, _ = server.user("lobby-user")
+    alice.send({"type": "msg", "body": "where does this go", "id": 41})
+    error = alice.expect("error")
+    assert (error["code"], error["room"], error["id"]) == ("not_joined", "lobby", 41)
+    alice.send({"type": "history", "id": "h"})
+    assert alice.expect("history_end")["room"] == "lobby"
+    lobby.send({"type": "history", "id": "h"})
+    assert lobby.expect("history_end", skip=NOISE)["count"] == 0
+    assert server.server.room.seq == 0
+    alice.send({"type": "msg", "room": "ops", "body": "here", "id": 42})
+    assert alice.expect("ack")["seq"] == 1
+
+
+def test_history_of_a_room_with_no_members_is_released_again(make_server: MakeServer) -> None:
+    """bob reads (ro) a room whose only member left long ago, 30 times: the room is made
+    in memory for each read and dropped again: len(rooms) stays at the baseline and it
+    is never left in memory; a join afterwards continues its seq."""
+    running = make_server()
+    alice, _ = running.user("alice", rooms=["old"], grants=ALL)
+    alice.expect("joined")
+    send_to(alice, "old", ["m1", "m2"])
+    alice.send({"type": "leave", "room": "old"})
+    alice.expect("left")
+    wait_for(lambda: running.server.rooms.in_memory("old") is None, what="old dropped")
+    baseline = len(running.server.rooms)
+    bob, _ = running.user("bob", rooms=[], grants={"*": "ro"})
+    for i in range(30):
+        bob.send({"type": "history", "room": "old", "id": i, "after": 0})
+        assert [bob.expect("history_msg")["body"] for _ in range(2)] == ["m1", "m2"]
+        assert bob.expect("history_end")["latest"] == 2
+        assert running.server.rooms.in_memory("old") is None
+        assert len(running.server.rooms) == baseline
+    bob.send({"type": "history", "room": "never-made", "id": "n"})
+    assert bob.expect("history_end")["count"] == 0
+    assert len(running.server.rooms) == baseline
+    bob.send({"type": "msg", "room": "old", "body": "ro", "id": 1})
+    assert bob.expect("error")["code"] == "not_joined"
+    assert joined(alice, "old")["seq"] == 2

@@ -582,3 +582,84 @@ def test_history_of_a_room_with_no_members_is_released_again(make_server: MakeSe
     bob.send({"type": "msg", "room": "old", "body": "ro", "id": 1})
     assert bob.expect("error")["code"] == "not_joined"
     assert joined(alice, "old")["seq"] == 2
+
+
+# --------------------------------------------------------------------------- two I/O threads
+def sessions_on_two_loops(running: RunningServer, users: list[str], room: str
+                          ) -> list[WireClient]:
+    wires = []
+    for user in users:
+        wire, _ = running.user(user, rooms=[room], grants=ALL)
+        wire.expect("joined")
+        wires.append(wire)
+    loops = {session_of(running, u).loop for u in users}
+    assert len(loops) == 2, "the sessions should be spread over both loops"
+    return wires
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+def test_members_on_two_loops_see_one_order(make_server: MakeServer, store: str) -> None:
+    """Two publishers on different loops send 300 messages each at once; two readers on
+    different loops get the same 600 frames in the same order, seq 1..600; each
+    publisher's acks and received messages together are 1..600 too."""
+    running = make_server(io_threads=2, msg_rate=0, store=store)
+    alice, bob, carol, dave = sessions_on_two_loops(
+        running, ["alice", "bob", "carol", "dave"], "r")
+    results: dict[str, list[dict[str, Any]]] = {}
+
+    def publish_as(name: str, wire: WireClient) -> None:
+        results[name] = send_to(wire, "r", [f"{name}-{i}" for i in range(300)], name)
+
+    threads = [threading.Thread(target=publish_as, args=(n, w), name=f"test-pub-{n}")
+               for n, w in (("alice", alice), ("bob", bob))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds(30))
+    assert not any(t.is_alive() for t in threads)
+    assert set(results) == {"alice", "bob"}
+    views = [[(m["seq"], m["from"], m["body"]) for m in
+              collect(w, lambda f: f["type"] == "msg" and f["seq"] == 600) if m["type"] == "msg"]
+             for w in (carol, dave)]
+    assert views[0] == views[1]
+    assert [s for s, _, _ in views[0]] == list(range(1, 601))
+    for name, other in (("alice", "bob"), ("bob", "alice")):
+        mine = {a["seq"] for a in results[name]}
+        theirs = {s for s, sender, _ in views[0] if sender == other}
+        assert mine | theirs == set(range(1, 601)) and not mine & theirs
+
+
+def test_a_join_racing_the_last_leave_never_loses_the_joiner(make_server: MakeServer) -> None:
+    """alice (loop 1) is the only member of z and leaves it while bob (loop 2) joins it,
+    200 times: bob is always joined to the room the registry holds, and gets alice's
+    next message there."""
+    running = make_server(io_threads=2, msg_rate=0, frame_rate=10_000, frame_burst=10_000)
+    alice, bob = sessions_on_two_loops(running, ["alice", "bob"], "lobby")
+    bob_session = session_of(running, "bob")
+    registry = running.server.rooms
+    go = threading.Barrier(2, timeout=seconds(10))
+
+    def leave_at_once() -> None:
+        go.wait()
+        alice.send({"type": "leave", "room": "z"})
+
+    for i in range(200):
+        joined(alice, "z")
+        leaver = threading.Thread(target=leave_at_once, name="test-leaver")
+        leaver.start()
+        go.wait()
+        bob.send({"type": "join", "room": "z"})
+        leaver.join(seconds(10))
+        assert not leaver.is_alive()
+        assert bob.expect("joined", skip=NOISE)["room"] == "z"
+        assert alice.expect("left", skip=NOISE)["room"] == "z"
+        wait_for(lambda: "z" in bob_session.rooms, what="bob in z")
+        assert bob_session.rooms["z"] is registry.in_memory("z"), f"round {i}: orphaned"
+        joined(alice, "z")
+        send_to(alice, "z", [f"round {i}"], f"z{i}")
+        got = bob.expect("msg", skip=NOISE)
+        assert (got["room"], got["body"]) == ("z", f"round {i}")
+        for wire in (alice, bob):
+            wire.send({"type": "leave", "room": "z"})
+            assert wire.expect("left", skip=NOISE)["room"] == "z"
+    wait_for(lambda: registry.in_memory("z") is None, what="z dropped at the end")

@@ -113,6 +113,9 @@ def per_room_seqs(frames: list[dict[str, Any]], room: str) -> list[int]:
 
 
 # --------------------------------------------------------------------------- order of a rejoin
+@pytest.mark.xfail(strict=True, reason="bug: memberships.py _owe puts a mid-session joined "
+                   "straight into the send buffer (_queue_out), ahead of the left still in "
+                   "the inbox: the client sees joined x, then left x")
 def test_leave_then_join_pipelined_answers_left_before_joined(server: RunningServer) -> None:
     """leave x and join x in one TCP write: the answers come in the order asked (left,
     then joined), and no frame of the old membership follows the new joined."""
@@ -175,7 +178,7 @@ def test_leaving_a_room_during_its_replay_keeps_the_other_rooms_whole(
     assert not room_frames(frames[left + 1:], "big"), room_frames(frames[left + 1:], "big")[:3]
     assert not [f for f in frames if f.get("body") == "after leave"]
     assert per_room_seqs(frames, "other") == list(range(1, 101))
-    assert [f["type"] for f in frames if f.get("room") == "other"][0] == "joined"
+    assert next(f["type"] for f in frames if f.get("room") == "other") == "joined"
     assert session.state is State.ACTIVE
     send_to(writer, "other", ["still live"], "o3")
     assert bob.expect("msg", skip=NOISE)["body"] == "still live"
@@ -277,6 +280,9 @@ def membership_events(frames: list[dict[str, Any]], room: str) -> list[str]:
             and f["type"] in ("joined", "left")]
 
 
+@pytest.mark.xfail(strict=True, reason="bug: during a catch-up, CatchUp.drop discards x's "
+                   "owed joined, left is held behind the catch-up and the new joined is owed "
+                   "ahead of it: the client sees joined, left and is yet in x")
 def test_leave_and_rejoin_during_another_rooms_replay_keeps_their_order(
         make_server: MakeServer) -> None:
     """bob logs in to "big" (a stalled replay) and "x"; he leaves and rejoins x before the
@@ -302,6 +308,8 @@ def test_leave_and_rejoin_during_another_rooms_replay_keeps_their_order(
     assert session.state is State.ACTIVE
 
 
+@pytest.mark.xfail(strict=True, reason="bug: CatchUp.drop discards the owed joined of a room "
+                   "named in the welcome; its held live msgs and left still come")
 def test_a_room_left_before_its_joined_was_sent_still_gets_joined_first(
         make_server: MakeServer) -> None:
     """bob's login names "big" (a stalled replay) then "x": x's joined waits behind big's
@@ -326,6 +334,9 @@ def test_a_room_left_before_its_joined_was_sent_still_gets_joined_first(
     assert session.state is State.ACTIVE
 
 
+@pytest.mark.xfail(strict=True, reason="bug: in auth, _refuse_room appends the error to "
+                   "joining (sent right after the welcome) while an earlier entry's joined "
+                   "and replay wait in the CatchUp: the error overtakes them")
 def test_auth_answers_each_room_entry_in_the_order_of_the_list(server: RunningServer) -> None:
     """auth rooms [big with resume, secret (forbidden), ops]: after the welcome come big's
     joined, replay and caught_up, then secret's error, then ops's joined (protocol.md,
@@ -519,9 +530,9 @@ def test_a_slow_consumer_in_one_room_is_cut_and_both_rooms_go_on(
         send_to(alice, "a", ["x" * 1000] * 50, f"a{sent_a}")
         send_to(alice, "b", ["y" * 100] * 10, f"b{sent_b}")
         sent_a, sent_b = sent_a + 50, sent_b + 10
-        for wire, got in ((bob, bob_got), (dave, dave_got)):  # they keep reading
-            got += collect(wire, lambda f, n=sent_b: f["type"] == "msg" and f["room"] == "b"
-                           and f["seq"] == n, timeout=30)
+        for wire, seen in ((bob, bob_got), (dave, dave_got)):  # they keep reading
+            seen.extend(collect(wire, lambda f, n=sent_b: f["type"] == "msg" and f["room"] == "b"
+                                and f["seq"] == n, timeout=30))
     wait_for(lambda: session.state is State.CLOSED, what="carol cut")
     assert sent_a < 20_000
     send_to(alice, "a", ["after"], "after")
@@ -663,3 +674,114 @@ def test_a_join_racing_the_last_leave_never_loses_the_joiner(make_server: MakeSe
             wire.send({"type": "leave", "room": "z"})
             assert wire.expect("left", skip=NOISE)["room"] == "z"
     wait_for(lambda: registry.in_memory("z") is None, what="z dropped at the end")
+
+
+# --------------------------------------------------------------------------- invalid names
+def invalid_names(rng: random.Random, count: int) -> list[Any]:
+    """Room values that are never valid names: wrong types, empty, too long, upper case,
+    a bad first character, characters outside [a-z0-9_.-] (random Unicode included)."""
+    fixed: list[Any] = [
+        "", "x" * 65, "a" * 1000, "Ops", "OPS", "-a", "_a", ".a", "#ops", "a b", "a/b",
+        "a\u0000b", "a\nb", "caf\u00e9", "\u0131", "\u212a", "ops\u200b", "\U0001f600",
+        "a\ud800", 0, 1.5, True, [], ["ops"], {}, {"room": 5}]
+    out = list(fixed)
+    alphabet = "abcXYZ09-_.#/ \t\u00e9\u0130\u4e2d\U0001f600\ud800"
+    while len(out) < count:
+        name = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 80)))
+        if not (len(name) <= 64 and all(c in "abc09-_." for c in name) and name[0] in "abc09"):
+            out.append(name)
+    return out
+
+
+def test_invalid_room_names_everywhere_are_bad_frame_and_nobody_else_notices(
+        make_server: MakeServer) -> None:
+    """A fuzzed room value in join, leave, msg and history is always bad_frame (never
+    internal_error, never a room made), the msg's id is echoed; in auth it is bad_frame
+    and close. bob, in the same rooms, keeps chatting with carol throughout."""
+    running = make_server(max_errors=100_000, frame_rate=100_000, frame_burst=100_000,
+                          auth_failures=100_000, msg_rate=0)
+    baseline = len(running.server.rooms)
+    rng = random.Random(20240601)
+    names = invalid_names(rng, 150)
+    bob, _ = running.user("bob", rooms=["lobby"], grants=ALL)
+    carol, _ = running.user("carol", rooms=["lobby"], grants=ALL)
+    bob.expect("joined"), carol.expect("joined"), bob.expect("join")
+    token = running.add_user("mallory", ALL)
+    mallory, _ = running.login(token, rooms=[])
+    for n, name in enumerate(names):
+        frames = [{"type": "join", "room": name}, {"type": "leave", "room": name},
+                  {"type": "join", "room": name, "resume": {"epoch": "e", "seq": 0}},
+                  {"type": "msg", "room": name, "body": "x", "id": f"m{n}"},
+                  {"type": "history", "room": name, "id": f"h{n}"}]
+        mallory.send(b"".join(json.dumps(f).encode() + b"\n" for f in frames))
+        errors = [mallory.expect("error") for _ in frames]
+        assert [e["code"] for e in errors] == ["bad_frame"] * 5, (name, errors)
+        assert errors[3].get("id") == f"m{n}" and errors[4].get("id") == f"h{n}"
+        if n % 25 == 0:
+            send_to(bob, "lobby", [f"still {n}"], f"s{n}")
+            assert carol.expect("msg", skip=NOISE)["body"] == f"still {n}"
+    for name in names[:40]:
+        for rooms in ([name], ["ok", name], [{"room": name}],
+                      [{"room": name, "resume": {"epoch": "e", "seq": 1}}]):
+            wire = running.tls_connect()
+            wire.send(json.dumps({"type": "auth", "token": token, "rooms": rooms}).encode()
+                      + b"\n")
+            assert error_codes(wire.expect_closed()) == ["bad_frame"], (rooms,)
+            wire.close()
+    mallory.send({"type": "ping"})
+    assert mallory.expect("pong") == {"type": "pong"}
+    assert len(running.server.rooms) == baseline
+    assert session_of(running, "mallory").state is State.ACTIVE
+    send_to(bob, "lobby", ["the end"], "end")
+    assert carol.expect("msg", skip=NOISE)["body"] == "the end"
+
+
+# --------------------------------------------------------------------------- budgets
+@pytest.mark.xfail(strict=True, reason="bug: a msg to a room the session is not in (or is "
+                   "read-only in) is refused before --msg-rate and --frame-rate are charged "
+                   "(dispatch.py _on_message), so such a flood is unlimited")
+def test_messages_to_a_room_not_joined_are_rate_limited_like_any_message(
+        make_server: MakeServer) -> None:
+    """--msg-rate and --frame-rate are per session across all rooms (protocol.md, Rooms):
+    300 msg frames at rooms the session is not in, far over a burst of 5, must not all
+    be answered one by one as not_joined: past the budget they are rate_limited (or the
+    session is cut for too many errors). Meanwhile bob is served normally."""
+    running = make_server(msg_rate=1, msg_burst=5, frame_rate=1, frame_burst=5)
+    bob, _ = running.user("bob", rooms=["lobby"], grants=ALL)
+    bob.expect("joined")
+    mallory, _ = running.user("mallory", rooms=[], grants={"*": "ro"})
+    mallory.send(b"".join(line({"type": "msg", "room": f"r{i % 7}", "body": "spam",
+                                "id": i}) for i in range(300)))
+    mallory.send({"type": "ping"})
+    frames: list[dict[str, Any]] = []
+    while not frames or frames[-1]["type"] != "pong":
+        raw = mallory.recv_line(10)
+        if raw is None:  # closed: then it was cut off for its errors
+            assert "too_many_errors" in error_codes(frames), error_codes(frames)[-3:]
+            break
+        frames.append(json.loads(raw))
+    assert len(frames) > 5
+    assert error_codes(frames).count("not_joined") <= 10, error_codes(frames)[:20]
+    send_to(bob, "lobby", ["fine"])
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+def test_a_resend_after_the_room_was_dropped_is_still_recognised(
+        make_server: MakeServer, store: str) -> None:
+    """alice (client id set) is alone in solo, sends m1, leaves (the room is dropped from
+    memory), rejoins and resends m1: ack with the original seq and duplicate, not stored
+    twice; a new id gets the next seq."""
+    running = make_server(store=store, msg_rate=0)
+    alice, _ = running.login(running.add_user("alice", ALL), client_id="phone", rooms=["solo"])
+    alice.expect("joined")
+    (ack,) = send_to(alice, "solo", ["once"], "m")
+    assert ack["seq"] == 1
+    alice.send({"type": "leave", "room": "solo"})
+    alice.expect("left")
+    wait_for(lambda: running.server.rooms.in_memory("solo") is None, what="solo dropped")
+    assert joined(alice, "solo")["seq"] == 1
+    alice.send({"type": "msg", "room": "solo", "body": "once", "id": "m-0"})
+    again = alice.expect("ack")
+    assert (again["seq"], again.get("duplicate")) == (1, True)
+    (fresh,) = send_to(alice, "solo", ["twice"], "n")
+    assert fresh["seq"] == 2

@@ -32,6 +32,9 @@ __all__ = ["FrameDispatch"]
 
 logger = logging.getLogger("securechat.server")
 
+#: Joins and leaves a session may send while a catch-up is going out (they wait for it).
+MAX_DEFERRED = 256
+
 _PONG = protocol.encode(protocol.Pong())
 _BYE = protocol.encode(protocol.Bye())
 
@@ -52,6 +55,7 @@ class FrameDispatch(Memberships):
     error_bucket: TokenBucket | None
     order_gate: OrderGate
     resume: protocol.Resume | None
+    deferred: list[protocol.JoinRoom | protocol.LeaveRoom]
 
     submitted: int
 
@@ -93,14 +97,16 @@ class FrameDispatch(Memberships):
                 return
             if type(frame) is protocol.Ping:
                 self._send(_PONG)
-            elif type(frame) is protocol.JoinRoom:
-                self._join(frame.room, frame.resume)
-            elif type(frame) is protocol.LeaveRoom:
-                if self._leave(frame.room, "left"):
-                    self._send(protocol.encode(protocol.Left(frame.room, "left")))
+            elif type(frame) is protocol.JoinRoom or type(frame) is protocol.LeaveRoom:
+                if self.replay is None:
+                    self._on_membership(frame)
+                elif len(self.deferred) < MAX_DEFERRED:
+                    # Answered once the catch-up is out, so every room's frames keep
+                    # their order (a joined never overtakes an earlier left).
+                    self.deferred.append(frame)
                 else:
-                    self._error("not_joined", f"not in room {frame.room}", counts=False,
-                                room=frame.room)
+                    self._error("rate_limited", "too many joins and leaves while catching "
+                                "up", retry_after=1.0, room=frame.room)
             elif type(frame) is protocol.History:
                 self._on_history(frame)
             elif type(frame) is protocol.Pong:
@@ -113,6 +119,22 @@ class FrameDispatch(Memberships):
             self._authenticate(frame)
         else:
             self._fail("not_authenticated", "the first frame must be auth")
+
+    def _on_membership(self, frame: protocol.JoinRoom | protocol.LeaveRoom) -> None:
+        if type(frame) is protocol.JoinRoom:
+            self._join(frame.room, frame.resume)
+        elif self._leave(frame.room, "left"):
+            self._send(protocol.encode(protocol.Left(frame.room, "left")))
+        else:
+            self._error("not_joined", f"not in room {frame.room}", counts=False,
+                        room=frame.room)
+
+    def _run_deferred(self) -> None:
+        """The catch-up is out: answer the joins and leaves that waited for it, in order
+        (a join with resume may start another catch-up; the rest wait for that one)."""
+        deferred = self.deferred
+        while deferred and self.replay is None and self.state is State.ACTIVE:
+            self._on_membership(deferred.pop(0))
 
     def _authenticate(self, auth: protocol.Auth) -> None:
         token = auth.token
@@ -211,8 +233,8 @@ class FrameDispatch(Memberships):
         if outcome is not None:
             return welcome + protocol.encode(outcome)
         # Welcome now; the replay's pages and then the held live frames follow it.
-        self._owe(self.host.rooms.default_room, welcome, Replay(resume.seq, snapshot.seq))
-        return b""
+        return self._owe(self.host.rooms.default_room, welcome,
+                         Replay(resume.seq, snapshot.seq))
 
     def _on_history(self, frame: protocol.History) -> None:
         name = frame.room or self.host.config.room
@@ -244,16 +266,6 @@ class FrameDispatch(Memberships):
         self._send(b"".join(parts))
 
     def _on_message(self, frame: protocol.SendMessage) -> None:
-        name = frame.room or self.host.config.room
-        room = self.rooms.get(name)
-        if room is None or name not in self.writable:
-            if room is None:
-                self._error("not_joined", f"not in room {name}; message not delivered",
-                            frame.id, counts=False, room=name)
-            else:
-                self._error("forbidden", f"read-only in room {name}; message not delivered",
-                            frame.id, counts=False, room=name)
-            return
         bucket = self.bucket
         if bucket is not None and bucket.rate > 0:
             now = time.monotonic()
@@ -264,6 +276,17 @@ class FrameDispatch(Memberships):
                             frame.id, retry_after=round(bucket.retry_after(now), 3),
                             counts=False)  # msg has its own budget and a resend rule
                 return
+        # After the rate check, so refused messages cost the sender its budget too.
+        name = frame.room or self.host.config.room
+        room = self.rooms.get(name)
+        if room is None or name not in self.writable:
+            if room is None:
+                self._error("not_joined", f"not in room {name}; message not delivered",
+                            frame.id, counts=False, room=name)
+            else:
+                self._error("forbidden", f"read-only in room {name}; message not delivered",
+                            frame.id, counts=False, room=name)
+            return
         self.submitted += 1  # the room answers each publish once, with deliver_ack
         if room.publish(self, frame.body, frame.id) == PENDING:
             self.submitted -= 1  # a resend of one still being stored: no second answer

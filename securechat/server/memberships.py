@@ -103,10 +103,15 @@ class Memberships:
         return None
 
     def _refuse_room(self, code: str, message: str, room: str) -> None:
-        if self.joining is not None:  # auth: after the welcome, before any joined
-            self.joining.append(protocol.encode_error(code, message, room=room))
-        else:
+        if self.joining is None:
             self._error(code, message, counts=False, room=room)
+            return
+        # Auth: in the order of the list, after what earlier entries owe.
+        frame = protocol.encode_error(code, message, room=room)
+        if self.replay is not None:
+            self.replay.add_frame(room, frame)
+        else:
+            self.joining.append(frame)
 
     def _greet_room(self, resume: protocol.Resume | None, snapshot: RoomSnapshot) -> bytes:
         """What a join owes the client: ``joined``, and for a resume either
@@ -124,12 +129,13 @@ class Memberships:
                 replay = Replay(resume.seq, snapshot.seq)
             else:
                 frames += protocol.encode(outcome)
-        self._owe(room, frames, replay)
-        return b""
+        return self._owe(room, frames, replay)
 
-    def _owe(self, room: InProcessRoom, frames: bytes, replay: Replay | None) -> None:
-        """Send ``frames`` (then ``replay``) before anything of ``room`` that comes later:
-        queued behind a catch-up in progress, else straight to the send buffer."""
+    def _owe(self, room: InProcessRoom, frames: bytes, replay: Replay | None) -> bytes:
+        """Send ``frames`` (then ``replay``) before anything of ``room`` that comes later,
+        and after everything sent before: queued behind a catch-up in progress, or behind
+        the welcome during auth; else returned, for the room to deliver through the
+        inbox behind what is already there (a ``left`` of an earlier membership)."""
         if replay is not None or self.replay is not None:
             if self.replay is None:
                 self.replay = CatchUp()
@@ -137,7 +143,8 @@ class Memberships:
         elif self.joining is not None:
             self.joining.append(frames)
         else:
-            self._queue_out(frames)
+            return frames
+        return b""
 
     # ------------------------------------------------------------------ leaving
     def _leave(self, name: str, reason: str) -> bool:
@@ -148,7 +155,7 @@ class Memberships:
             return False
         self.writable.discard(name)
         if self.replay is not None:
-            self.replay.drop(name)
+            self.replay.stop(name)
         self.host.rooms.leave(room, self, reason)
         log_event(logger, logging.INFO, "leave", room=name, reason=reason, **self.log.fields)
         return True

@@ -91,14 +91,17 @@ class Replay:
 
 
 class _Owed:
-    """One room's part of a catch-up: its ``joined`` (or welcome), then its replay."""
+    """One entry of a catch-up: a room's ``joined`` (or welcome) and then its replay, or
+    a frame that must keep its place among them (an auth entry's refusal)."""
 
-    __slots__ = ("prelude", "replay", "room")
+    __slots__ = ("name", "prelude", "replay", "room")
 
-    def __init__(self, room: Room, prelude: bytes, replay: Replay | None) -> None:
-        self.room = room
+    def __init__(self, name: str, prelude: bytes, room: Room | None,
+                 replay: Replay | None) -> None:
+        self.name = name
         self.prelude = prelude
-        self.replay = replay
+        self.room = room
+        self.replay = replay if room is not None else None
 
 
 class CatchUp:
@@ -115,15 +118,28 @@ class CatchUp:
         self.held_bytes = 0
 
     def add(self, room: Room, prelude: bytes, replay: Replay | None = None) -> None:
-        self.owed.append(_Owed(room, prelude, replay))
+        self.owed.append(_Owed(room.name, prelude, room, replay))
+
+    def add_frame(self, room: str, frame: bytes) -> None:
+        """A frame about ``room`` that must come after what is owed so far."""
+        self.owed.append(_Owed(room, frame, None, None))
 
     def hold(self, frame: bytes) -> None:
         self.held.append(frame)
         self.held_bytes += len(frame)
 
-    def drop(self, room: str) -> None:
-        """The session left ``room``: nothing more of it is owed."""
-        self.owed = deque(o for o in self.owed if o.room.name != room)
+    def stop(self, room: str) -> None:
+        """The session was made to leave ``room`` (its grant was removed): no more of its
+        replay is sent, and no ``caught_up``; a ``joined`` not yet sent still is, so the
+        client never hears of a room it was not told it joined."""
+        kept: deque[_Owed] = deque()
+        for owed in self.owed:
+            if owed.name == room and owed.room is not None:
+                owed.replay = None
+                if not owed.prelude:
+                    continue  # already announced: nothing more of it
+            kept.append(owed)
+        self.owed = kept
 
     @property
     def done(self) -> bool:
@@ -137,15 +153,15 @@ class CatchUp:
             prelude, owed.prelude = owed.prelude, b""
             if owed.replay is None:
                 self.owed.popleft()
-            return prelude, None, owed.room.name
-        replay = owed.replay
-        if replay is None:
+            return prelude, None, owed.name
+        replay, room = owed.replay, owed.room
+        if replay is None or room is None:
             self.owed.popleft()
-            return b"", None, owed.room.name
+            return b"", None, owed.name
         if not replay.done:
-            return replay.next_page(owed.room), None, owed.room.name
+            return replay.next_page(room), None, owed.name
         self.owed.popleft()
-        return replay.caught_up(owed.room.name), replay, owed.room.name
+        return replay.caught_up(owed.name), replay, owed.name
 
     def release(self) -> bytes:
         """Every live frame held meanwhile (once nothing is owed)."""

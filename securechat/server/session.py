@@ -87,6 +87,7 @@ class Session(FrameDispatch):
         self.grants = _NO_GRANTS
         self.tokens_seen = None
         self.joining = None
+        self.deferred = []
         self.close_reason = ""
         self.sock: ssl.SSLSocket = host.ssl_context.wrap_socket(
             raw, server_side=True, do_handshake_on_connect=False)
@@ -373,6 +374,7 @@ class Session(FrameDispatch):
                 self._queue_out(catchup.release())
                 if not self.write_blocked:
                     self._write()
+                self._run_deferred()
                 return
             try:
                 chunk, finished, room = catchup.step()

@@ -154,6 +154,9 @@ def set_modes(conn: sqlite3.Connection, path: Path, durability: Durability) -> N
             "the data dir must be on a local file system that supports shared memory "
             "(not NFS/SMB); choose another --data-dir")
     conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[durability]}")
+    # The writer's commits never run a checkpoint themselves: checkpoint.py does, on a
+    # thread of its own (SQLite's default would make one commit in ~1000 pages wait).
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
 
 
 def open_database(path: Path, durability: Durability, *, vfs: str | None = None,

@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .base import Durability, Pending, RecentId, StoredMessage, StoreOpenError, StoreUnavailable
+from .checkpoint import Checkpointer
 from .schema import DB_NAME, DirLock, connect, open_database, prepare_dir
 from .writer import OnFailed, OnStored, Writer
 
@@ -72,12 +73,13 @@ class SQLiteLog:
     synchronous = False
 
     def __init__(self, data_dir: Path, lock: DirLock, epoch: str, writer: Writer,
-                 vfs: str | None) -> None:
+                 vfs: str | None, checkpointer: Checkpointer) -> None:
         self.data_dir = data_dir
         self.path = data_dir / DB_NAME
         self._lock = lock
         self._epoch = epoch
         self._writer = writer
+        self._checkpointer = checkpointer
         self._vfs = vfs
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -90,7 +92,8 @@ class SQLiteLog:
              on_thread_died: Callable[[BaseException], None] | None = None,
              max_items: int = 10_000, max_bytes: int = 64 << 20, max_batch: int = 2000,
              retry_after: float = 1.0, retention_interval: float = 5.0,
-             quick_check: bool = True, vfs: str | None = None) -> SQLiteLog:
+             checkpoint_interval: float = 1.0, quick_check: bool = True,
+             vfs: str | None = None) -> SQLiteLog:
         """Open or create the log in ``data_dir``; raises :class:`StoreOpenError`.
 
         ``quick_check=False`` skips ``PRAGMA quick_check`` (it reads the whole file;
@@ -121,7 +124,9 @@ class SQLiteLog:
         except BaseException:
             lock.release()
             raise
-        return cls(data_dir, lock, epoch, writer, vfs)
+        checkpointer = Checkpointer(path, interval=checkpoint_interval, vfs=vfs,
+                                    on_thread_died=on_thread_died)
+        return cls(data_dir, lock, epoch, writer, vfs, checkpointer)
 
     @property
     def epoch(self) -> str:
@@ -130,8 +135,10 @@ class SQLiteLog:
     # -- writing ----------------------------------------------------------------------
 
     def start(self, on_stored: OnStored, on_failed: OnFailed) -> None:
-        """Start the writer thread; the callbacks run on it (keep them short)."""
+        """Start the writer and checkpoint threads; the callbacks run on the writer
+        (keep them short)."""
         self._writer.start(on_stored, on_failed)
+        self._checkpointer.start()
 
     def submit(self, item: Pending) -> None:
         """Queue ``item``; never waits on the disk. Raises :class:`StoreUnavailable`."""
@@ -148,6 +155,7 @@ class SQLiteLog:
         for conn in readers:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
+        self._checkpointer.stop()
         # The writer's connection closes last: the last one out checkpoints the WAL
         # into the main file and removes it, so a stopped server leaves one file.
         self._writer.close()

@@ -39,6 +39,10 @@ _UPSERT_ROOM = ("INSERT INTO rooms (room, last_seq, last_stored_at) VALUES (?, ?
 _BUGS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
 #: Rows per retention DELETE: a few milliseconds, the most a commit waits for it.
 RETENTION_CHUNK = 500
+#: Seconds of retention work between two batches at most: with many rooms a pass is
+#: cut into slices, so a commit never waits behind a walk over every room.
+RETENTION_SLICE = 0.005
+_UNKNOWN = (-1, 0.0)
 
 
 def _reason(exc: BaseException) -> str:
@@ -88,6 +92,11 @@ class Writer:
         self._failed_batches = 0
         self._thread: threading.Thread | None = None
         self._inflight: list[Pending] | None = None  # taken, not yet answered
+        #: Per room, (seq, stored_at) of its oldest stored message as this thread last
+        #: saw it, None if it holds none: retention reads SQLite only for rooms over a
+        #: limit (a room missing here is looked up once).
+        self._oldest: dict[str, tuple[int, float] | None] = {}
+        self._retain_from = 0  # where a pass cut short goes on
 
     # -- any thread -------------------------------------------------------------------
 
@@ -183,6 +192,7 @@ class Writer:
         last_at = self._last_at
         new_last: dict[str, int] = {}
         new_at: dict[str, float] = {}
+        first: dict[str, tuple[int, float]] = {}
         rows = []
         for item in batch:
             room = item.room
@@ -192,11 +202,17 @@ class Writer:
             at = now if now > at else at  # never back within a room: retention walks seq
             new_last[room] = seq
             new_at[room] = at
+            if room not in first:
+                first[room] = (seq, at)
             item.seq = seq
             item.ts = ts
             item.stored_at = at
             rows.append((room, seq, item.sender, item.client, item.msg_id, ts, at, item.body))
         room_rows = [(room, seq, new_at[room]) for room, seq in new_last.items()]
+        oldest = self._oldest
+        for room, entry in first.items():
+            if room in oldest and oldest[room] is None:
+                oldest[room] = entry  # it held none: this is its oldest now
         if not durable:
             # Acknowledge first (the promise of "memory"), then store; the counters move
             # on even if the write fails, so no seq is given out twice in this process.
@@ -293,39 +309,64 @@ class Writer:
             self._retry_at = 0.0
 
     def _retain(self) -> bool:
-        """One chunk of pruning in each room over its limits; True if more remains."""
+        """One chunk of pruning in each room over its limits; True if more remains.
+
+        Only rooms over ``history_max`` or with messages older than ``history_age`` cost
+        a query (the oldest message of each room is remembered), and a pass stops after
+        RETENTION_SLICE, going on after the next batch: the cost per commit does not
+        grow with the number of rooms."""
         if not (self._history_max or self._history_age):
             return False
         more = False
         cutoff = time.time() - self._history_age
+        rooms = list(self.last.items())
+        count = len(rooms)
+        start = self._retain_from % count if count else 0
+        deadline = time.monotonic() + RETENTION_SLICE
         try:
             conn = self._connection()
-            for room, last in list(self.last.items()):
-                oldest = conn.execute("SELECT MIN(seq) FROM messages WHERE room = ?",
-                                      (room,)).fetchone()[0]
+            for i in range(count):
+                if i and time.monotonic() >= deadline:  # at least one room a pass
+                    self._retain_from = (start + i) % count
+                    return True
+                room, last = rooms[(start + i) % count]
+                oldest = self._oldest.get(room, _UNKNOWN)
+                if oldest is _UNKNOWN:
+                    oldest = self._oldest[room] = self._oldest_of(conn, room)
                 if oldest is None:
                     continue
-                bound = oldest + RETENTION_CHUNK
-                if self._history_max and last - oldest + 1 > self._history_max:
+                first, first_at = oldest
+                over_max = self._history_max and last - first + 1 > self._history_max
+                if not over_max and not (self._history_age and first_at < cutoff):
+                    continue
+                bound = first + RETENTION_CHUNK
+                if over_max:
                     bound = min(bound, last - self._history_max + 1)
                     deleted = conn.execute(
                         "DELETE FROM messages WHERE room = ? AND seq < ?", (room, bound)
                     ).rowcount
-                elif self._history_age:
+                else:
                     deleted = conn.execute(
                         "DELETE FROM messages WHERE room = ? AND seq < ? AND stored_at < ?",
                         (room, bound, cutoff)).rowcount
-                else:
-                    continue
-                more = more or deleted >= bound - oldest
+                self._oldest[room] = self._oldest_of(conn, room)
+                more = more or deleted >= bound - first
         except _BUGS:
             raise
         except sqlite3.DatabaseError as exc:
             self._drop_connection()
+            self._oldest.clear()  # read again once the log works
             logger.warning("message log %s: pruning old messages failed: %s",
                            self._path, _reason(exc))
             return False
+        self._retain_from = 0
         return more
+
+    @staticmethod
+    def _oldest_of(conn: sqlite3.Connection, room: str) -> tuple[int, float] | None:
+        row = conn.execute("SELECT seq, stored_at FROM messages WHERE room = ? "
+                           "ORDER BY seq LIMIT 1", (room,)).fetchone()
+        return None if row is None else (int(row[0]), float(row[1]))
 
     def _die(self, exc: BaseException) -> None:
         """Never silently: log, answer what is still waiting, then tell the server."""

@@ -179,6 +179,30 @@ def test_retention_prunes_by_age_and_max_0_is_no_count_limit(tmp_path: Path) -> 
         log.close()
 
 
+def test_retention_in_slices_reaches_every_room_among_many(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a slice too short for even one room, each pass does one room and goes on
+    from there the next time: the room over its limit, last of 300, is still pruned,
+    and rooms written after they were seen empty are tracked from their first message."""
+    from securechat.store import writer
+
+    data = tmp_path / "data"
+    log, collector = open_started(data)
+    store_all(log, collector, [item("x", room=f"r{i:03}") for i in range(300)])
+    store_all(log, collector, [item(f"m{i}", room="r299") for i in range(20)])
+    log.close()
+    monkeypatch.setattr(writer, "RETENTION_SLICE", 0.0)
+    log, collector = open_started(data, history_max=5, history_age=0,
+                                  retention_interval=0.01)
+    try:
+        wait_for(lambda: log.oldest_seq("r299") == 17, what="r299 pruned to 5 messages")
+        assert all(log.oldest_seq(f"r{i:03}") == 1 for i in range(0, 299, 37))
+        store_all(log, collector, [item(f"n{i}", room="fresh") for i in range(8)])
+        wait_for(lambda: log.oldest_seq("fresh") == 4, what="a new room pruned too")
+    finally:
+        log.close()
+
+
 def test_a_room_pruned_empty_still_continues_its_seq(tmp_path: Path) -> None:
     data = tmp_path / "data"
     log, collector = open_started(data)

@@ -21,6 +21,7 @@ from ..errors import ClientError, ConfigError, ProtocolError, QueueFull
 from .display import ShownEvent, clean, clock, event_text, grants_text, status_text
 from .options import (
     DEFAULT_INTERACTIVE_HISTORY,
+    INTERACTIVE_COMMANDS,
     PROG,
     UsageError,
     exit_code,
@@ -31,20 +32,9 @@ from .scripted import RoomFollow
 __all__ = ["INTERACTIVE_HELP", "next_room", "run_interactive", "split_command"]
 
 
-INTERACTIVE_HELP = """\
-commands:
-  /quit           say bye and leave (also Ctrl-D, Ctrl-C)
-  /join #ROOM     join a room and make it the current one
-  /leave [#ROOM]  leave a room (default: the current one)
-  /switch #ROOM   make a joined room the current one (also Tab: the next one)
-  /rooms          the joined rooms (current one marked) and the token's grants
-  /who            who is in the current room
-  /history [N]    show N (default 20) messages of the current room before the
-                  oldest shown
-  /help           this list
-  //text          send a line that starts with '/'
-anything else is sent to the current room, named in the prompt; lines from
-other rooms start with their #room."""
+INTERACTIVE_HELP = ("commands:\n" + INTERACTIVE_COMMANDS
+                    + "\nanything else is sent to the current room, named in the prompt; "
+                    "lines from\nother rooms start with their #room.")
 
 
 def next_room(rooms: Sequence[str], current: str | None) -> str | None:

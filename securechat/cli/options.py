@@ -70,7 +70,20 @@ was missed meanwhile; those lines are marked [earlier], as are the last
 reported as missed.
 """
 
-EPILOG = """\
+#: The interactive commands: in --help, and what /help shows (one text).
+INTERACTIVE_COMMANDS = """\
+  /quit            say bye and leave (also Ctrl-D, Ctrl-C)
+  /join #ROOM      join a room and make it the current one
+  /leave [#ROOM]   leave a room (default: the current one)
+  /switch #ROOM    make a joined room the current one (also Tab: the next one)
+  /rooms           the joined rooms (current one marked) and the token's grants
+  /who             who is in the current room
+  /history [N]     show N (default 20) messages of the current room older than
+                   the oldest shown
+  /help            list the commands
+  //text           send a line that starts with '/'"""
+
+EPILOG = f"""\
 using rooms:
   A session can be in several rooms at once. Without --room the client logs in
   to the server's default room, as older clients do. --room NAME (repeatable; a
@@ -88,16 +101,7 @@ using rooms:
   joined, left and grants events.
 
 interactive commands:
-  /quit            say bye and leave (also Ctrl-D, Ctrl-C)
-  /join #ROOM      join a room and make it the current one
-  /leave [#ROOM]   leave a room (default: the current one)
-  /switch #ROOM    make a joined room the current one (also Tab: the next one)
-  /rooms           the joined rooms (current one marked) and the token's grants
-  /who             who is in the current room
-  /history [N]     show N (default 20) messages of the current room older than
-                   the oldest shown
-  /help            list the commands
-  //text           send a line that starts with '/'
+{INTERACTIVE_COMMANDS}
   The prompt names the current room ([#general] alice> ); typed lines go there,
   and lines from other rooms are prefixed with their #room.
 

@@ -10,7 +10,8 @@ import pexpect
 import pytest
 
 from securechat import protocol
-from tests.client_support import ClientPool, cli_args, cli_command, cli_env, next_of
+from tests.cli.terminal import Terminals
+from tests.client_support import ClientPool, cli_args, next_of
 from tests.support import Certs, MakeServer, RunningServer, seconds, wait_for
 
 pytest_plugins = ["tests.client_support"]
@@ -19,25 +20,18 @@ pytest_plugins = ["tests.client_support"]
 @pytest.fixture
 def spawn(certs: Certs, tmp_path: Path) -> Iterator[Callable[[RunningServer], pexpect.spawn]]:
     """Factory: ``securechat-client`` as alice on a 100x24 pseudo-terminal."""
-    children: list[pexpect.spawn] = []
+    ptys = Terminals()
 
     def start(running: RunningServer) -> pexpect.spawn:
         token = tmp_path / "alice.token"
         token.write_text(running.add_user("alice"))
-        # No cursor-position requests: nothing on the other side of this pty answers them.
-        env = cli_env(PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm")
-        program, *args = cli_command(
-            *cli_args(running.port, certs.ca_path, "--token-file", str(token)))
-        child = pexpect.spawn(program, args, env=env, encoding="utf-8", timeout=seconds(10),
-                              dimensions=(24, 100))
-        children.append(child)
-        return child
+        return ptys.spawn(*cli_args(running.port, certs.ca_path, "--token-file",
+                                    str(token)))
 
-    yield start
-    for child in children:
-        if child.isalive():
-            child.terminate(force=True)
-        child.close()
+    try:
+        yield start
+    finally:
+        ptys.close()
 
 
 @pytest.fixture

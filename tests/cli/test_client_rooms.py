@@ -21,12 +21,11 @@ from securechat.cli import client as client_cli
 from securechat.client import Client
 from securechat.grants import Grants, Mode
 from securechat.server.tokens import add_token
+from tests.cli.terminal import Terminals
 from tests.client_support import (
     ClientPool,
     CliProcess,
     cli_args,
-    cli_command,
-    cli_env,
     collect,
     next_of,
     run_cli,
@@ -206,21 +205,15 @@ def test_bot_talks_in_its_room_once_its_peer_is_there(
 @pytest.fixture
 def terminal_as(certs: Certs) -> Iterator[Callable[..., pexpect.spawn]]:
     """Factory: ``securechat-client --token-file TOKEN ARGS`` on a 100x24 pty."""
-    children: list[pexpect.spawn] = []
+    ptys = Terminals()
 
     def start(running: RunningServer, token: Path, *extra: str) -> pexpect.spawn:
-        env = cli_env(PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm")
-        program, *args = cli_command(*base(running, certs, token, *extra))
-        child = pexpect.spawn(program, args, env=env, encoding="utf-8",
-                              timeout=seconds(10), dimensions=(24, 100))
-        children.append(child)
-        return child
+        return ptys.spawn(*base(running, certs, token, *extra))
 
-    yield start
-    for child in children:
-        if child.isalive():
-            child.terminate(force=True)
-        child.close()
+    try:
+        yield start
+    finally:
+        ptys.close()
 
 
 def test_interactive_refused_join_and_bad_names(

@@ -15,6 +15,7 @@ import pytest
 
 from securechat.server.replay import LOW_WATER
 from securechat.server.session import Session, State
+from tests.server.rooms_support import ALL, NOISE, RW, joined, line, send_to
 from tests.support import (
     MakeServer,
     RunningServer,
@@ -24,36 +25,11 @@ from tests.support import (
     wait_for,
 )
 
-RW = "rw"
-ALL = {"*": RW}
-#: Frames a test passes over while waiting for a specific one.
-NOISE = ("ping", "join", "leave")
-
-
 # --------------------------------------------------------------------------- helpers
-def line(frame: dict[str, Any]) -> bytes:
-    return json.dumps(frame, separators=(",", ":")).encode() + b"\n"
 
 
-def send_to(wire: WireClient, room: str, bodies: list[str], prefix: str = "") -> list[
-        dict[str, Any]]:
-    """Send ``bodies`` to ``room`` (pipelined, 500 at a time) and return their acks."""
-    acks: list[dict[str, Any]] = []
-    for start in range(0, len(bodies), 500):
-        part = range(start, min(start + 500, len(bodies)))
-        wire.send(b"".join(line({"type": "msg", "room": room, "body": bodies[i],
-                                 "id": f"{prefix or room}-{i}"}) for i in part))
-        acks.extend(wire.expect("ack", 10, skip=(*NOISE, "msg")) for _ in part)
-    assert [a["id"] for a in acks] == [f"{prefix or room}-{i}" for i in range(len(bodies))]
-    assert {a["room"] for a in acks} <= {room}
-    return acks
 
 
-def joined(wire: WireClient, room: str) -> dict[str, Any]:
-    wire.send({"type": "join", "room": room})
-    frame = wire.expect("joined", skip=NOISE)
-    assert frame["room"] == room
-    return frame
 
 
 def collect(wire: WireClient, done: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
@@ -285,11 +261,9 @@ def membership_events(frames: list[dict[str, Any]], room: str) -> list[str]:
             and f["type"] in ("joined", "left")]
 
 
-def test_leave_and_rejoin_during_another_rooms_replay_keeps_their_order(
-        make_server: MakeServer) -> None:
-    """bob logs in to "big" (a stalled replay) and "x"; he leaves and rejoins x before the
-    replay is out. Both wait for the catch-up, then are answered in order: for x he sees
-    joined (from the login), left, joined, and is in x afterwards."""
+def stalled_in_big_and_x(make_server: MakeServer) -> tuple[WireClient, WireClient, Session]:
+    """bob logs in to "big" (resumed from 0: a replay that stalls on his socket), then
+    "x", where the writer is too: the writer, bob, and bob's session once stalled."""
     running = make_server(msg_rate=0)
     writer, _count = fill(running, "big")
     writer.send({"type": "join", "room": "x"})
@@ -298,6 +272,15 @@ def test_leave_and_rejoin_during_another_rooms_replay_keeps_their_order(
     assert welcome["rooms"] == ["big", "x"]
     session = session_of(running, "bob")
     wait_for(lambda: stalled(session), what="bob's replay to stall")
+    return writer, bob, session
+
+
+def test_leave_and_rejoin_during_another_rooms_replay_keeps_their_order(
+        make_server: MakeServer) -> None:
+    """bob logs in to "big" (a stalled replay) and "x"; he leaves and rejoins x before the
+    replay is out. Both wait for the catch-up, then are answered in order: for x he sees
+    joined (from the login), left, joined, and is in x afterwards."""
+    writer, bob, session = stalled_in_big_and_x(make_server)
     send_to(writer, "x", ["x before"], "xb")
     bob.send(line({"type": "leave", "room": "x"}) + line({"type": "join", "room": "x"}))
     wait_for(lambda: len(session.deferred) == 2, what="both to wait for the catch-up")
@@ -318,14 +301,7 @@ def test_a_room_left_before_its_joined_was_sent_still_gets_joined_first(
     """bob's login names "big" (a stalled replay) then "x": x's joined waits behind big's
     replay. He asks to leave x before it was sent: he still gets x's joined first (the
     welcome named x), then what x sent meanwhile, then left."""
-    running = make_server(msg_rate=0)
-    writer, _count = fill(running, "big")
-    writer.send({"type": "join", "room": "x"})
-    writer.expect("joined", skip=NOISE)
-    bob, welcome = running.user("bob", rooms=[resume_entry(running, "big"), "x"], grants=ALL)
-    assert welcome["rooms"] == ["big", "x"]
-    session = session_of(running, "bob")
-    wait_for(lambda: stalled(session), what="bob's replay to stall")
+    writer, bob, session = stalled_in_big_and_x(make_server)
     send_to(writer, "x", ["x while replaying"], "xr")
     bob.send({"type": "leave", "room": "x"})
     wait_for(lambda: bool(session.deferred), what="the leave to wait for the catch-up")

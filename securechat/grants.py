@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Final, Literal
+from typing import Final, Literal, cast
 
 from .protocol import MAX_ROOM_LENGTH
 
@@ -82,7 +82,8 @@ class Grants:
 
     __slots__ = ("_exact", "_globs", "items")
 
-    def __init__(self, grants: Mapping[str, Mode] | Iterable[tuple[str, Mode]] = ()) -> None:
+    def __init__(self, grants: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
+        """Modes are checked here (ValueError), so any str mapping is accepted."""
         pairs = list(grants.items() if isinstance(grants, Mapping) else grants)
         merged: dict[str, Mode] = {}
         for pattern, mode in pairs:
@@ -91,7 +92,7 @@ class Grants:
             if mode not in MODES:
                 raise ValueError(f"grant mode for {pattern!r} must be 'rw' or 'ro'")
             if merged.get(pattern) != "rw":
-                merged[pattern] = mode
+                merged[pattern] = cast(Mode, mode)
         if len(merged) > MAX_GRANTS:
             raise ValueError(f"more than {MAX_GRANTS} room grants")
         #: Sorted (pattern, mode) pairs: the wire and file form.

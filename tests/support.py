@@ -188,7 +188,7 @@ class RunningServer:
         """Add a token (with room ``grants``, else the default room's) to the tokens
         file and wait until the server has re-read it."""
         token, record = add_token(self.tokens_path, name,
-                                  None if grants is None else Grants(grants))  # type: ignore[arg-type]
+                                  None if grants is None else Grants(grants))
         wait_for(lambda: record.id in self.server.tokens, what=f"server to load {name}'s token")
         return token
 
@@ -196,7 +196,7 @@ class RunningServer:
         """Replace every token of ``name``'s grants in the file and wait until the server
         has re-read it (as ``securechat-token grant``/``ungrant`` would)."""
         store = load_store(self.tokens_path)
-        new = Grants(grants)  # type: ignore[arg-type]
+        new = Grants(grants)
         records = [dataclasses.replace(r, grants=new) if r.name == name else r for r in store]
         write_store(self.tokens_path, TokenStore(records))
         ids = {r.id for r in records if r.name == name}

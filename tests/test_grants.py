@@ -97,7 +97,7 @@ def test_invalid_patterns(pattern: str, reason: str) -> None:
 def test_invalid_mode_and_too_many_grants() -> None:
     """A mode other than rw/ro, a non-string pattern and more than MAX_GRANTS are refused."""
     with pytest.raises(ValueError, match="'rw' or 'ro'"):
-        Grants({"ops": "rwx"})  # type: ignore[dict-item]
+        Grants({"ops": "rwx"})
     assert pattern_problem(5) is not None
     assert Grants({f"r{i}": "rw" for i in range(MAX_GRANTS)}).mode("r0") == "rw"
     with pytest.raises(ValueError, match=f"more than {MAX_GRANTS}"):

@@ -136,7 +136,8 @@ def test_grant_and_ungrant_one_token_by_id(tmp_path: Path,
     first, second = (r.id for r in load_store(path))
     code, out, _ = _run(capsys, path, "grant", first, "ops")
     assert code == 0 and out == f"alice\t{first}\tlobby:rw,ops:rw\n"
-    assert load_store(path).get(second).grants is None
+    got = load_store(path).get(second)
+    assert got is not None and got.grants is None
     code, out, _ = _run(capsys, path, "ungrant", first, "lobby")
     assert code == 0 and out == f"alice\t{first}\tops:rw\n"
 

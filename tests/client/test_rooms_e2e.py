@@ -4,6 +4,8 @@ dir, and an old-style client unchanged."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from securechat import protocol
 from securechat.client import Connected
 from tests.client_support import ClientPool, collect, next_of, room_token
@@ -12,7 +14,7 @@ from tests.support import MakeServer, seconds
 pytest_plugins = ["tests.client_support"]
 
 
-def messages(events: list[object], room: str) -> list[str]:
+def messages(events: Sequence[object], room: str) -> list[str]:
     return [e.body for e in events if isinstance(e, protocol.Message) and e.room == room]
 
 

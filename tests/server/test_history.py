@@ -175,7 +175,7 @@ def test_messages_pruned_by_history_max_are_gone_from_history_and_resume(
     bob.close()
     alice, _ = running.user("alice")
     publish(alice, [f"m{i}" for i in range(30)])
-    log = running.server.room.log  # type: ignore[attr-defined]
+    log = running.server.room.log
     # SQLite prunes in the background, every 5 s.
     wait_for(lambda: log.oldest_seq("lobby") == 21, timeout=10, what="retention to run")
 
@@ -205,7 +205,7 @@ def test_after_a_restart_a_resume_from_before_the_pruned_messages_is_told_the_ga
     bob.close()
     alice, _ = first.user("alice")
     publish(alice, [f"m{i}" for i in range(30)])
-    log = first.server.room.log  # type: ignore[attr-defined]
+    log = first.server.room.log
     wait_for(lambda: log.oldest_seq("lobby") == 21, timeout=10, what="retention to run")
     stop_server(first)
 

@@ -201,7 +201,8 @@ def test_grant_and_ungrant_rooms(tmp_path: Path) -> None:
         {r.id: r.grants for r in records}
     results = ungrant_rooms(path, r1.id, ["team-*", "nope"], "main")
     assert [(r.id, missing) for r, missing in results] == [(r1.id, ["nope"])]
-    assert load_store(path).get(r1.id).grants == Grants({"main": "rw", "ops": "ro"})
+    got = load_store(path).get(r1.id)
+    assert got is not None and got.grants == Grants({"main": "rw", "ops": "ro"})
     # Exact patterns only: ungranting team-a leaves team-* (held by r2).
     ((r, missing),) = ungrant_rooms(path, r2.id, ["team-a"], "main")
     assert missing == ["team-a"] and r.grants == Grants({"ops": "ro", "team-*": "ro"})
@@ -231,8 +232,8 @@ def test_set_grants_keeps_a_group_readable_mode(tmp_path: Path) -> None:
     path.chmod(0o640)
     set_grants(path, "alice", lambda g: Grants({**dict(g.items), "dev": "ro"}), "lobby")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
-    assert load_store(path).get(next(iter(load_store(path))).id).grants == \
-        Grants({"lobby": "rw", "ops": "rw", "dev": "ro"})
+    (only,) = load_store(path)
+    assert only.grants == Grants({"lobby": "rw", "ops": "rw", "dev": "ro"})
 
 
 def test_too_many_grants_is_a_token_error_and_keeps_the_file(tmp_path: Path) -> None:

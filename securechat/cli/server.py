@@ -48,6 +48,10 @@ exit codes: 0 after a clean shutdown (SIGINT/SIGTERM), 1 on a configuration erro
 (missing or bad certificate, key or tokens file) or when shutdown had to cut
 clients off, 2 on a usage error, 70 when a server thread died of a bug (its
 traceback is in the log): let a supervisor restart the server.
+
+certificates: SIGHUP (or a change to --cert/--key, checked every --tokens-poll
+seconds) loads the pair again for new connections; live sessions stay up, and a
+pair that does not load is logged (certs_reload_failed) and the old one kept.
 """
 
 
@@ -128,8 +132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         server.interrupt()  # takes no lock: safe in a signal handler
 
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        server.request_certificate_reload()  # a flag and a non-blocking wake-up, no lock
+
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    if hasattr(signal, "SIGHUP"):
+        # Certificate rotation: new connections get the re-read --cert/--key pair.
+        signal.signal(signal.SIGHUP, on_hangup)
     # A file-size limit (RLIMIT_FSIZE) must fail a write with EFBIG, which the message
     # log answers with store_unavailable, not kill the whole server.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

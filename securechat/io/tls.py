@@ -1,6 +1,8 @@
 """The one place TLS contexts are built, for the server and for clients.
 
-A context is built once at start-up and never mutated while serving.
+A context is never mutated once built. Certificate rotation builds a new one
+(:class:`CertificateWatcher`) that only connections accepted afterwards use; live
+SSL objects keep a reference to the context they were made from.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from ..errors import ConfigError
 __all__ = [
     "GROUP_LISTS",
     "TLS_VERSIONS",
+    "CertificateWatcher",
     "check_certificate",
     "choose_groups",
     "client_context",
+    "describe_certificate",
     "server_context",
 ]
 
@@ -119,6 +123,74 @@ def server_context(certfile: Path, keyfile: Path, *, tls_min: str = "1.3") -> ss
     except OSError as exc:
         raise ConfigError(f"cannot read {keyfile}: {exc.strerror}") from exc
     return ctx
+
+
+def describe_certificate(certfile: Path) -> dict[str, str]:
+    """``not_after`` and ``subject`` of the first certificate in ``certfile`` for a log
+    line; empty if it cannot be read (the caller already loaded it, so that is rare)."""
+    try:
+        from cryptography import x509
+
+        cert = x509.load_pem_x509_certificate(certfile.read_bytes())
+    except (ImportError, OSError, ValueError):
+        return {}
+    return {"not_after": f"{cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}",
+            "subject": cert.subject.rfc4514_string()}
+
+
+#: What identifies one version of a file: mtime, inode, size, ctime (None: missing).
+_Signature = tuple[int, int, int, int] | None
+
+
+def _stat(path: Path) -> _Signature:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_ino, st.st_size, st.st_ctime_ns)
+
+
+class CertificateWatcher:
+    """Notices when the certificate or key file changes (by polling ``stat``, which also
+    sees a rename over the file, as certbot and ``securechat-certs --force`` do) and
+    builds a new server context from the pair.
+
+    A pair that does not load (unreadable, garbage, a key of another certificate, a
+    certificate written before its key) keeps the caller's context: ``poll`` then
+    returns None and sets ``last_error`` once per change, not on every poll, so the
+    caller logs it once. The next change is tried again, so a half-written pair is
+    picked up as soon as its second file lands. Not thread-safe: one caller at a time.
+    """
+
+    def __init__(self, certfile: Path, keyfile: Path, *, tls_min: str = "1.3") -> None:
+        self.certfile = certfile
+        self.keyfile = keyfile
+        self.tls_min = tls_min
+        self._signature = self._stat()
+        self._reported: tuple[object, str] | None = None
+        #: Why the last change could not be loaded; the caller logs it and clears it.
+        self.last_error: str | None = None
+
+    def _stat(self) -> tuple[_Signature, _Signature]:
+        return (_stat(self.certfile), _stat(self.keyfile))
+
+    def poll(self, *, force: bool = False) -> ssl.SSLContext | None:
+        """A new context if either file changed (or ``force``) and the pair loads."""
+        signature = self._stat()  # before reading: a write during the load is seen next time
+        if signature == self._signature and not force:
+            return None
+        self._signature = signature
+        try:
+            ctx = server_context(self.certfile, self.keyfile, tls_min=self.tls_min)
+        except ConfigError as exc:
+            message = str(exc)
+            if force or (signature, message) != self._reported:
+                self._reported = (signature, message)
+                self.last_error = message
+            return None
+        self._reported = None
+        self.last_error = None
+        return ctx
 
 
 def choose_groups() -> str | None:

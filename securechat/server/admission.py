@@ -83,6 +83,9 @@ class Admission:
                  tokens: TokenStore, rooms: RoomRegistry, loops: list[IOLoop],
                  stopping: threading.Event) -> None:
         self.config = config
+        #: The context new sessions are wrapped with. Replaced as a whole (one reference
+        #: store, atomic) by Server.reload_certificates and never mutated, so no lock: a
+        #: session reads it once, in Session.__init__, and keeps the SSL object it made.
         self.ssl_context = ssl_context
         #: Replaced as a whole when the file changes (Server.tokens).
         self.tokens = tokens

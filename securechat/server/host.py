@@ -28,6 +28,9 @@ class SessionHost(Protocol):
     """Everything a session reads from or reports to its server; nothing else."""
 
     config: ServerConfig
+    #: The context to wrap a new connection with: read once, when the session starts.
+    #: A certificate reload rebinds it to a new context (never mutates the old one), so
+    #: live sessions keep theirs.
     ssl_context: ssl.SSLContext
     #: The tokens in force now: looked up at auth and on every tick (revocation).
     tokens: TokenStore

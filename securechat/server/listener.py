@@ -30,7 +30,7 @@ from typing import Any, cast
 
 from ..errors import ServerThreadDied
 from ..io.loop import IOLoop
-from ..io.tls import server_context
+from ..io.tls import CertificateWatcher, describe_certificate, server_context
 from ..rooms import InProcessRoom, RoomRegistry
 from ..store.base import Durability, MessageLog
 from ..store.memory import MemoryLog
@@ -71,8 +71,14 @@ class Server:
                  tokens: TokenStore | None = None) -> None:
         self.config = config
         self._log: MessageLog | None = None
-        self.ssl_context = ssl_context or server_context(
+        ssl_context = ssl_context or server_context(
             config.cert, config.key, tls_min=config.tls_min)
+        # Watches --cert/--key from now on; the context given (or built) stays in force
+        # until a changed pair loads (reload_certificates, SIGHUP, the accept thread's poll).
+        self._certs = CertificateWatcher(config.cert, config.key, tls_min=config.tls_min)
+        self._certs_lock = threading.Lock()
+        #: Set by request_certificate_reload (a signal handler); read by the accept thread.
+        self._certs_requested = False
         self._watcher: TokenFileWatcher | None = None
         if tokens is None:
             tokens = load_store(config.tokens)
@@ -85,7 +91,7 @@ class Server:
                        for i in range(config.io_threads)]
         #: The admission limits and the accounting; the host of every session.
         self._admission = Admission(
-            config, ssl_context=self.ssl_context, tokens=tokens,
+            config, ssl_context=ssl_context, tokens=tokens,
             rooms=self._make_rooms(config),
             loops=self._loops, stopping=self._stopping)
         # The same objects as the host's (never rebound; tokens is a property).
@@ -96,6 +102,10 @@ class Server:
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._wake_r, self._wake_w = socket.socketpair()
+        # Neither end may block: a signal handler writes to one (a full pair means the
+        # accept thread has a wake-up pending anyway), the accept thread drains the other.
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._started = False
         self._stopped = threading.Event()
         self._shutdown_lock = threading.Lock()
@@ -140,6 +150,56 @@ class Server:
         # Sessions whose token is gone notice on their next tick (< 0.25 s) and close
         # with "revoked": no list of sessions to walk here, no race with a login.
         self._admission.tokens = store
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        """The context new connections get (replaced as a whole by a certificate reload;
+        live sessions keep the one they were wrapped with)."""
+        return self._admission.ssl_context
+
+    def reload_certificates(self) -> bool:
+        """Load ``--cert``/``--key`` again, even if unchanged, for new connections; True
+        if the new pair is in force. A pair that does not load is logged
+        (``certs_reload_failed``) and the previous context stays. Thread-safe; never
+        call it from a signal handler (it takes a lock): use
+        :meth:`request_certificate_reload` there."""
+        return self._reload_certificates(force=True)
+
+    def request_certificate_reload(self) -> None:
+        """Ask the accept thread to :meth:`reload_certificates` soon (SIGHUP). Takes no
+        lock (safe in a signal handler): sets a flag and wakes the accept thread through
+        the non-blocking wake socket."""
+        self._certs_requested = True
+        with contextlib.suppress(OSError):  # full (a wake-up is pending) or closed
+            self._wake_w.send(b"\0")
+
+    def _reload_certificates(self, *, force: bool) -> bool:
+        """One reload attempt (``force``) or poll; logs once per outcome. True if a new
+        context is in force or (a poll) nothing changed."""
+        with self._certs_lock:
+            try:
+                if self._inject_fault is not None:
+                    self._inject_fault("certs")
+                ctx = self._certs.poll(force=force)
+            except Exception as exc:  # a bug here must not stop accepting
+                logger.exception("certificate reload failed; keeping the previous certificate")
+                log_event(logger, logging.ERROR, "certs_reload_failed",
+                          f"{type(exc).__name__}: {exc}; keeping the previous certificate")
+                return False
+            if ctx is not None:
+                self._admission.ssl_context = ctx
+                log_event(logger, logging.INFO, "certs_reloaded",
+                          "new connections get the new certificate",
+                          cert=str(self._certs.certfile),
+                          **describe_certificate(self._certs.certfile))
+                return True
+            error = self._certs.last_error
+            self._certs.last_error = None
+        if error:
+            log_event(logger, logging.ERROR, "certs_reload_failed",
+                      f"{error}; keeping the previous certificate")
+            return False
+        return not force
 
     @property
     def address(self) -> tuple[str, int]:
@@ -292,8 +352,9 @@ class Server:
 
     # ------------------------------------------------------------------ accept thread
     def _accept_loop(self) -> None:
-        """The accept thread: accepts and polls the tokens file. If it dies, nobody new
-        gets in and revocation stops, so its death is fatal (see serve_forever)."""
+        """The accept thread: accepts, polls the tokens file and the certificate pair. If
+        it dies, nobody new gets in and revocation stops, so its death is fatal (see
+        serve_forever)."""
         try:
             self._accept_forever()
         except BaseException as exc:
@@ -318,7 +379,9 @@ class Server:
                 if not listening:
                     timeout = min(timeout, self._accept_resume_at - now)
                 for key, _ in sel.select(max(0.0, timeout)):
-                    if key.data == "accept" and listening:
+                    if key.data == "wake":
+                        _drain(self._wake_r)
+                    elif key.data == "accept" and listening:
                         if self._inject_fault is not None:
                             self._inject_fault("accept")
                         if self._accept_batch(listener):
@@ -326,10 +389,14 @@ class Server:
                             # leaves the selector for the pause instead of spinning.
                             sel.unregister(listener)
                             listening = False
+                if self._certs_requested:
+                    self._certs_requested = False
+                    self._reload_certificates(force=True)
                 now = time.monotonic()
                 if now >= next_poll:
                     next_poll = now + poll_every
                     self._poll_tokens()
+                    self._reload_certificates(force=False)
         finally:
             sel.close()
 
@@ -439,7 +506,7 @@ class Server:
     def _set_test_fault(self, where: str) -> None:
         """Tests only (SECURECHAT_TEST_FAULT): raise RuntimeError in the accept thread
         ("accept", on the next connection), the I/O loops ("io", on the next event) or
-        the token watcher ("tokens", on every poll)."""
+        the token watcher ("tokens", on every poll) or the certificate reload ("certs")."""
         def fault(point: str) -> None:
             if point == where:
                 raise RuntimeError(f"injected test fault ({where})")
@@ -474,6 +541,13 @@ def _tune_socket(sock: socket.socket, cfg: ServerConfig) -> None:
         # Longer than our own deadlines, so the application-level error comes first.
         user_timeout = 3 * cfg.heartbeat + cfg.write_timeout + 5
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(user_timeout * 1000))
+
+
+def _drain(sock: socket.socket) -> None:
+    """Read a non-blocking socket empty (the wake-ups are only a nudge)."""
+    with contextlib.suppress(OSError):
+        while sock.recv(4096):
+            pass
 
 
 def _read_int(path: str) -> int | None:

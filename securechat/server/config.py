@@ -119,7 +119,7 @@ class ServerConfig:
     retry_spread: float = field(default=10.0, metadata=_doc(
         "on shutdown, clients are told to come back spread over this many seconds"))
     tokens_poll: float = field(default=0.5, metadata=_doc(
-        "how often the tokens file is checked for changes"))
+        "how often the tokens file and the certificate/key pair are checked for changes"))
     log_level: str = field(default="info", metadata=_doc("debug, info, warning or error"))
     log_format: str = field(default="text", metadata=_doc("text, or json (one object a line)"))
 

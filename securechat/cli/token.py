@@ -1,10 +1,14 @@
-"""``securechat-token``: create, list and revoke access tokens, and edit their room grants."""
+"""``securechat-token``: create, list, rotate and revoke access tokens, and edit their
+room grants."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,9 +18,11 @@ from ..protocol import room_problem
 from ..server.tokens import (
     TokenRecord,
     add_token,
+    format_time,
     grant_rooms,
     load_store,
     revoke_tokens,
+    rotate_tokens,
     ungrant_rooms,
 )
 
@@ -35,6 +41,13 @@ token's live sessions are closed, and grant changes apply to live sessions (a
 session loses a room whose grant is gone, and may no longer send where its grant
 became read-only).
 
+rotate issues a new token with the same grants and lets the old ones (every token of
+NAME, or the one id) keep working for --grace (default 1h; 0: stop now), so a client
+can be moved to the new token without a gap. Past its expiry a token is refused at
+login and its live sessions are closed (error revoked) within about a second; the
+file does not need to change for that. list shows the expiry; revoke removes the
+token for good.
+
 Room grants are glob patterns over room names ('*' any run of characters, '?' one),
 comma-separated: 'general,ops,team-*' (a leading '#' is dropped). Each is rw (read
 and send) or, with --read-only, ro (read only); where several match a room, the
@@ -51,6 +64,7 @@ examples:
   securechat-token grant alice 'team-*' --read-only --tokens tokens.json
   securechat-token ungrant alice release --tokens tokens.json
   securechat-token list --tokens tokens.json
+  securechat-token rotate alice --grace 10m --tokens tokens.json  # old ones: 10 more min
   securechat-token revoke alice --tokens tokens.json   # every token of alice
   securechat-token revoke 3f9c0a1b2c3d --tokens tokens.json  # one token, by id
 """
@@ -72,6 +86,33 @@ def _room(text: str) -> str:
     if (problem := room_problem(name)) is not None:
         raise argparse.ArgumentTypeError(f"{problem}: {text!r}")
     return name
+
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+#: A grace longer than this is a typo (and would overflow the time functions).
+MAX_GRACE = 366 * 86400
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90s``, ``10m``, ``1h``, ``2d`` or plain (``1.5``, ``0``)."""
+    match = _DURATION_RE.fullmatch(text.strip().lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 90s, 10m, 1h, "
+                                         "2d or plain seconds)")
+    value = float(match.group(1)) * _UNITS[match.group(2)]
+    if not math.isfinite(value) or value > MAX_GRACE:
+        raise argparse.ArgumentTypeError(f"duration {text!r} is longer than 366 days")
+    return value
+
+
+def format_expiry(record: TokenRecord, now: float) -> str:
+    """``expires 2026-12-02T08:00:00Z`` (or ``expired ...``), "" for a token that does
+    not expire."""
+    if record.expires is None:
+        return ""
+    word = "expired" if record.expires <= now else "expires"
+    return f"{word} {format_time(record.expires)}"
 
 
 def format_grants(grants: Grants | None) -> str:
@@ -107,7 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--quiet", action="store_true",
                      help="print only the token (for scripts); otherwise a hint goes to stderr")
     sub.add_parser("list", parents=[common],
-                   help="list names, token ids and grants (never tokens)")
+                   help="list names, token ids, grants and expiries (never tokens)")
+    rot = sub.add_parser("rotate", parents=[common],
+                         help="issue NAME (or one token id) a new token with the same "
+                         "grants, print it once; the old ones expire after --grace")
+    rot.add_argument("name", metavar="NAME_OR_ID")
+    rot.add_argument("--grace", type=parse_duration, default=3600.0, metavar="DURATION",
+                     help="how long the old tokens keep working: 90s, 10m, 1h, 2d or "
+                     "plain seconds; 0: not at all (default: 1h)")
+    rot.add_argument("--quiet", action="store_true",
+                     help="print only the token (for scripts); otherwise a hint goes to stderr")
     rev = sub.add_parser("revoke", parents=[common], help="revoke NAME's tokens, or one token id")
     rev.add_argument("name", metavar="NAME_OR_ID")
     grant = sub.add_parser("grant", parents=[common, room],
@@ -190,8 +240,31 @@ def _list(args: argparse.Namespace) -> int:
     store = load_store(args.tokens)
     if not len(store):
         print(f"securechat-token: {args.tokens} holds no tokens", file=sys.stderr)
+    now = time.time()
     for r in store:
-        print(f"{r.name}\t{r.id}\t{r.created}\t{format_grants(r.grants)}")
+        # The expiry is a fifth column only where there is one: four-column readers
+        # of the output keep working.
+        expiry = format_expiry(r, now)
+        print(f"{r.name}\t{r.id}\t{r.created}\t{format_grants(r.grants)}"
+              + (f"\t{expiry}" if expiry else ""))
+    return EXIT_OK
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    result = rotate_tokens(args.tokens, args.name, args.grace)
+    if result is None:
+        _error(f"no token for {args.name!r} in {args.tokens}")
+        return EXIT_ERROR
+    token, record, old = result
+    print(token)
+    if not args.quiet:
+        now = time.time()
+        print(f"securechat-token: token {record.id} for {record.name} added to "
+              f"{args.tokens}, rooms {format_grants(record.grants)}; it is shown only "
+              "this once", file=sys.stderr)
+        for r in old:
+            print(f"securechat-token: old token {r.id} {format_expiry(r, now)}",
+                  file=sys.stderr)
     return EXIT_OK
 
 
@@ -206,7 +279,7 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"add": _add, "list": _list, "revoke": _revoke, "grant": _grant,
-            "ungrant": _ungrant}
+            "ungrant": _ungrant, "rotate": _rotate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

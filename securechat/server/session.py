@@ -580,6 +580,8 @@ class Session(FrameDispatch):
                 self._fail("revoked", "your token was revoked")
             elif tokens is not self.tokens_seen:
                 self._check_grants(tokens)  # the file changed: maybe this token's grants
+            elif tokens.next_expiry is not None and tokens.expired(self.token_id):
+                self._fail("revoked", "your token expired")  # rotated: its grace is over
         elif state is State.AUTH:
             if now >= self.auth_deadline:
                 self._fail("auth_timeout", "no valid auth frame in time")

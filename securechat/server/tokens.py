@@ -9,10 +9,15 @@ be guessed from its hash; a slow KDF would only make every login cost CPU.
 A record may carry room grants (:class:`~securechat.grants.Grants`); one without
 (``grants`` None, the format before rooms) may enter the server's default room only,
 which only the server knows (``--room``): :func:`effective_grants` resolves it.
+
+A record may also carry an expiry (``expires``, set by :func:`rotate_tokens` for the
+grace period of a rotation): past it the token is treated as revoked, by the clock
+alone, without the file changing.
 """
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import fcntl
 import functools
@@ -42,6 +47,7 @@ __all__ = [
     "grant_rooms",
     "load_store",
     "revoke_tokens",
+    "rotate_tokens",
     "set_grants",
     "ungrant_rooms",
     "validate_name",
@@ -64,6 +70,8 @@ class TokenRecord:
     created: str
     #: What the token may join; None: the server's default room only (read and send).
     grants: Grants | None = None
+    #: Unix time after which the token counts as revoked; None: it does not expire.
+    expires: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -72,7 +80,36 @@ class TokenRecord:
         }
         if self.grants is not None:  # absent keeps files of tokens without grants as they were
             data["grants"] = dict(self.grants.items)
+        if self.expires is not None:  # absent likewise: files without it load unchanged
+            data["expires"] = format_time(self.expires)
         return data
+
+    def expired(self, now: float) -> bool:
+        return self.expires is not None and self.expires <= now
+
+
+_TIME_RE: Final = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d{1,6})?Z")
+
+
+def format_time(when: float) -> str:
+    """UTC ISO 8601, ``2026-12-02T08:00:00Z``; milliseconds only where there are some
+    (a grace of 1.5 s must not be rounded to whole seconds)."""
+    millis = round(when * 1000)
+    seconds, ms = divmod(millis, 1000)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{text}.{ms:03d}Z" if ms else f"{text}Z"
+
+
+def parse_time(text: str) -> float:
+    """The Unix time of a :func:`format_time` string; ValueError if it is not one."""
+    match = _TIME_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(text)
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 60):
+        raise ValueError(text)
+    whole = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    return whole + float(match.group(7) or 0)
 
 
 def effective_grants(record: TokenRecord, default_room: str) -> Grants:
@@ -131,6 +168,10 @@ class TokenStore:
 
     def __init__(self, records: list[TokenRecord] | tuple[TokenRecord, ...] = ()) -> None:
         self._by_id = {r.id: r for r in records}
+        expiries = [r.expires for r in self._by_id.values() if r.expires is not None]
+        #: The earliest expiry of any token (Unix time), None if none expires: a session
+        #: looks at its own token's expiry only once the clock has passed this.
+        self.next_expiry: float | None = min(expiries) if expiries else None
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -151,12 +192,24 @@ class TokenStore:
         after a reload with this)."""
         return self._by_id.get(token_id)
 
+    def expired(self, token_id: str, now: float | None = None) -> bool:
+        """Whether the token with this id has passed its expiry (``now``: Unix time,
+        default the clock). Cheap while no token's expiry has come: one comparison."""
+        if self.next_expiry is None:
+            return False
+        now = time.time() if now is None else now
+        if now < self.next_expiry:
+            return False
+        record = self._by_id.get(token_id)
+        return record is not None and record.expired(now)
+
     def verify(self, token: str) -> TokenRecord | None:
-        """The record matching ``token``, or None.
+        """The record matching ``token``, or None (also for a token past its expiry).
 
         The id picks the record (ids are not secret); the secret is compared with
         :func:`hmac.compare_digest`, and an unknown id is compared against a dummy
         digest, so the time taken does not depend on how much of a secret matched.
+        The expiry is looked at only after the comparison, so it changes nothing there.
         """
         parts = split_token(token)
         if parts is None:
@@ -167,7 +220,7 @@ class TokenStore:
             hmac.compare_digest(_digest(self._DUMMY_SALT, secret), self._DUMMY_DIGEST)
             return None
         if hmac.compare_digest(_digest(record.salt, secret), record.digest):
-            return record
+            return None if record.expired(time.time()) else record
         return None
 
     # ------------------------------------------------------------------ file format
@@ -222,9 +275,19 @@ def _record_from_json(item: Any) -> TokenRecord:
     scheme, _, digest = fields["hash"].partition(":")
     if scheme != "sha256" or len(digest) != 64 or not _HEX_RE.fullmatch(digest):
         raise TokenError(f"unknown hash scheme for id {fields['id']} (want sha256:<64 hex>)")
+    expires = None
+    if "expires" in item:
+        value = item["expires"]
+        try:
+            if not isinstance(value, str):
+                raise ValueError(value)
+            expires = parse_time(value)
+        except ValueError:
+            raise TokenError("'expires' must be a UTC time like \"2026-12-02T08:00:00Z\"") from None
     return TokenRecord(id=fields["id"], name=fields["name"], salt=bytes.fromhex(fields["salt"]),
                        digest=bytes.fromhex(digest), created=created,
-                       grants=_grants_from_json(item["grants"]) if "grants" in item else None)
+                       grants=_grants_from_json(item["grants"]) if "grants" in item else None,
+                       expires=expires)
 
 
 def _grants_from_json(value: Any) -> Grants:
@@ -374,6 +437,31 @@ def revoke_tokens(path: Path, name_or_id: str) -> list[TokenRecord]:
         if removed:
             _write_store(path, TokenStore([r for r in store if r not in removed]))
     return removed
+
+
+def rotate_tokens(path: Path, name_or_id: str, grace: float
+                  ) -> tuple[str, TokenRecord, list[TokenRecord]] | None:
+    """Issue a new token for the user of ``name_or_id`` (every token of that name, or the
+    one token with that id), with the same grants, and make the old ones expire
+    ``grace`` seconds from now (an earlier expiry they had is kept). Returns the new
+    token, its record and the old records as they are now; None: no such token.
+
+    Old tokens with different grants are refused (a TokenError): which grants the new
+    one should get is then a choice to make by rotating them one id at a time."""
+    with _locked(path):
+        store = load_store(path)
+        old = [r for r in store if name_or_id in (r.name, r.id)]
+        if not old:
+            return None
+        if len({r.grants for r in old}) > 1:
+            raise TokenError(f"the tokens of {old[0].name} hold different grants; rotate "
+                             "them one token id at a time")
+        expires = round(time.time() + grace, 3)
+        marked = {r.id: replace(r, expires=expires if r.expires is None
+                                else min(r.expires, expires)) for r in old}
+        token, record = new_token(old[0].name, old[0].grants)
+        _write_store(path, TokenStore([*(marked.get(r.id, r) for r in store), record]))
+    return token, record, list(marked.values())
 
 
 def set_grants(path: Path, name_or_id: str, change: Callable[[Grants], Grants],

@@ -12,24 +12,8 @@ import pytest
 from securechat.cli import token as token_cli
 from securechat.grants import Grants
 from securechat.server.tokens import load_store
+from tests.cli.token_support import no_token_env, run_token  # noqa: F401
 from tests.support import clean_env, run_command, token_cli_command
-
-
-@pytest.fixture(autouse=True)
-def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The commands read SECURECHAT_TOKENS and SECURECHAT_ROOM: not from the caller here."""
-    monkeypatch.delenv("SECURECHAT_TOKENS", raising=False)
-    monkeypatch.delenv("SECURECHAT_ROOM", raising=False)
-
-
-def _run(capsys: pytest.CaptureFixture[str], path: Path, *args: str) -> tuple[int, str, str]:
-    """``securechat-token ARGS --tokens PATH``: exit code, stdout, stderr."""
-    try:
-        code = token_cli.main([*args, "--tokens", str(path)])
-    except SystemExit as exc:  # argparse usage errors
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _grants(path: Path, name: str) -> list[Grants | None]:
@@ -40,10 +24,10 @@ def test_add_without_rooms_is_the_default_room(tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     """No --rooms: grants None (the server's default room), listed as such."""
     path = tmp_path / "tokens.json"
-    code, out, err = _run(capsys, path, "add", "alice")
+    code, out, err = run_token(capsys, path, "add", "alice")
     assert code == 0 and out.startswith("sct1.") and "(default room)" in err
     assert _grants(path, "alice") == [None]
-    code, out, _ = _run(capsys, path, "list")
+    code, out, _ = run_token(capsys, path, "list")
     assert code == 0
     name, token_id, _, grants = out.strip().split("\t")
     assert (name, grants) == ("alice", "(default room)") and len(token_id) == 12
@@ -54,13 +38,13 @@ def test_add_with_rooms_and_read_only(tmp_path: Path,
     """--rooms takes comma-separated globs ('#' dropped); --read-only makes them ro,
     and alone makes the default room (--room) read-only."""
     path = tmp_path / "tokens.json"
-    assert _run(capsys, path, "add", "bot", "--rooms", "#general, ops,team-*")[0] == 0
-    assert _run(capsys, path, "add", "auditor", "--rooms", "*", "--read-only")[0] == 0
-    assert _run(capsys, path, "add", "viewer", "--read-only", "--room", "main")[0] == 0
+    assert run_token(capsys, path, "add", "bot", "--rooms", "#general, ops,team-*")[0] == 0
+    assert run_token(capsys, path, "add", "auditor", "--rooms", "*", "--read-only")[0] == 0
+    assert run_token(capsys, path, "add", "viewer", "--read-only", "--room", "main")[0] == 0
     assert _grants(path, "bot") == [Grants({"general": "rw", "ops": "rw", "team-*": "rw"})]
     assert _grants(path, "auditor") == [Grants({"*": "ro"})]
     assert _grants(path, "viewer") == [Grants({"main": "ro"})]
-    code, out, _ = _run(capsys, path, "list")
+    code, out, _ = run_token(capsys, path, "list")
     assert code == 0
     rows = {line.split("\t")[0]: line.split("\t")[3] for line in out.splitlines()}
     assert rows == {"auditor": "*:ro", "bot": "general:rw,ops:rw,team-*:rw",
@@ -72,9 +56,9 @@ def test_read_only_default_room_comes_from_the_environment(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """--room defaults to SECURECHAT_ROOM (the server's variable for --room), else lobby."""
     path = tmp_path / "tokens.json"
-    assert _run(capsys, path, "add", "a", "--read-only")[0] == 0
+    assert run_token(capsys, path, "add", "a", "--read-only")[0] == 0
     monkeypatch.setenv("SECURECHAT_ROOM", "town-square")
-    assert _run(capsys, path, "add", "b", "--read-only")[0] == 0
+    assert run_token(capsys, path, "add", "b", "--read-only")[0] == 0
     assert _grants(path, "a") == [Grants({"lobby": "ro"})]
     assert _grants(path, "b") == [Grants({"town-square": "ro"})]
 
@@ -96,9 +80,9 @@ def test_bad_patterns_and_names_are_usage_errors(
     """A bad pattern, room or name exits 2 with a message naming it on stderr; the file
     is not changed."""
     path = tmp_path / "tokens.json"
-    assert _run(capsys, path, "add", "alice")[0] == 0
+    assert run_token(capsys, path, "add", "alice")[0] == 0
     before = path.read_bytes()
-    code, out, err = _run(capsys, path, *args)
+    code, out, err = run_token(capsys, path, *args)
     assert code == 2 and needle in err and not out.strip()
     assert path.read_bytes() == before
 
@@ -108,20 +92,20 @@ def test_grant_and_ungrant_round_trip(tmp_path: Path,
     """grant adds or replaces modes on every token of a name (a token without grants
     first gets --room), prints the new grants; ungrant takes them away again."""
     path = tmp_path / "tokens.json"
-    _run(capsys, path, "add", "alice")
-    _run(capsys, path, "add", "alice", "--rooms", "dev")
-    _run(capsys, path, "add", "bob")
-    code, out, _ = _run(capsys, path, "grant", "alice", "ops,team-*", "--room", "main")
+    run_token(capsys, path, "add", "alice")
+    run_token(capsys, path, "add", "alice", "--rooms", "dev")
+    run_token(capsys, path, "add", "bob")
+    code, out, _ = run_token(capsys, path, "grant", "alice", "ops,team-*", "--room", "main")
     assert code == 0
     lines = sorted(line.split("\t")[2] for line in out.splitlines())
     assert lines == ["dev:rw,ops:rw,team-*:rw", "main:rw,ops:rw,team-*:rw"]
-    code, out, _ = _run(capsys, path, "grant", "alice", "ops", "--read-only", "--room", "main")
+    code, out, _ = run_token(capsys, path, "grant", "alice", "ops", "--read-only", "--room", "main")
     assert code == 0 and out.count("ops:ro") == 2
     assert sorted(map(str, _grants(path, "alice"))) == sorted(map(str, [
         Grants({"dev": "rw", "ops": "ro", "team-*": "rw"}),
         Grants({"main": "rw", "ops": "ro", "team-*": "rw"})]))
     assert _grants(path, "bob") == [None]
-    code, out, err = _run(capsys, path, "ungrant", "alice", "ops,team-*", "--room", "main")
+    code, out, err = run_token(capsys, path, "ungrant", "alice", "ops,team-*", "--room", "main")
     assert code == 0 and not err
     assert sorted(_grants(path, "alice"), key=str) == [Grants({"dev": "rw"}),
                                                         Grants({"main": "rw"})]
@@ -131,14 +115,14 @@ def test_grant_and_ungrant_one_token_by_id(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     """An id changes that token only; the other token of the same name keeps its grants."""
     path = tmp_path / "tokens.json"
-    _run(capsys, path, "add", "alice")
-    _run(capsys, path, "add", "alice")
+    run_token(capsys, path, "add", "alice")
+    run_token(capsys, path, "add", "alice")
     first, second = (r.id for r in load_store(path))
-    code, out, _ = _run(capsys, path, "grant", first, "ops")
+    code, out, _ = run_token(capsys, path, "grant", first, "ops")
     assert code == 0 and out == f"alice\t{first}\tlobby:rw,ops:rw\n"
     got = load_store(path).get(second)
     assert got is not None and got.grants is None
-    code, out, _ = _run(capsys, path, "ungrant", first, "lobby")
+    code, out, _ = run_token(capsys, path, "ungrant", first, "lobby")
     assert code == 0 and out == f"alice\t{first}\tops:rw\n"
 
 
@@ -147,35 +131,35 @@ def test_ungrant_warns_about_patterns_not_held(tmp_path: Path,
     """A pattern a token does not hold is a warning; nothing changed anywhere is exit 1;
     patterns are exact (ungranting team-a leaves team-*)."""
     path = tmp_path / "tokens.json"
-    _run(capsys, path, "add", "alice", "--rooms", "ops,team-*")
-    code, out, err = _run(capsys, path, "ungrant", "alice", "ops,nope")
+    run_token(capsys, path, "add", "alice", "--rooms", "ops,team-*")
+    code, out, err = run_token(capsys, path, "ungrant", "alice", "ops,nope")
     assert code == 0 and "warning" in err and "'nope'" in err and "'ops'" not in err
     assert out.split("\t")[2] == "team-*:rw\n"
     before = path.read_bytes()
-    code, out, err = _run(capsys, path, "ungrant", "alice", "team-a")
+    code, out, err = run_token(capsys, path, "ungrant", "alice", "team-a")
     assert code == 1 and "nothing changed" in err and "'team-a'" in err and not out
     assert path.read_bytes() == before
-    code, out, err = _run(capsys, path, "ungrant", "alice", "team-*")
+    code, out, err = run_token(capsys, path, "ungrant", "alice", "team-*")
     assert code == 0 and out.split("\t")[2] == "(none)\n" and "can enter no room" in err
 
 
 def test_unknown_token_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """grant/ungrant of a name or id with no token: exit 1, the file untouched."""
     path = tmp_path / "tokens.json"
-    _run(capsys, path, "add", "alice")
+    run_token(capsys, path, "add", "alice")
     for command in ("grant", "ungrant"):
-        code, out, err = _run(capsys, path, command, "nobody", "ops")
+        code, out, err = run_token(capsys, path, command, "nobody", "ops")
         assert code == 1 and "no token for 'nobody'" in err and not out
 
 
 def test_grant_keeps_the_file_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A tokens file made 0640 stays 0640 through grant and ungrant."""
     path = tmp_path / "tokens.json"
-    _run(capsys, path, "add", "alice")
+    run_token(capsys, path, "add", "alice")
     path.chmod(0o640)
-    assert _run(capsys, path, "grant", "alice", "ops")[0] == 0
+    assert run_token(capsys, path, "grant", "alice", "ops")[0] == 0
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
-    assert _run(capsys, path, "ungrant", "alice", "ops")[0] == 0
+    assert run_token(capsys, path, "ungrant", "alice", "ops")[0] == 0
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
 
 

@@ -20,23 +20,8 @@ from securechat.server.tokens import (
     load_store,
     parse_time,
 )
+from tests.cli.token_support import no_token_env, run_token  # noqa: F401
 from tests.support import clean_env, run_command, token_cli_command
-
-
-@pytest.fixture(autouse=True)
-def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SECURECHAT_TOKENS", raising=False)
-    monkeypatch.delenv("SECURECHAT_ROOM", raising=False)
-
-
-def _run(capsys: pytest.CaptureFixture[str], path: Path, *args: str) -> tuple[int, str, str]:
-    """``securechat-token ARGS --tokens PATH``: exit code, stdout, stderr."""
-    try:
-        code = token_cli.main([*args, "--tokens", str(path)])
-    except SystemExit as exc:  # argparse usage errors
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_rotate_prints_a_new_token_with_the_same_grants(
@@ -47,7 +32,7 @@ def test_rotate_prints_a_new_token_with_the_same_grants(
     old, old_record = add_token(path, "bot", Grants({"general": "rw", "team-*": "ro"}))
     add_token(path, "other")
     before = time.time()
-    code, out, err = _run(capsys, path, "rotate", "bot", "--grace", "10m")
+    code, out, err = run_token(capsys, path, "rotate", "bot", "--grace", "10m")
     after = time.time()
     assert code == 0, err
     new = out.strip()
@@ -73,7 +58,7 @@ def test_rotate_by_id_marks_only_that_token(tmp_path: Path,
     path = tmp_path / "tokens.json"
     _, laptop = add_token(path, "alice")
     _, phone = add_token(path, "alice")
-    code, out, _ = _run(capsys, path, "rotate", laptop.id, "--grace", "0", "--quiet")
+    code, out, _ = run_token(capsys, path, "rotate", laptop.id, "--grace", "0", "--quiet")
     assert code == 0 and out.startswith("sct1.")
     store = load_store(path)
     assert [r.name for r in store] == ["alice"] * 3
@@ -90,7 +75,7 @@ def test_rotate_refuses_tokens_with_different_grants(
     add_token(path, "alice", Grants({"a": "rw"}))
     add_token(path, "alice", Grants({"b": "rw"}))
     before = path.read_bytes()
-    code, out, err = _run(capsys, path, "rotate", "alice")
+    code, out, err = run_token(capsys, path, "rotate", "alice")
     assert code == 1 and out == "" and "one token id at a time" in err
     assert path.read_bytes() == before
 
@@ -100,10 +85,10 @@ def test_rotate_keeps_an_earlier_expiry(tmp_path: Path,
     """Rotating again never lengthens an old token's grace."""
     path = tmp_path / "tokens.json"
     _, first = add_token(path, "alice")
-    assert _run(capsys, path, "rotate", "alice", "--grace", "60")[0] == 0
+    assert run_token(capsys, path, "rotate", "alice", "--grace", "60")[0] == 0
     expires = load_store(path).get(first.id)
     assert expires is not None and expires.expires is not None
-    assert _run(capsys, path, "rotate", "alice", "--grace", "2d")[0] == 0
+    assert run_token(capsys, path, "rotate", "alice", "--grace", "2d")[0] == 0
     again = load_store(path).get(first.id)
     assert again is not None and again.expires == expires.expires
     assert len(load_store(path)) == 3
@@ -124,7 +109,7 @@ def test_bad_durations_exit_2_and_keep_the_file(
     path = tmp_path / "tokens.json"
     add_token(path, "alice")
     before = path.read_bytes()
-    code, out, err = _run(capsys, path, "rotate", "alice", "--grace", text)
+    code, out, err = run_token(capsys, path, "rotate", "alice", "--grace", text)
     assert code == 2 and out == "" and "--grace" in err
     assert path.read_bytes() == before
 
@@ -133,7 +118,7 @@ def test_unknown_name_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     path = tmp_path / "tokens.json"
     add_token(path, "alice")
     before = path.read_bytes()
-    code, out, err = _run(capsys, path, "rotate", "bob")
+    code, out, err = run_token(capsys, path, "rotate", "bob")
     assert code == 1 and out == "" and "no token for 'bob'" in err
     assert path.read_bytes() == before
 
@@ -144,9 +129,9 @@ def test_list_shows_the_expiry(tmp_path: Path, capsys: pytest.CaptureFixture[str
     path = tmp_path / "tokens.json"
     _, first = add_token(path, "alice")
     _, second = add_token(path, "alice")
-    assert _run(capsys, path, "rotate", first.id, "--grace", "1h")[0] == 0
-    assert _run(capsys, path, "rotate", second.id, "--grace", "0")[0] == 0
-    code, out, _ = _run(capsys, path, "list")
+    assert run_token(capsys, path, "rotate", first.id, "--grace", "1h")[0] == 0
+    assert run_token(capsys, path, "rotate", second.id, "--grace", "0")[0] == 0
+    code, out, _ = run_token(capsys, path, "list")
     assert code == 0
     rows = {line.split("\t")[1]: line.split("\t") for line in out.splitlines()}
     assert len(rows) == 4

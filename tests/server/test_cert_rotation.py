@@ -69,6 +69,17 @@ def install(certs: Certs, leaf: trustme.LeafCert, *, cert: bool = True, key: boo
         replace_file(certs.key_path, leaf.private_key_pem.bytes())
 
 
+def mid_install_failures(log: LogRecords, earlier: int = 0) -> list[str]:
+    """Failure lines after the first ``earlier`` ones. install() renames the certificate
+    before the key, so a poll can land between the two and see the new certificate with
+    the old (or broken) key: that half-written pair is a change of its own and may be
+    logged once, as operators see during a non-atomic renewal. More is a bug."""
+    lines = [r.getMessage() for r in log.named("certs_reload_failed")][earlier:]
+    assert len(lines) <= 1, lines
+    assert all("keeping the previous certificate" in line for line in lines), lines
+    return lines
+
+
 def trusting(ca: trustme.CA) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     ca.configure_trust(ctx)
@@ -128,7 +139,7 @@ def test_polled_rotation_serves_new_clients_and_keeps_live_sessions(
     assert msg["body"] == "after the rotation"
     publish(bob, ["still here"])
     assert alice.expect("msg", skip=CHATTER)["body"] == "still here"
-    assert not server_log.named("certs_reload_failed")
+    mid_install_failures(server_log)
 
 
 def test_reload_certificates_forces_a_reload_of_unchanged_files(
@@ -184,7 +195,7 @@ def test_bad_pair_keeps_the_old_certificate_and_logs_once(
     wait_polls(running, "good")
     assert len(server_log.named("certs_reloaded")) == 1, server_log.events()
     assert served_der(running.port, trusting(ca)) == der_of(leaf)
-    assert len(server_log.named("certs_reload_failed")) == 2
+    mid_install_failures(server_log, earlier=2)
 
 
 def test_sighup_reloads_the_real_server(tmp_path: Path, own_certs: Certs) -> None:

@@ -60,6 +60,11 @@ def backlog(body_size: int) -> int:
     return (wmem_max + 64 * 1024 + 256 * 1024) // body_size + 500
 
 
+#: No server ping during a replay test: a catch-up that stops must fail the test, not be
+#: woken by the next heartbeat (which once hid a lost wake-up behind a 20 s pause).
+NO_HEARTBEAT = 600.0
+
+
 def stalled(session: Session) -> bool:
     """The session's catch-up waits on its client: socket full, read ahead queued."""
     return (session.write_blocked and session.replay is not None
@@ -133,7 +138,7 @@ def test_a_leave_during_its_rooms_replay_takes_effect_once_the_catch_up_is_out(
     big's joined, its whole replay, caught_up and the live messages of big with no gap,
     then left, and nothing of big after it; every message of other exactly once, in
     order; the writer is unaffected."""
-    running = make_server(msg_rate=0)
+    running = make_server(msg_rate=0, heartbeat=NO_HEARTBEAT)
     writer, _count = fill(running, "big")
     bob, welcome = running.user("bob", rooms=[resume_entry(running, "big"), "other"],
                                 grants=ALL)
@@ -171,7 +176,7 @@ def test_a_grant_removed_during_that_rooms_replay_ends_only_that_room(
     """bob's grant for "big" goes while big's replay waits on him: he gets error
     forbidden and left (forbidden) for big, the grants frame, nothing more of big, and
     every message of "other" exactly once in order."""
-    running = make_server(msg_rate=0)
+    running = make_server(msg_rate=0, heartbeat=NO_HEARTBEAT)
     writer, _count = fill(running, "big")
     bob, _ = running.user("bob", rooms=[resume_entry(running, "big"), "other"],
                           grants={"big": RW, "other": RW})
@@ -264,7 +269,7 @@ def membership_events(frames: list[dict[str, Any]], room: str) -> list[str]:
 def stalled_in_big_and_x(make_server: MakeServer) -> tuple[WireClient, WireClient, Session]:
     """bob logs in to "big" (resumed from 0: a replay that stalls on his socket), then
     "x", where the writer is too: the writer, bob, and bob's session once stalled."""
-    running = make_server(msg_rate=0)
+    running = make_server(msg_rate=0, heartbeat=NO_HEARTBEAT)
     writer, _count = fill(running, "big")
     writer.send({"type": "join", "room": "x"})
     writer.expect("joined", skip=NOISE)

@@ -22,6 +22,11 @@ Prints one JSON object (the fields of loadgen.mjs's resume result). Bounded by
 ``--timeout`` per phase; every socket is closed at the end. Only 127.0.0.1.
 
     python bench/resume_storm.py --port P --ca ca.pem --token T [--clients 500] [--messages 1000]
+
+Across nodes (issue 11): ``--resume-port Q`` publishes and resumes on another node
+than the first join; with ``--kill-pid PID`` the N clients stay connected after
+phase 1 and that node is killed with SIGKILL, so they resume on the survivor after
+their node died under them (``sinceKillSec`` adds the publish time to the storm).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import json
 import os
 import re
 import selectors
+import signal
 import socket
 import ssl
 import sys
@@ -325,6 +331,10 @@ def storm(args: argparse.Namespace) -> dict[str, Any]:
     first = [Conn(i, {"type": "auth", "token": args.token, "client": f"{tag}-{i}"})
              for i in range(n)]
     driver.run(first, until_caught_up=False, timeout=args.timeout)
+    killed_at = None
+    if args.kill_pid:
+        os.kill(args.kill_pid, signal.SIGKILL)  # the node dies under its live clients
+        killed_at = time.perf_counter()
     for c in first:
         driver.close(c)
     failed = [c for c in first if c.welcome is None]
@@ -335,7 +345,9 @@ def storm(args: argparse.Namespace) -> dict[str, Any]:
     time.sleep(0.3)  # let the server see every leave before the messages
     # 2: M acknowledged messages.
     t = time.perf_counter()
-    first_seq, last_seq = publish(args.port, ctx, args.servername, args.token, f"{tag}-pub",
+    resume_port = args.resume_port or args.port
+    driver.port = resume_port
+    first_seq, last_seq = publish(resume_port, ctx, args.servername, args.token, f"{tag}-pub",
                                   m, args.size, args.timeout)
     publish_s = time.perf_counter() - t
     # 3: everyone resumes at once.
@@ -389,6 +401,8 @@ def storm(args: argparse.Namespace) -> dict[str, Any]:
         "timeToAuth": percentiles([c.welcome_at - t0 for c in conns if c.welcome]),
         "cpu": cpu_figures, "firstJoinSec": round(join_s, 3), "publishSec": round(publish_s, 3),
         "seqs": [first_seq, last_seq],
+        **({"resumePort": resume_port} if resume_port != args.port else {}),
+        **({"sinceKillSec": round(last - killed_at, 3)} if killed_at is not None else {}),
     }
 
 
@@ -404,6 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=100, help="message body bytes")
     p.add_argument("--timeout", type=float, default=30.0, help="bound on each phase, s")
     p.add_argument("--server-pid", type=int, default=0, help="for the server's CPU time")
+    p.add_argument("--resume-port", type=int, default=0,
+                   help="publish and resume on this node (default: --port)")
+    p.add_argument("--kill-pid", type=int, default=0,
+                   help="SIGKILL this process (the --port node) after the first joins")
     args = p.parse_args(argv)
     if args.clients < 1 or args.messages < 1 or args.size < 16:
         print("resume_storm: --clients and --messages must be positive, --size >= 16",

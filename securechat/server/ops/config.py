@@ -9,14 +9,16 @@ token. The choice is the operator's to make explicitly, never a default.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...errors import ConfigError
 
-__all__ = ["AdminConfig", "parse_address"]
+__all__ = ["AdminConfig", "add_arguments", "from_args", "parse_address"]
 
 #: The least a token file may hold (securechat-token makes 43-character secrets).
 MIN_TOKEN_LENGTH = 16
@@ -108,3 +110,49 @@ class AdminConfig:
 
     def replace(self, **changes: object) -> AdminConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- the command line
+ENV_PREFIX = "SECURECHAT_"
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The admin options of ``securechat-server`` (each also SECURECHAT_<NAME>)."""
+    docs = {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(AdminConfig)}
+    group = parser.add_argument_group("admin endpoint (metrics and health)")
+    group.add_argument("--admin-listen", metavar="HOST:PORT", default=None,
+                       help=f"{docs['listen']} (default: off; env SECURECHAT_ADMIN_LISTEN)")
+    group.add_argument("--admin-tls", action="store_true", default=None,
+                       help=f"{docs['tls']} (env SECURECHAT_ADMIN_TLS=1)")
+    group.add_argument("--admin-token-file", metavar="FILE", type=Path, default=None,
+                       help=f"{docs['token_file']} (env SECURECHAT_ADMIN_TOKEN_FILE)")
+    group.add_argument("--health-stall", metavar="SECONDS", type=float, default=None,
+                       help=f"{docs['health_stall']} (default: {AdminConfig().health_stall}; "
+                       "env SECURECHAT_HEALTH_STALL)")
+
+
+def from_args(args: argparse.Namespace, env: Mapping[str, str]) -> AdminConfig | None:
+    """Command line over environment; None when the endpoint is off."""
+    def pick(name: str) -> str | None:
+        value = getattr(args, name, None)
+        if value is not None:
+            return str(value)
+        raw = env.get(ENV_PREFIX + name.upper())
+        return raw if raw else None
+
+    listen = pick("admin_listen")
+    if not listen:
+        return None
+    tls_raw = "1" if args.admin_tls else (env.get(ENV_PREFIX + "ADMIN_TLS") or "").lower()
+    if tls_raw not in _TRUE | _FALSE:
+        raise ConfigError(f"SECURECHAT_ADMIN_TLS={tls_raw!r}: expected 1/true/yes/on or "
+                          "0/false/no/off")
+    token = pick("admin_token_file")
+    stall = pick("health_stall")
+    try:
+        health_stall = float(stall) if stall is not None else AdminConfig().health_stall
+    except ValueError:
+        raise ConfigError(f"SECURECHAT_HEALTH_STALL={stall!r}: not a number") from None
+    return AdminConfig(listen=listen, tls=tls_raw in _TRUE,
+                       token_file=Path(token) if token else None, health_stall=health_stall)

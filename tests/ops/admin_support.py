@@ -60,7 +60,9 @@ def admin_server(tmp_path: Path, certs: Certs) -> Iterator[AdminServer]:
 
 
 def admin_address(running: RunningServer) -> tuple[str, int]:
-    address: tuple[str, int] = running.server._admin.address
+    admin = running.server._admin
+    assert admin is not None, "no --admin-listen"
+    address: tuple[str, int] = admin.address
     return address
 
 

@@ -26,7 +26,9 @@ def status_of(address: tuple[str, int], path: str) -> tuple[int, str]:
 
 def wedge(loop: IOLoop, release: threading.Event) -> None:
     """The test hook: a call that blocks the loop's thread until ``release`` is set."""
-    loop.call_soon(lambda: release.wait(seconds(30)))
+    def blocked() -> None:
+        release.wait(seconds(30))
+    loop.call_soon(blocked)
 
 
 def test_healthz_names_a_wedged_loop_and_recovers(admin_server: AdminServer) -> None:

@@ -55,7 +55,8 @@ def test_readyz_is_503_while_shutting_down(admin_server: AdminServer) -> None:
     (and /healthz is unaffected until the loop has stalled past --health-stall)."""
     running = admin_server()
     address = admin_address(running)
-    assert status_of(address, "/readyz") == (200, "ready\n")
+    wait_for(lambda: status_of(address, "/readyz") == (200, "ready\n"),
+             what="the first probe write")
     release = threading.Event()
     wedge(running.server._loops[0], release)
     stopper = threading.Thread(target=running.server.shutdown, name="test-shutdown")

@@ -68,6 +68,9 @@ class AdminHTTP:
                  name: str = "securechat-admin") -> None:
         listener.setblocking(False)
         self._listener = listener
+        host, port = listener.getsockname()[:2]
+        #: Where it listens (kept: the socket is closed when the thread ends).
+        self.address = (str(host), int(port))
         self._routes = dict(routes)
         self._token = token
         self._tls = tls
@@ -88,11 +91,6 @@ class AdminHTTP:
         #: Monotonic time of the last turn (for the server's liveness view).
         self.last_turn = 0.0
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self._listener.getsockname()[:2]
-        return str(host), int(port)
 
     def start(self) -> None:
         self.thread.start()

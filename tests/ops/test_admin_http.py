@@ -29,6 +29,7 @@ from tests.ops.admin_support import (
 )
 from tests.support import (
     Certs,
+    RunningServer,
     ServerProcess,
     clean_env,
     publish,
@@ -41,10 +42,9 @@ from tests.support import (
 TOKEN = "s3cret-admin-token-0123456789"
 
 
-def chat_still_works(running: object) -> None:
+def chat_still_works(running: RunningServer) -> None:
     """A login and a publish over TLS on the chat port, acknowledged."""
-    user = getattr(running, "user")  # noqa: B009 - RunningServer.user, duck-typed here
-    wire, _ = user(f"chat{time.monotonic_ns()}")
+    wire, _ = running.user(f"chat{time.monotonic_ns()}")
     assert publish(wire, ["still here"])[0]["type"] == "ack"
 
 

@@ -363,6 +363,8 @@ class Server:
         """Release what the constructor opened (the log's lock) when start never ran."""
         if not self._started:
             self._close_log()
+            if self._admin is not None:
+                self._admin.stop(0.0)  # its socket, if it was bound
 
     def __enter__(self) -> Server:
         self.start()

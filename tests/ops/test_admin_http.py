@@ -239,3 +239,22 @@ def test_without_prometheus_client_admin_listen_says_what_to_install(
     assert "pip install 'securechat[metrics]'" in with_admin.stderr
     without = run_command([sys.executable, "-c", script, *base], env=clean_env())
     assert without.returncode == 0, without.stderr
+
+
+def test_a_taken_admin_port_or_chat_port_refuses_the_start(tmp_path: Path,
+                                                           certs: Certs) -> None:
+    """Exit 1 with one error line naming the address, never listening."""
+    tokens = tmp_path / "tokens.json"
+    add_token(tokens, "nobody")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = run_command(server_cli_command(*server_argv(
+            certs, tokens, "--admin-listen", f"127.0.0.1:{port}")), env=clean_env())
+        assert result.returncode == 1, result.stderr
+        assert f"cannot listen on admin address 127.0.0.1:{port}" in result.stderr
+        argv = server_argv(certs, tokens, "--admin-listen", "127.0.0.1:0")
+        argv[argv.index("--port") + 1] = str(port)
+        result = run_command(server_cli_command(*argv), env=clean_env())
+        assert result.returncode == 1, result.stderr
+        assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "listening on" not in result.stderr

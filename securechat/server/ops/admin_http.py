@@ -96,8 +96,14 @@ class AdminHTTP:
         self.thread.start()
 
     def stop(self) -> None:
-        """Ask the thread to end (any thread); :meth:`join` waits for it."""
+        """Ask the thread to end (any thread); :meth:`join` waits for it. Never started:
+        close the sockets here."""
         self._stopping = True
+        if self.thread.ident is None:
+            self._sel.close()
+            for sock in (self._listener, self._wake_r, self._wake_w):
+                sock.close()
+            return
         with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
 

@@ -83,6 +83,14 @@ def test_readiness_asks_every_check_and_a_raising_check_fails() -> None:
     assert ready.problems() == ["b: down", "c: check failed: RuntimeError: bug"]
     ready.run_probes(1.5)
     assert probes == [1.5]
+
+    def raising_probe(now: float) -> None:
+        raise RuntimeError("probe bug")
+
+    ready.add("d", lambda: None, probe=raising_probe)
+    ready.run_probes(2.0)  # logged, not raised: the admin thread goes on
+    assert probes == [1.5, 2.0]
+    ready.remove("d")
     ready.remove("b")
     ready.remove("c")
     assert ready.problems() == [] and ready.names() == ["a"]

@@ -15,12 +15,15 @@ having seen no error yet.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 __all__ = ["Check", "Readiness", "WriterCheck", "stalled"]
+
+logger = logging.getLogger("securechat.server")
 
 #: None if fine, else why not (one short line).
 Check = Callable[[], str | None]
@@ -74,10 +77,15 @@ class Readiness:
         return out
 
     def run_probes(self, now: float) -> None:
+        """Run every probe (admin thread); one that raises is logged, not fatal."""
         with self._lock:
-            probes = [probe for _, probe in self._checks.values() if probe is not None]
-        for probe in probes:
-            probe(now)
+            probes = [(name, probe) for name, (_, probe) in self._checks.items()
+                      if probe is not None]
+        for name, probe in probes:
+            try:
+                probe(now)
+            except Exception:
+                logger.exception("readiness probe %s failed", name)
 
 
 class _Writer(Protocol):

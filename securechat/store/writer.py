@@ -293,7 +293,9 @@ class Writer:
             raise
 
     def _probe(self) -> None:
-        """The readiness probe: one tiny transaction through the same connection."""
+        """The readiness probe: one tiny transaction through the same connection. Its
+        success ends a failure episode too, so a server that stopped getting messages
+        while the disk was full does not stay unready for want of a message batch."""
         try:
             conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")
@@ -313,6 +315,7 @@ class Writer:
             self.probe_error = _reason(exc)
         else:
             self.probe_error = None
+            self._recovered()  # the disk takes writes again: publishes need not wait
         self.probe_at = time.monotonic()
 
     def _connection(self) -> sqlite3.Connection:

@@ -16,7 +16,7 @@ import pytest
 from securechat.io.loop import IOLoop
 from securechat.server.ops.config import AdminConfig
 from tests.ops.admin_support import AdminServer, admin_address, request
-from tests.support import Certs, ServerProcess, ServerProcesses, seconds, wait_for
+from tests.support import Certs, ServerProcess, ServerProcesses, publish, seconds, wait_for
 
 
 def status_of(address: tuple[str, int], path: str) -> tuple[int, str]:
@@ -90,9 +90,13 @@ def admin_port(proc: ServerProcess) -> int:
 def test_readyz_is_503_while_the_store_cannot_write_and_recovers(
         servers: ServerProcesses) -> None:
     """The real command with --admin-listen; its file-size limit lowered to 0: the probe
-    write fails and /readyz names the store, then 200 again once the limit is back."""
+    write fails and /readyz names the store, and a publish meanwhile is refused; once
+    the limit is back /readyz is 200 again through the probe alone (no message needed),
+    and the next publish is stored."""
+    alice_token = servers.token("alice")
     proc = servers.start("--admin-listen", "127.0.0.1:0")
     address = ("127.0.0.1", admin_port(proc))
+    alice, _ = servers.login(proc, alice_token)
     wait_for(lambda: status_of(address, "/readyz") == (200, "ready\n"), what="ready")
     pid = proc.proc.pid
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -106,8 +110,15 @@ def test_readyz_is_503_while_the_store_cannot_write_and_recovers(
         status, body = status_of(address, "/readyz")
         assert status == 503 and "store: " in body and "probe write failed" in body, body
         assert status_of(address, "/healthz")[0] == 200  # alive, just not ready
+        alice.send({"type": "msg", "body": "while full", "id": "f1"})
+        refused = alice.expect("error", skip=("ping", "join"))
+        assert refused["code"] == "store_unavailable", refused
+        wait_for(lambda: "last write failed" in status_of(address, "/readyz")[1],
+                 what="/readyz to name the failed write")
     finally:
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, hard))
     wait_for(lambda: status_of(address, "/readyz") == (200, "ready\n"), timeout=15,
              what="/readyz to recover")
+    (ack,) = publish(alice, ["after"], ["s1"])
+    assert ack["seq"] == 1
     assert proc.stop() == 0

@@ -24,14 +24,17 @@ COPY . /src
 # the host by scripts/docker-wheels.sh, for machines whose `docker build` cannot reach
 # PyPI), otherwise from PyPI; the versions are pyproject.toml's either way. Debian's
 # python3-cryptography (38) is older than securechat needs (42), hence pip.
+# The "metrics" extra (prometheus_client) serves the admin endpoint's /metrics, which
+# compose turns on (--admin-listen 127.0.0.1:9090) and the healthcheck asks /readyz of.
 RUN python3 -m venv /opt/securechat \
     && if ls /src/docker/wheels/*.whl >/dev/null 2>&1; then \
         /opt/securechat/bin/pip install --no-cache-dir --no-index \
-            --find-links /src/docker/wheels /src; \
+            --find-links /src/docker/wheels "/src[metrics]"; \
     else \
-        /opt/securechat/bin/pip install --no-cache-dir /src; \
+        /opt/securechat/bin/pip install --no-cache-dir "/src[metrics]"; \
     fi \
-    && /opt/securechat/bin/securechat-server --version
+    && /opt/securechat/bin/securechat-server --version \
+    && /opt/securechat/bin/python -c "import prometheus_client"
 
 FROM base
 COPY --from=build /opt/securechat /opt/securechat

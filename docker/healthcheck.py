@@ -1,18 +1,38 @@
 #!/usr/bin/env python3
-"""Container healthcheck for the server: healthy once something listens on its port.
+"""Container healthcheck for the server: healthy once its admin endpoint's /readyz
+answers 200 (listening, not shutting down, the message log writable).
 
-It reads /proc/net/tcp and /proc/net/tcp6 rather than connecting: a connection
-every few seconds would fill the server's log with connect/close lines and count
-against its per-address limits. The server listens only after its certificate,
-key and tokens file have loaded, so listening means ready.
+With SECURECHAT_ADMIN_LISTEN set (compose sets 127.0.0.1:9090) it asks /readyz over
+loopback: the admin endpoint logs nothing per request and does not count against the
+chat port's per-address limits. Without it, it falls back to what it did before the
+admin endpoint existed: reading /proc/net/tcp{,6} for a listener on SECURECHAT_PORT
+(no connection, so no connect/close lines in the log). Standard library only.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import urllib.error
+import urllib.request
 
 LISTEN = "0A"
+TIMEOUT = 1.5
+
+
+def ready(listen: str) -> bool:
+    """True if http://LISTEN/readyz answers 200 (503 or no answer: not ready)."""
+    host, _, port = listen.rpartition(":")
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host in ("::", "[::]"):
+        host = "[::1]"
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/readyz", timeout=TIMEOUT) as answer:
+            return bool(answer.status == 200)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"not ready: {exc}", file=sys.stderr)
+        return False
 
 
 def listening(port: int) -> bool:
@@ -29,5 +49,12 @@ def listening(port: int) -> bool:
     return False
 
 
+def main() -> int:
+    admin = os.environ.get("SECURECHAT_ADMIN_LISTEN")
+    if admin:
+        return 0 if ready(admin) else 1
+    return 0 if listening(int(os.environ.get("SECURECHAT_PORT") or 7443)) else 1
+
+
 if __name__ == "__main__":
-    sys.exit(0 if listening(int(os.environ.get("SECURECHAT_PORT") or 7443)) else 1)
+    sys.exit(main())

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fill docker/wheels/ with the wheels the image installs (pyproject.toml's dependencies
-# and the build backend), for machines whose `docker build` cannot reach PyPI. The
+# Fill docker/wheels/ with the wheels the image installs (pyproject.toml's dependencies,
+# its "metrics" extra and the build backend), for machines whose `docker build` cannot reach PyPI. The
 # Dockerfile installs from there when it holds wheels, from PyPI otherwise.
 #
 # The wheels are for the image's Python (Debian bookworm: CPython 3.11, glibc 2.36) and
@@ -13,7 +13,8 @@ out=docker/wheels
 mapfile -t deps < <("$PY" -c '
 import tomllib
 with open("pyproject.toml", "rb") as f:
-    print("\n".join(tomllib.load(f)["project"]["dependencies"]))')
+    project = tomllib.load(f)["project"]
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["metrics"]))')
 arch=$(uname -m)
 mkdir -p "$out"
 "$PY" -m pip download --quiet --disable-pip-version-check --dest "$out" \

@@ -19,6 +19,7 @@ from ..errors import ConfigError, ServerThreadDied, TokenError
 from ..server import Server
 from ..server.config import ServerConfig
 from ..server.logs import setup_logging
+from ..server.ops import config as admin_options
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -26,9 +27,9 @@ ENV_PREFIX = "SECURECHAT_"
 EXIT_OK, EXIT_USAGE, EXIT_CONFIG = 0, 2, 1
 #: A server thread died of a bug (sysexits.h EX_SOFTWARE): restart the process.
 EXIT_SOFTWARE = 70
-#: Tests only: "accept", "io" or "tokens" makes that part of the server raise.
+#: Tests only: "accept", "io", "tokens" or "admin" makes that part of the server raise.
 TEST_FAULT_ENV = "SECURECHAT_TEST_FAULT"
-TEST_FAULTS = ("accept", "io", "tokens")
+TEST_FAULTS = ("accept", "io", "tokens", "admin")
 
 DESCRIPTION = """\
 A TLS-secured, token-authenticated broadcast chat server.
@@ -48,6 +49,11 @@ exit codes: 0 after a clean shutdown (SIGINT/SIGTERM), 1 on a configuration erro
 (missing or bad certificate, key or tokens file) or when shutdown had to cut
 clients off, 2 on a usage error, 70 when a server thread died of a bug (its
 traceback is in the log): let a supervisor restart the server.
+
+admin endpoint: --admin-listen 127.0.0.1:9090 serves /metrics (Prometheus),
+/healthz and /readyz over plain HTTP on loopback; another address needs
+--admin-tls and --admin-token-file. `securechat-server status` reads it (see
+`securechat-server status --help`).
 
 certificates: SIGHUP (or a change to --cert/--key, checked every --tokens-poll
 seconds) loads the pair again for new connections; live sessions stay up, and a
@@ -74,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
             metavar=f.name.upper() if kind is not Path else "FILE",
             help=f"{docs[f.name]} (default: {default}; env {_env_name(f.name)})")
+    admin_options.add_arguments(parser)
     parser.add_argument("--check-config", action="store_true",
                         help="load certificate, key and tokens, report problems, and exit")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -102,10 +109,16 @@ def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["status"]:
+        from .status import main as status_main
+        code: int = status_main(argv[1:])
+        return code
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
+        admin = admin_options.from_args(args, os.environ)
     except ConfigError as exc:
         parser.print_usage(sys.stderr)
         print(f"securechat-server: error: {exc}", file=sys.stderr)
@@ -113,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config.log_level, config.log_format)
     log = logging.getLogger("securechat.server")
     try:
-        server = Server(config)
+        server = Server(config, admin=admin)
     except (ConfigError, TokenError) as exc:
         print(f"securechat-server: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -156,11 +169,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"securechat-server: error: cannot listen on {config.host}:{config.port}: "
               f"{exc.strerror}", file=sys.stderr)
         return EXIT_CONFIG
+    except ConfigError as exc:  # the admin address
+        print(f"securechat-server: error: {exc}", file=sys.stderr)
+        server.close_unstarted()
+        return EXIT_CONFIG
     # Everything allocated so far lives as long as the process: keep it out of the
     # cyclic collector's full passes, which otherwise pause every connection.
     gc.freeze()
     host, port = server.address
     _say(f"securechat-server: listening on {host}:{port} (TLS {config.tls_min}+)")
+    if server._admin is not None:
+        ahost, aport = server._admin.address
+        scheme = "https" if admin is not None and admin.tls else "http"
+        shown = f"[{ahost}]" if ":" in ahost else ahost
+        _say(f"securechat-server: admin endpoint on {scheme}://{shown}:{aport} "
+             "(/metrics /healthz /readyz)")
     try:
         server.serve_forever()
     except ServerThreadDied as exc:

@@ -19,6 +19,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from ..metering import LoopStats
+
 __all__ = ["Endpoint", "IOLoop"]
 
 logger = logging.getLogger("securechat.server")
@@ -72,6 +74,10 @@ class IOLoop:
         self.endpoints: set[Endpoint] = set()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.ident: int | None = None
+        #: Counters of this loop's sessions (written by this thread only; see metering.py).
+        self.stats = LoopStats()
+        #: Monotonic time of the last pass (0 until it runs): /healthz finds a stuck loop.
+        self.last_turn = 0.0
 
     # ------------------------------------------------------------------ any thread
     def start(self) -> None:
@@ -116,6 +122,7 @@ class IOLoop:
     # ------------------------------------------------------------------ loop thread only
     def _run(self) -> None:
         self.ident = threading.get_ident()
+        self.last_turn = time.monotonic()
         next_tick = time.monotonic() + self.tick_interval
         select = self.selector.select
         ready = self._ready
@@ -153,7 +160,7 @@ class IOLoop:
                         endpoint.flush()
                     except Exception:
                         self._contain(endpoint)
-                now = time.monotonic()
+                now = self.last_turn = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + self.tick_interval
                     for endpoint in list(self.endpoints):

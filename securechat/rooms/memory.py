@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Protocol, cast
 
 from .. import protocol
+from ..metering import Histogram
 from ..store.base import MessageLog, Pending, StoredMessage, StoreUnavailable
 from ..store.memory import MemoryLog
 from .base import HistoryEntry, HistoryPage, Member, RoomSnapshot
@@ -33,6 +34,8 @@ CACHE_BYTES = 32 * 1024 * 1024
 CACHE_TOTAL_BYTES = 64 * 1024 * 1024
 #: How often (in publishes) expired resend entries are swept.
 _SWEEP_EVERY = 4096
+#: One publish in this many (a power of two) is timed to its ack, if none is in flight.
+_SAMPLE_EVERY = 64
 
 
 class _Appends(Protocol):
@@ -52,14 +55,46 @@ def encode_stored(message: StoredMessage, room_json: str) -> bytes:
 class CacheBudget:
     """The bytes of cached frames of all rooms together: a room that adds a frame past
     the budget trims its own cache, so the busiest rooms give back the most and a
-    thousand rooms never hold a thousand times one room's cache."""
+    thousand rooms never hold a thousand times one room's cache.
 
-    __slots__ = ("_lock", "limit", "used")
+    Being the one object all rooms of a server share, it also keeps their totals for
+    ``/metrics`` (:meth:`totals`): the rooms in memory count under their own locks, and
+    a dropped room's counts are folded in here, so no total ever goes back."""
+
+    __slots__ = ("_live", "_lock", "_retired", "_retired_latency", "limit", "used")
 
     def __init__(self, limit: int = CACHE_TOTAL_BYTES) -> None:
         self.limit = limit
         self.used = 0
         self._lock = threading.Lock()
+        self._live: dict[InProcessRoom, None] = {}
+        self._retired = [0, 0, 0]  # published, delivered, refused by the store
+        self._retired_latency = Histogram()
+
+    def totals(self) -> tuple[int, int, int, Histogram]:
+        """Messages published, deliveries made, publishes the store refused, and the
+        sampled publish-to-ack latency, over every room this server held."""
+        with self._lock:
+            rooms = list(self._live)
+            counts = list(self._retired)
+            latency = Histogram.merged([self._retired_latency, *(r.ack_latency for r in rooms)])
+        for room in rooms:  # racy int reads of counters that only grow: fine here
+            counts[0] += room._publishes
+            counts[1] += room.delivered
+            counts[2] += room.refused
+        return counts[0], counts[1], counts[2], latency
+
+    def _enter(self, room: InProcessRoom) -> None:
+        with self._lock:
+            self._live[room] = None
+
+    def _retire(self, room: InProcessRoom) -> None:
+        with self._lock:
+            if self._live.pop(room, 0) is None:
+                self._retired[0] += room._publishes
+                self._retired[1] += room.delivered
+                self._retired[2] += room.refused
+                self._retired_latency.add(room.ack_latency)
 
     def add(self, size: int) -> bool:
         """Count ``size`` more bytes; True if the total is now over the budget."""
@@ -101,6 +136,18 @@ class InProcessRoom:
         self._cache_first = self._seq + 1
         self._cache_bytes = 0
         self._cache_max = max(cache, 0)
+        # /metrics (CacheBudget.totals), under the room lock: frames handed to members,
+        # publishes refused by the store, one sampled publish timed to its ack.
+        self.delivered = 0
+        self.refused = 0
+        self.ack_latency = Histogram()
+        self._timed: tuple[Pending, float] | None = None
+        self._budget._enter(self)
+
+    @property
+    def budget(self) -> CacheBudget:
+        """The cache budget (and ledger) this room shares with the server's others."""
+        return self._budget
 
     @property
     def seq(self) -> int:
@@ -175,9 +222,13 @@ class InProcessRoom:
             if self._publishes % _SWEEP_EVERY == 0:
                 self._resends.sweep(now)
             item = Pending(self.name, sender.user, client, msg_id, body, sender)
+            if not self._publishes & (_SAMPLE_EVERY - 1) and self._timed is None:
+                self._timed = (item, time.monotonic())
             if self.log.synchronous:
                 cast(_Appends, self.log).append(item)
                 self._fan_out(item)
+                if self._timed is not None:
+                    self._time_ack(item.seq)
                 return item.seq
             try:
                 cast(_Submits, self.log).submit(item)
@@ -193,6 +244,8 @@ class InProcessRoom:
             self.inflight -= len(batch)
             for item in batch:
                 self._fan_out(item)
+            if self._timed is not None and batch:
+                self._time_ack(batch[-1].seq)
 
     def on_failed(self, batch: list[Pending], error: StoreUnavailable) -> None:
         """The writer could not store ``batch``: nothing of it was numbered or seen;
@@ -202,7 +255,20 @@ class InProcessRoom:
             for item in batch:
                 self._refuse(item, error)
 
+    def _time_ack(self, last_seq: int) -> None:
+        """The timed publish's ack went out if its seq is at most ``last_seq`` (its seq
+        is 0 until the writer numbers it; a later batch may be numbered already, so
+        the bound matters). Room lock held."""
+        assert self._timed is not None
+        item, started = self._timed
+        if item.seq and item.seq <= last_seq:
+            self.ack_latency.observe(time.monotonic() - started)
+            self._timed = None
+
     def _refuse(self, item: Pending, error: StoreUnavailable) -> None:
+        self.refused += 1
+        if self._timed is not None and self._timed[0] is item:
+            self._timed = None  # refused: no publish-to-ack time
         if item.client is not None and item.msg_id is not None:
             self._resends.forget(item.sender, item.client, item.msg_id)
         sender = cast(Member, item.ref)
@@ -220,7 +286,9 @@ class InProcessRoom:
         if item.client is not None and item.msg_id is not None:
             self._resends.stored(item.sender, item.client, item.msg_id, seq)
         self._remember(seq, frame)
-        for member in self._sessions:
+        sessions = self._sessions
+        self.delivered += len(sessions) - (sender in sessions)
+        for member in sessions:
             if member is not sender:
                 member.deliver(frame)
         # Under the lock, so the sender sees ack N before any message N+1.
@@ -249,6 +317,7 @@ class InProcessRoom:
         """Give the cache's bytes back to the budget (the room is being dropped)."""
         with self._lock:
             self._budget.add(-self._cache_bytes)
+            self._budget._retire(self)
             self._cache.clear()
             self._cache_bytes = 0
             self._cache_first = self._seq + 1

@@ -39,6 +39,8 @@ from .admission import Admission, Pending, client_key
 from .config import ServerConfig
 from .limits import spread_retry
 from .logs import log_event
+from .ops.config import AdminConfig
+from .ops.health import Readiness
 from .session import Session, State
 from .tokens import TokenFileWatcher, TokenStore, load_store
 
@@ -68,7 +70,7 @@ class Server:
     """A TLS chat relay. Thread-safe ``start``/``shutdown``; shutdown is idempotent."""
 
     def __init__(self, config: ServerConfig, *, ssl_context: ssl.SSLContext | None = None,
-                 tokens: TokenStore | None = None) -> None:
+                 tokens: TokenStore | None = None, admin: AdminConfig | None = None) -> None:
         self.config = config
         self._log: MessageLog | None = None
         ssl_context = ssl_context or server_context(
@@ -122,6 +124,10 @@ class Server:
         self._accept_resume_at = 0.0
         #: Tests only: called with "accept" or "tokens" at those points; may raise.
         self._inject_fault: Callable[[str], None] | None = None
+        #: /readyz's named checks; a backend adds its own (see ops/health.py).
+        self.readiness = Readiness()
+        self._accept_turn = 0.0
+        self._admin = self._make_admin(admin) if admin is not None and admin.listen else None
 
     def _make_rooms(self, config: ServerConfig) -> RoomRegistry:
         """The rooms over the log ``--store`` names; opening SQLite may raise
@@ -138,6 +144,28 @@ class Server:
         return RoomRegistry(log, default=config.room, max_rooms=config.max_rooms,
                             max_members=config.max_room_members,
                             resend_window=config.resend_window)
+
+    def _make_admin(self, admin: AdminConfig) -> Any:
+        """The admin endpoint (ops/), imported only when asked for: it needs the
+        optional prometheus_client. Raises ConfigError like any bad setting."""
+        from .ops.service import AdminService
+        from .ops.view import ServerView
+
+        def not_listening() -> str | None:
+            if self._listener is None or self._accept_thread is None:
+                return "not started"
+            if not self._accept_thread.is_alive():
+                return "the accept thread is gone"
+            return "accepting paused (out of file descriptors)" if self._accept_pause else None
+
+        view = ServerView(
+            loops=self._loops, admission=self._admission, rooms=self.rooms,
+            ledger=self.room.budget, writer=getattr(self._log, "_writer", None),
+            readiness=self.readiness, accept_turn=lambda: self._accept_turn,
+            accept_sleep=self.config.tokens_poll, not_listening=not_listening,
+            stopping=self._stopping, started=time.monotonic())
+        return AdminService(admin, view, tls=lambda: self._admission.ssl_context,
+                            on_crash=self._thread_died)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -212,6 +240,8 @@ class Server:
         """Bind, listen and start every thread; returns once connections are accepted."""
         if self._started:
             return
+        if self._admin is not None:
+            self._admin.bind()  # a bad admin address refuses the start, nothing begun
         cfg = self.config
         family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
         dualstack = cfg.host == "::" and socket.has_dualstack_ipv6()
@@ -235,6 +265,8 @@ class Server:
         self._accept_thread = threading.Thread(target=self._accept_loop,
                                                name="securechat-accept", daemon=True)
         self._accept_thread.start()
+        if self._admin is not None:
+            self._admin.start()
         host, port = self.address
         log_event(logger, logging.INFO, "listen", host=host, port=port, tls_min=cfg.tls_min,
                   io_threads=cfg.io_threads, room=self.room.name, store=cfg.store,
@@ -302,6 +334,8 @@ class Server:
             for loop in self._loops:
                 ok = loop.join(max(0.0, deadline - time.monotonic()) + 0.5) and ok
             self._close_log()
+            if self._admin is not None:  # last: /readyz said "shutting down" until now
+                ok = self._admin.stop(max(0.0, deadline - time.monotonic()) + 0.5) and ok
             if self._listener is not None:
                 self._listener.close()
             self._wake_r.close()
@@ -329,6 +363,8 @@ class Server:
         """Release what the constructor opened (the log's lock) when start never ran."""
         if not self._started:
             self._close_log()
+            if self._admin is not None:
+                self._admin.stop(0.0)  # its socket, if it was bound
 
     def __enter__(self) -> Server:
         self.start()
@@ -342,6 +378,8 @@ class Server:
         found = [loop.thread for loop in self._loops]
         if self._accept_thread is not None:
             found.append(self._accept_thread)
+        if self._admin is not None and self._admin.thread is not None:
+            found.append(self._admin.thread)
         return found
 
     def stats(self) -> dict[str, int]:
@@ -371,7 +409,7 @@ class Server:
         next_poll = time.monotonic() + poll_every
         try:
             while not self._stopping.is_set():
-                now = time.monotonic()
+                now = self._accept_turn = time.monotonic()
                 if not listening and now >= self._accept_resume_at:
                     sel.register(listener, selectors.EVENT_READ, "accept")
                     listening = True
@@ -506,7 +544,8 @@ class Server:
     def _set_test_fault(self, where: str) -> None:
         """Tests only (SECURECHAT_TEST_FAULT): raise RuntimeError in the accept thread
         ("accept", on the next connection), the I/O loops ("io", on the next event) or
-        the token watcher ("tokens", on every poll) or the certificate reload ("certs")."""
+        the token watcher ("tokens", on every poll), the certificate reload ("certs") or
+        the admin thread ("admin", on its next turn)."""
         def fault(point: str) -> None:
             if point == where:
                 raise RuntimeError(f"injected test fault ({where})")
@@ -514,6 +553,8 @@ class Server:
         if where == "io":
             for loop in self._loops:
                 loop._inject_fault = lambda: fault("io")
+        if where == "admin" and self._admin is not None:
+            self._admin.inject_fault = lambda: fault("admin")
 
     # ------------------------------------------------------------------ shutdown
     def _say_bye(self, loop: IOLoop, linger: float) -> None:

@@ -235,6 +235,7 @@ class Session(FrameDispatch):
             self._hard_close("handshake failed", detail=describe_error(exc), level=logging.DEBUG)
             return
         self.state = State.AUTH
+        self.loop.stats.handshakes.observe(time.monotonic() - self.last_rx)  # since adopted
         self._set_events(_READ)
         self.log(logging.INFO, "connect", tls=self.sock.version(),
                  cipher=(self.sock.cipher() or ("",))[0])
@@ -264,6 +265,7 @@ class Session(FrameDispatch):
                 self._on_eof()
                 return
             self.last_rx = time.monotonic()
+            self.loop.stats.bytes_in += len(data)
             for line in self.decoder.feed(data):
                 self._on_line(line)
                 if self.state is not State.ACTIVE and self.state is not State.AUTH:
@@ -290,9 +292,7 @@ class Session(FrameDispatch):
     def _send(self, frame: bytes) -> None:
         """Queue a frame from the loop thread itself."""
         self.inbox.append(frame)
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.loop.schedule(self)
+        self._schedule_flush()
 
     def _schedule_flush(self) -> None:
         """Write what ``_queue_out`` put in the send buffer, on the next loop turn."""
@@ -403,6 +403,7 @@ class Session(FrameDispatch):
             return
         if sent:
             self.meter.size -= sent
+            self.loop.stats.bytes_out += sent
             self.last_progress = time.monotonic()
         if not drained:
             if not self.write_blocked:
@@ -437,6 +438,7 @@ class Session(FrameDispatch):
                        f"in a minute (last: {code}: {message})")
             return
         self.log(logging.INFO, "error", code=code)
+        self.loop.stats.error(code)
         self._send(protocol.encode_error(code, message, mid, retry_after, room=room))
 
     def _fail(self, code: str, message: str, mid: protocol.MessageId = None,
@@ -445,6 +447,7 @@ class Session(FrameDispatch):
         if self.state is State.CLOSING or self.state is State.CLOSED:
             return
         self.log(logging.INFO, "error", code=code, detail=message, once=True)
+        self.loop.stats.error(code, before_auth=self.state is State.AUTH)
         if self.state is State.AUTH and code in _PRE_AUTH_FAULTS:
             # Malformed or wrong: either way a failed login for the throttle.
             self.host.note_auth_failure(self.ip_key, time.monotonic())
@@ -455,6 +458,7 @@ class Session(FrameDispatch):
 
     def _slow_consumer(self, detail: str) -> None:
         log_event(logger, logging.WARNING, "slow_consumer", detail=detail, **self.log.fields)
+        self.loop.stats.error("slow_consumer")
         # What is queued will never get through in time: drop it, say why, close.
         before = self.out.size
         self.out.drop_queued()
@@ -502,10 +506,7 @@ class Session(FrameDispatch):
         if previous is State.AUTH:
             self.host.on_auth_ended(self.conn_id)
         self._update_events()
-        # Everything queued for this session goes out in the flush that follows.
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.loop.schedule(self)
+        self._schedule_flush()  # everything queued for it goes out in the flush that follows
 
     def say_bye(self, retry_after: float, linger: float) -> None:
         """Shutdown: tell the client when to come back, flush, close."""

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..metering import Histogram
 from ..protocol import rfc3339_utc
 from .base import Durability, Pending, StoreUnavailable
 from .schema import connect, set_modes
@@ -97,6 +98,14 @@ class Writer:
         #: limit (a room missing here is looked up once).
         self._oldest: dict[str, tuple[int, float] | None] = {}
         self._retain_from = 0  # where a pass cut short goes on
+        # /metrics and /readyz (written by the writer thread, read by the admin thread).
+        #: Seconds each batch's transaction took, and batches that failed (ever).
+        self.write_latency = Histogram()
+        self.failed_total = 0
+        #: The last readiness probe (request_probe): when it ended, and why it failed.
+        self.probe_at = 0.0
+        self.probe_error: str | None = None
+        self._probe_wanted = False
 
     # -- any thread -------------------------------------------------------------------
 
@@ -131,6 +140,24 @@ class Writer:
             if len(queue) == 1:
                 self._cond.notify()
 
+    def request_probe(self) -> None:
+        """Ask the writer for one small real commit (``meta`` key ``probe``), so that
+        readiness is proven by a write, not assumed from no error seen yet."""
+        with self._cond:
+            self._probe_wanted = True
+            self._cond.notify()
+
+    def unwritable(self) -> str | None:
+        """Why the log cannot take messages now (dead writer, last commit failed, last
+        probe failed), or None. Any thread."""
+        if self._dead is not None:
+            return f"the message log writer died: {self._dead}"
+        if self._closing:
+            return "the message log is closed"
+        if self._failure is not None:
+            return f"the last write failed: {self._failure}"
+        return None if self.probe_error is None else f"the probe write failed: {self.probe_error}"
+
     def close(self) -> None:
         """Refuse new items, let the thread store what is queued, and join it."""
         with self._cond:
@@ -150,7 +177,7 @@ class Writer:
             due = time.monotonic() + self._retention_interval
             while True:
                 with self._cond:
-                    while not self._queue and not self._closing:
+                    while not self._queue and not self._closing and not self._probe_wanted:
                         timeout = due - time.monotonic()
                         if timeout <= 0:
                             break
@@ -158,9 +185,12 @@ class Writer:
                     if not self._queue and self._closing:
                         return
                     batch = self._take()
+                    probe, self._probe_wanted = self._probe_wanted, False
                 if batch:
                     self._inflight = batch
                     self._process(batch)
+                if probe:
+                    self._probe()
                 now = time.monotonic()
                 if now >= due:
                     more = self._retain()
@@ -218,11 +248,13 @@ class Writer:
             # on even if the write fails, so no seq is given out twice in this process.
             self._advance(new_last, new_at)
             self._answered_stored(batch)
+        started = time.monotonic()
         try:
             self._write(rows, room_rows)
         except _BUGS:
             raise
         except sqlite3.DatabaseError as exc:
+            self.failed_total += 1
             self._drop_connection()
             if durable:
                 for item in batch:
@@ -231,6 +263,7 @@ class Writer:
             else:
                 self._note_failure(_reason(exc), len(batch))
             return
+        self.write_latency.observe(time.monotonic() - started)
         self._recovered()
         if durable:
             self._advance(new_last, new_at)
@@ -258,6 +291,32 @@ class Writer:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             raise
+
+    def _probe(self) -> None:
+        """The readiness probe: one tiny transaction through the same connection. Its
+        success ends a failure episode too, so a server that stopped getting messages
+        while the disk was full does not stay unready for want of a message batch."""
+        try:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('probe', ?)",
+                             (time.time(),))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+        except _BUGS:
+            raise
+        except sqlite3.DatabaseError as exc:
+            self._drop_connection()
+            self.probe_error = _reason(exc)
+        else:
+            self.probe_error = None
+            self._recovered()  # the disk takes writes again: publishes need not wait
+        self.probe_at = time.monotonic()
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:

@@ -34,6 +34,8 @@ from ..io.tls import CertificateWatcher, describe_certificate, server_context
 from ..rooms import InProcessRoom, RoomRegistry
 from ..store.base import Durability, MessageLog
 from ..store.memory import MemoryLog
+from ..store.redis_config import is_redis_url, redact
+from ..store.redis_log import RedisLog
 from ..store.sqlite import SQLiteLog
 from .admission import Admission, Pending, client_key
 from .config import ServerConfig
@@ -129,6 +131,12 @@ class Server:
         log: MessageLog
         if config.store == "memory":
             log = MemoryLog(history_max=config.history_max, history_age=config.history_age)
+        elif is_redis_url(config.store):
+            log = RedisLog.open(
+                config.store,
+                history_max=config.history_max, history_age=config.history_age,
+                resend_window=config.resend_window,
+                on_thread_died=lambda exc: self._thread_died("securechat-redis", exc))
         else:
             log = SQLiteLog.open(
                 config.data_dir, durability=cast(Durability, config.durability),
@@ -220,7 +228,7 @@ class Server:
         listener.setblocking(False)
         self._listener = listener
         self._started = True
-        if isinstance(self._log, SQLiteLog):
+        if isinstance(self._log, (SQLiteLog, RedisLog)):
             # The writer thread only runs SQLite (which releases the GIL); the fan-out of
             # each committed batch is Python work and goes to an I/O loop, in order
             # (call_soon is FIFO), so the two threads do not fight over the GIL. The
@@ -237,7 +245,7 @@ class Server:
         self._accept_thread.start()
         host, port = self.address
         log_event(logger, logging.INFO, "listen", host=host, port=port, tls_min=cfg.tls_min,
-                  io_threads=cfg.io_threads, room=self.room.name, store=cfg.store,
+                  io_threads=cfg.io_threads, room=self.room.name, store=redact(cfg.store),
                   epoch=self.room.epoch, seq=self.room.seq, rooms=len(self.rooms))
         somaxconn = _read_int("/proc/sys/net/core/somaxconn")
         if somaxconn is not None and somaxconn < cfg.backlog:

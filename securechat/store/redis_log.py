@@ -107,14 +107,16 @@ class RedisLog:
         }
         if target.password is not None:
             options["password"] = target.password
+        client = redis.Redis.from_url(target.url, **options)
         try:
-            client = redis.Redis.from_url(target.url, **options)
             client.ping()
         except redis.exceptions.AuthenticationError as exc:
+            client.close()
             raise StoreOpenError(f"Redis at {target.shown}: login refused: {exc} (check "
                                  "the URL's user and password, SECURECHAT_REDIS_PASSWORD"
                                  "_FILE or SECURECHAT_REDIS_PASSWORD)") from exc
-        except (redis.exceptions.RedisError, OSError, ValueError) as exc:
+        except (redis.exceptions.RedisError, OSError) as exc:
+            client.close()
             raise StoreOpenError(f"Redis at {target.shown}: cannot connect: {exc}; the "
                                  "server does not start without its message log") from exc
         return cls(client, redis.exceptions, target.shown, history_max=history_max,

@@ -57,8 +57,13 @@ class Subscriber:
         self.subscribed = threading.Event()
         #: Why there is no subscription now, or None (read by health()).
         self.failure: str | None = None
-        #: How many times the subscription was made (1 at start, +1 per loss).
+        #: How many times the subscription was made (1 at start, +1 per loss), and the
+        #: messages read from the streams to fill gaps.
         self.subscriptions = 0
+        self.filled = 0
+        #: Seconds before the first attempt to subscribe again (doubling up to
+        #: ``retry_after``); tests raise it to make a gap.
+        self.first_pause = 0.05
         self._thread: threading.Thread | None = None
 
     def baseline(self, room: str, epoch: str, seq: int) -> None:
@@ -81,10 +86,10 @@ class Subscriber:
 
     def _run(self) -> None:
         try:
-            pause = 0.05
+            pause = self.first_pause
             while not self._stop.is_set():
                 if self._listen():
-                    pause = 0.05
+                    pause = self.first_pause
                 self._stop.wait(pause)
                 pause = min(pause * 2, self._retry_after)
         except BaseException as exc:
@@ -163,6 +168,7 @@ class Subscriber:
                 break
             found.extend(page)
             last = page[-1].message.seq
+        self.filled += len(found)
         return found
 
     def _on_messages(self, messages: list[dict[str, Any]]) -> None:

@@ -147,6 +147,13 @@ class Broker:
             for job in batch:
                 self._on_reply(job, error)
             return
+        except errors.RedisError as exc:  # e.g. NOPERM for SCRIPT LOAD: misconfigured
+            self._sha = ""
+            self._failed(f"Redis refused the script: {exc}")
+            error = StoreUnavailable(self.failure or "Redis unreachable", self._retry_after)
+            for job in batch:
+                self._on_reply(job, error)
+            return
         if self.failure is not None:
             logger.info("Redis: publishing works again")
             self.failure = None

@@ -133,7 +133,10 @@ class RedisLog:
         """None while publishing and the subscription work, else why not (for /readyz)."""
         if self._closed:
             return "the Redis log is closed"
-        return self.broker.failure or self.subscriber.failure
+        failure = self.broker.failure or self.subscriber.failure
+        if failure is None and self._started and not self.subscriber.subscribed.is_set():
+            failure = "the Redis subscription is not made yet"
+        return failure
 
     @property
     def ready(self) -> bool:

@@ -120,7 +120,9 @@ class Subscriber:
                             break
                         burst.append(more)
                     self._on_messages(burst)
-        except (errors.ConnectionError, errors.TimeoutError, OSError, StoreUnavailable) as exc:
+        except (errors.RedisError, OSError, StoreUnavailable) as exc:
+            # A refusal (NOPERM, LOADING...) is survived like a lost connection: the
+            # node stays up, not ready, and tries again.
             self.subscribed.clear()
             reason = f"Redis subscription lost: {exc}"
             if self.failure is None:

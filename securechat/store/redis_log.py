@@ -76,6 +76,7 @@ class RedisLog:
         self._lock = threading.Lock()
         #: Published by this node, not yet seen back on the channel: origin -> Pending.
         self._waiting: dict[str, Pending] = {}
+        self._read_at_start: dict[str, int] = {}
         self._on_stored: OnStored | None = None
         self._on_failed: OnFailed | None = None
         self.broker = Broker(client, SCRIPT, errors=errors, on_reply=self._on_reply,
@@ -161,7 +162,7 @@ class RedisLog:
             keys.append(dedup_key(room, item.sender, item.client, item.msg_id))
         args: list[str | int] = [secrets.token_hex(8), encode_tail(item, origin),
                                  channel(room), self._history_max, self._age_ms,
-                                 self._window]
+                                 self._window, self.subscriber.position(room)]
         with self._lock:
             self._waiting[origin] = item
         try:
@@ -244,9 +245,15 @@ class RedisLog:
             logger.warning("room %s: cannot read its epoch from Redis: %s", room, exc)
             return ""
         self.subscriber.baseline(room, epoch, int(seq or 0))
+        with self._lock:
+            self._read_at_start[room] = int(seq or 0)
         return str(epoch)
 
     def last_seq(self, room: str) -> int:
+        with self._lock:  # the seq room_epoch just read, so both are one position
+            seen = self._read_at_start.pop(room, None)
+        if seen is not None:
+            return seen
         try:
             _, seq = self._peek_state(room)
         except StoreUnavailable as exc:

@@ -48,8 +48,11 @@ PREFIX = "securechat:"
 PATTERN = PREFIX + "{*}:live"
 
 #: KEYS: meta, stream[, sent]. ARGV: epoch if new, tail, channel, history max,
-#: history age (ms), resend window (s). Returns {1, seq, epoch, at} when stored, or
-#: {0, seq, epoch} for a resend that the sent key recognised (nothing stored).
+#: history age (ms), resend window (s), seq floor. A room with no seq yet (new, or
+#: lost by Redis) numbers on from the floor, the last seq the publishing node saw, so
+#: members who stay connected across a lost Redis never see seq go back. Returns
+#: {1, seq, epoch, at} when stored, or {0, seq, epoch} for a resend that the sent key
+#: recognised (nothing stored).
 SCRIPT = """
 local meta, stream = KEYS[1], KEYS[2]
 local epoch = redis.call('HGET', meta, 'epoch')
@@ -60,6 +63,9 @@ end
 if KEYS[3] then
   local seen = redis.call('GET', KEYS[3])
   if seen then return {0, tonumber(seen), epoch} end
+end
+if not redis.call('HGET', meta, 'seq') then
+  redis.call('HSET', meta, 'seq', tonumber(ARGV[7]))
 end
 local now = redis.call('TIME')
 local at = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)

@@ -72,6 +72,11 @@ class Subscriber:
         with self._lock:
             self._pos.setdefault(room, (epoch, seq))
 
+    def position(self, room: str) -> int:
+        """The last seq of ``room`` handed on (0 if none)."""
+        with self._lock:
+            return self._pos.get(room, ("", 0))[1]
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="securechat-redis-subscriber",
                                         daemon=True)

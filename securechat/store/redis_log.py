@@ -278,9 +278,13 @@ class RedisLog:
         return self._messages(room, rows)[0].seq if rows else None
 
     def room_names(self) -> list[str]:
-        """The rooms with a stream (one SCAN at startup)."""
-        keys = self._call("scan", lambda: list(self._client.scan_iter(
-            match=stream_key("*"), count=1000)))
+        """The rooms with a stream (one SCAN at startup; none if Redis fails then)."""
+        try:
+            keys = self._call("scan", lambda: list(self._client.scan_iter(
+                match=stream_key("*"), count=1000)))
+        except StoreUnavailable as exc:
+            logger.warning("listing the rooms in Redis failed: %s", exc.reason)
+            return []
         return sorted({name for key in keys if (name := room_of(str(key)))})
 
     def read_after(self, room: str, after_seq: int, limit: int) -> list[StoredMessage]:

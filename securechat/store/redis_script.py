@@ -156,9 +156,11 @@ def _entry(room: str, seq: int, at_ms: int, epoch: str, tail: str) -> Entry:
     if isinstance(msg_id, bool) or not isinstance(msg_id, (str, int)):
         msg_id = None
     client = fields.get("c")
+    # at_ms / 1000 may fall just below the millisecond (…0.123 -> …0.12299): the
+    # timestamp is formatted from a tenth of a millisecond above it, never below.
     message = StoredMessage(room, seq, str(fields.get("s", "")),
                             client if isinstance(client, str) else None, msg_id,
-                            str(fields.get("b", "")), rfc3339_utc(at), at)
+                            str(fields.get("b", "")), rfc3339_utc((at_ms + 0.1) / 1000), at)
     return Entry(message, epoch, str(fields.get("o", "")))
 
 

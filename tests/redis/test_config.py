@@ -13,7 +13,7 @@ import pytest
 from securechat.errors import ConfigError
 from securechat.server.config import ServerConfig
 from securechat.server.tokens import add_token
-from securechat.store.base import StoreOpenError
+from securechat.store.base import Pending, StoreOpenError, StoreUnavailable
 from securechat.store.redis_config import (
     PASSWORD_ENV,
     PASSWORD_FILE_ENV,
@@ -21,7 +21,14 @@ from securechat.store.redis_config import (
     redis_target,
 )
 from securechat.store.redis_log import RedisLog
-from securechat.store.redis_script import dedup_key, meta_key, room_of, stream_key
+from securechat.store.redis_script import (
+    decode_live,
+    dedup_key,
+    encode_tail,
+    meta_key,
+    room_of,
+    stream_key,
+)
 from tests.redis_support import RedisServer
 from tests.support import Certs, MakeServer, free_port, publish, run_server_cli, seconds
 
@@ -127,3 +134,29 @@ def test_a_password_protected_redis(tmp_path: Path, locked_redis: RedisServer,
     secret.write_text("wrong\n", encoding="utf-8")
     with pytest.raises(StoreOpenError, match="login refused"):
         RedisLog.open(locked_redis.url)
+
+
+def test_the_live_format_round_trips_every_field() -> None:
+    """What the script publishes (seq|at|epoch|tail) decodes to the stored message."""
+    item = Pending("ops", "zoë", "phone|1", 7, 'a|b "quoted" ✓')
+    entry = decode_live("ops", f"42|1764662400123|e1|{encode_tail(item, 'node:9')}")
+    message = entry.message
+    assert (message.seq, message.sender, message.client, message.msg_id, message.body) == (
+        42, "zoë", "phone|1", 7, 'a|b "quoted" ✓')
+    assert message.ts == "2025-12-02T08:00:00.123Z" and entry.epoch == "e1"
+    assert entry.origin == "node:9"
+
+
+def test_a_full_publish_queue_refuses_at_once(redis: RedisServer) -> None:
+    """Past max_items a publish is refused (store_unavailable with retry_after) and
+    nothing of it is queued; the broker is not started here, so nothing drains."""
+    log = RedisLog.open(redis.url, max_items=2, retry_after=0.5)
+    try:
+        for i in range(2):
+            log.submit(Pending("lobby", "alice", None, i, "queued"))
+        with pytest.raises(StoreUnavailable, match="queue is full") as refused:
+            log.submit(Pending("lobby", "alice", None, 2, "refused"))
+        assert refused.value.retry_after == 0.5
+        assert log.broker.published == 0
+    finally:
+        log.close()

@@ -52,6 +52,9 @@ __all__ = ["RedisLog"]
 
 logger = logging.getLogger("securechat.store")
 
+#: Seconds a read on an I/O loop may wait for Redis (connect or answer).
+READ_TIMEOUT = 1.0
+
 OnStored = Callable[[list[Pending]], None]
 OnFailed = Callable[[list[Pending], StoreUnavailable], None]
 
@@ -61,11 +64,15 @@ class RedisLog:
 
     synchronous = False
 
-    def __init__(self, client: Any, errors: Any, shown: str, *, history_max: int,
-                 history_age: float, resend_window: float, max_items: int,
-                 retry_after: float,
+    def __init__(self, client: Any, reader: Any, errors: Any, shown: str, *,
+                 history_max: int, history_age: float, resend_window: float,
+                 max_items: int, retry_after: float,
                  on_thread_died: Callable[[BaseException], None] | None) -> None:
         self._client = client
+        #: For the reads of the I/O loops: short timeouts, and none at all while the
+        #: subscription is known to be lost (fail fast, never hold up a loop).
+        self._reader = reader
+        self._retry_after = retry_after
         self._errors = errors
         self.shown = shown
         self.node = secrets.token_hex(6)
@@ -109,18 +116,23 @@ class RedisLog:
         if target.password is not None:
             options["password"] = target.password
         client = redis.Redis.from_url(target.url, **options)
+        reader = redis.Redis.from_url(target.url, **{
+            **options, "socket_timeout": READ_TIMEOUT,
+            "socket_connect_timeout": min(connect_timeout, READ_TIMEOUT)})
         try:
             client.ping()
         except redis.exceptions.AuthenticationError as exc:
             client.close()
+            reader.close()
             raise StoreOpenError(f"Redis at {target.shown}: login refused: {exc} (check "
                                  "the URL's user and password, SECURECHAT_REDIS_PASSWORD"
                                  "_FILE or SECURECHAT_REDIS_PASSWORD)") from exc
         except (redis.exceptions.RedisError, OSError) as exc:
             client.close()
+            reader.close()
             raise StoreOpenError(f"Redis at {target.shown}: cannot connect: {exc}; the "
                                  "server does not start without its message log") from exc
-        return cls(client, redis.exceptions, target.shown, history_max=history_max,
+        return cls(client, reader, redis.exceptions, target.shown, history_max=history_max,
                    history_age=history_age, resend_window=resend_window,
                    max_items=max_items, retry_after=retry_after,
                    on_thread_died=on_thread_died)
@@ -217,18 +229,23 @@ class RedisLog:
             self.broker.close()
             self.subscriber.close()
         self._client.close()
+        self._reader.close()
 
     # -- reading ----------------------------------------------------------------------
 
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+    def _call(self, what: str, fn: Callable[[], Any], *, fast: bool = True) -> Any:
+        lost = self.subscriber.failure
+        if fast and lost is not None:
+            raise StoreUnavailable(lost, self._retry_after)
         try:
             return fn()
         except (self._errors.RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis unreachable ({what}): {exc}") from exc
 
     def _peek_state(self, room: str) -> tuple[str | None, int]:
+        """For the subscriber (also while it knows Redis is lost)."""
         epoch, seq = self._call("room state", lambda: self._client.hmget(
-            meta_key(room), "epoch", "seq"))
+            meta_key(room), "epoch", "seq"), fast=False)
         return epoch, int(seq or 0)
 
     def room_epoch(self, room: str) -> str:
@@ -236,8 +253,12 @@ class RedisLog:
         is noted for the subscriber. A Redis that cannot be reached gives "" (a resume
         then starts over) rather than failing the join."""
         candidate = secrets.token_hex(8)
+        if self.subscriber.failure is not None:
+            logger.warning("room %s: %s; its epoch is unknown for now", room,
+                           self.subscriber.failure)
+            return ""
         try:
-            pipe = self._client.pipeline(transaction=False)
+            pipe = self._reader.pipeline(transaction=False)
             pipe.hsetnx(meta_key(room), "epoch", candidate)
             pipe.hmget(meta_key(room), "epoch", "seq")
             _, (epoch, seq) = pipe.execute()
@@ -255,7 +276,8 @@ class RedisLog:
         if seen is not None:
             return seen
         try:
-            _, seq = self._peek_state(room)
+            seq = int(self._call("room state", lambda: self._reader.hget(
+                meta_key(room), "seq")) or 0)
         except StoreUnavailable as exc:
             logger.warning("room %s: %s", room, exc.reason)
             return 0
@@ -269,18 +291,18 @@ class RedisLog:
 
     def _read_range(self, room: str, epoch: str, after: int, upto: int) -> list[Entry]:
         rows = self._call("stream", lambda: self._client.xrange(
-            stream_key(room), str(after + 1), str(upto), count=upto - after))
+            stream_key(room), str(after + 1), str(upto), count=upto - after), fast=False)
         return self._entries(room, rows, epoch)
 
     def oldest_seq(self, room: str) -> int | None:
-        rows = self._call("stream", lambda: self._client.xrange(
+        rows = self._call("stream", lambda: self._reader.xrange(
             stream_key(room), "-", "+", count=1))
         return self._messages(room, rows)[0].seq if rows else None
 
     def room_names(self) -> list[str]:
         """The rooms with a stream (one SCAN at startup; none if Redis fails then)."""
         try:
-            keys = self._call("scan", lambda: list(self._client.scan_iter(
+            keys = self._call("scan", lambda: list(self._reader.scan_iter(
                 match=stream_key("*"), count=1000)))
         except StoreUnavailable as exc:
             logger.warning("listing the rooms in Redis failed: %s", exc.reason)
@@ -290,20 +312,20 @@ class RedisLog:
     def read_after(self, room: str, after_seq: int, limit: int) -> list[StoredMessage]:
         if limit <= 0:
             return []
-        return self._messages(room, self._call("stream", lambda: self._client.xrange(
+        return self._messages(room, self._call("stream", lambda: self._reader.xrange(
             stream_key(room), str(after_seq + 1), "+", count=limit)))
 
     def read_before(self, room: str, before_seq: int, limit: int) -> list[StoredMessage]:
         if limit <= 0 or before_seq <= 1:
             return []
-        rows = self._call("stream", lambda: self._client.xrevrange(
+        rows = self._call("stream", lambda: self._reader.xrevrange(
             stream_key(room), str(before_seq - 1), "-", count=limit))
         return self._messages(room, rows[::-1])
 
     def read_latest(self, room: str, limit: int) -> list[StoredMessage]:
         if limit <= 0:
             return []
-        rows = self._call("stream", lambda: self._client.xrevrange(
+        rows = self._call("stream", lambda: self._reader.xrevrange(
             stream_key(room), "+", "-", count=limit))
         return self._messages(room, rows[::-1])
 

@@ -160,3 +160,14 @@ def test_a_full_publish_queue_refuses_at_once(redis: RedisServer) -> None:
         assert log.broker.published == 0
     finally:
         log.close()
+
+
+def test_redis_py_is_imported_only_for_a_redis_store() -> None:
+    """A server on SQLite or memory never loads redis-py (it is an optional extra)."""
+    code = ("import sys\nimport securechat.cli.server, securechat.server.listener\n"
+            "from securechat.server.config import ServerConfig\n"
+            "ServerConfig(store='redis://127.0.0.1:1/0')\n"
+            "print('redis' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=seconds(20), check=False)
+    assert done.stdout.strip() == "False", done.stderr

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
+from securechat.store.base import Pending
 from securechat.store.redis_log import RedisLog
+from securechat.store.redis_script import channel, encode_tail, meta_key, stream_key
 from tests.redis.conftest import Nodes
 from tests.redis.test_nodes import room_frames
 from tests.redis_support import RedisServer, user_everywhere
@@ -147,3 +149,29 @@ def test_a_lost_subscription_is_made_again_and_the_gap_filled(nodes: Nodes,
         assert room_frames(watcher, 1)[0]["seq"] == last["seq"]
     finally:
         control.close()
+
+
+def test_a_seq_that_jumps_on_the_channel_is_filled_from_the_stream(
+        nodes: Nodes, redis: RedisServer) -> None:
+    """A message that never reached the channel (here: written to the stream by hand,
+    only the next one published) is read from the stream before the next is handed on."""
+    (a,) = nodes(1)
+    alice, _ = a.login(a.add_user("alice"))
+    first = publish(alice, ["one"])[0]["seq"]
+    control = redis.client()
+    try:
+        epoch = control.hget(meta_key("lobby"), "epoch")
+        at = control.hget(meta_key("lobby"), "at")
+        tails = [encode_tail(Pending("lobby", "ghost", None, None, body), f"elsewhere:{i}")
+                 for i, body in enumerate(("two", "three"))]
+        for offset, tail in enumerate(tails, start=1):
+            control.xadd(stream_key("lobby"), {"t": at, "m": tail}, id=f"{first + offset}-0")
+        control.hset(meta_key("lobby"), "seq", first + 2)
+        control.publish(channel("lobby"), f"{first + 2}|{at}|{epoch}|{tails[1]}")
+    finally:
+        control.close()
+    got = room_frames(alice, 2)
+    assert [(m["seq"], m["from"], m["body"]) for m in got] == [
+        (first + 1, "ghost", "two"), (first + 2, "ghost", "three")]
+    assert log_of(a).subscriber.filled == 1
+    assert publish(alice, ["four"])[0]["seq"] == first + 3

@@ -345,6 +345,13 @@ class Server:
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
+    def store_health(self) -> str | None:
+        """None while the message log can take messages, else why not (a readiness
+        check; only the Redis log can be unhealthy while the server runs)."""
+        if isinstance(self._log, RedisLog):
+            return self._log.health()
+        return None
+
     def threads(self) -> list[threading.Thread]:
         """Every thread this server started (for tests that check they were joined)."""
         found = [loop.thread for loop in self._loops]

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import RunningServer, seconds, wait_for
+from tests.support import Certs, RunningServer, seconds, wait_for
 
 __all__ = ["RedisServer", "require_redis_server", "user_everywhere"]
 
@@ -41,12 +41,17 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _pong(port: int) -> bool:
+def _pong(port: int, tls: Certs | None = None) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection(("127.0.0.1", port),
+                                                                timeout=0.5))
+            if tls is not None:
+                sock = stack.enter_context(tls.client_context().wrap_socket(
+                    sock, server_hostname="localhost"))
             sock.sendall(b"PING\r\n")
             reply = sock.recv(64)
-    except OSError:
+    except OSError:  # ssl.SSLError too
         return False
     return reply.startswith((b"+PONG", b"-NOAUTH"))
 
@@ -55,17 +60,21 @@ class RedisServer:
     """One redis-server process; ``url`` points at it (db 0)."""
 
     def __init__(self, directory: Path, *, appendonly: bool = False,
-                 password: str | None = None) -> None:
+                 password: str | None = None, tls: Certs | None = None) -> None:
+        """``tls``: serve TLS only (``rediss://``), with that certificate."""
         self.binary = require_redis_server()
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
         self.password = password
+        self.tls = tls
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://localhost:{self.port}/0?ssl_ca_certs={self.tls.ca_path}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
@@ -79,7 +88,12 @@ class RedisServer:
                              f"{self.directory / 'redis.log'}")
 
     def _spawn(self) -> bool:
-        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+        ports = ["--port", str(self.port)] if self.tls is None else [
+            "--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no",
+            "--tls-cert-file", str(self.tls.cert_path),
+            "--tls-key-file", str(self.tls.key_path),
+            "--tls-ca-cert-file", str(self.tls.ca_path)]
+        argv = [self.binary, *ports, "--bind", "127.0.0.1",
                 "--dir", str(self.directory), "--save", "",
                 "--appendonly", "yes" if self.appendonly else "no",
                 "--logfile", str(self.directory / "redis.log"), "--daemonize", "no"]
@@ -93,7 +107,7 @@ class RedisServer:
             if self.proc.poll() is not None:
                 self.proc = None
                 return False  # port taken, most likely
-            if _pong(self.port):
+            if _pong(self.port, self.tls):
                 return True
             pause.wait(0.02)  # a child process gives no event to wait on
         self.kill()
@@ -127,8 +141,8 @@ class RedisServer:
     def client(self) -> Any:
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
-                           decode_responses=True, socket_timeout=seconds(5))
+        return redis.Redis.from_url(self.url, password=self.password,
+                                    decode_responses=True, socket_timeout=seconds(5))
 
 
 def user_everywhere(nodes: list[RunningServer], name: str) -> str:

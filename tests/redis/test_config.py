@@ -171,3 +171,23 @@ def test_redis_py_is_imported_only_for_a_redis_store() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=seconds(20), check=False)
     assert done.stdout.strip() == "False", done.stderr
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path, certs: Certs) -> Iterator[RedisServer]:
+    """A redis-server that speaks only TLS (requested before make_server)."""
+    redis = RedisServer(tmp_path / "redis", tls=certs)
+    redis.start()
+    try:
+        yield redis
+    finally:
+        redis.stop()
+
+
+def test_a_rediss_url_talks_tls(tls_redis: RedisServer, make_server: MakeServer) -> None:
+    """rediss:// with the CA in the URL's query: the node publishes through TLS."""
+    assert tls_redis.url.startswith("rediss://")
+    node = make_server(store=tls_redis.url)
+    alice, _ = node.login(node.add_user("alice"))
+    assert publish(alice, ["over tls"])[0]["seq"] == 1
+    assert [m.body for m in node.server.rooms.log.read_latest("lobby", 5)] == ["over tls"]

@@ -20,6 +20,7 @@ from ..server import Server
 from ..server.config import ServerConfig
 from ..server.logs import setup_logging
 from ..server.ops import config as admin_options
+from ..store.redis_config import redact
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -132,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.check_config:
         store = (f"message log in {config.data_dir}" if config.store == "sqlite"
-                 else "messages in memory")
+                 else "messages in memory" if config.store == "memory"
+                 else f"messages in Redis at {redact(config.store)}")
         print(f"securechat-server: configuration OK ({len(server.tokens)} tokens, {store})")
         server.close_unstarted()
         return EXIT_OK

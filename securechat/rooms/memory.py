@@ -20,7 +20,7 @@ from typing import Protocol, cast
 
 from .. import protocol
 from ..metering import Histogram
-from ..store.base import MessageLog, Pending, StoredMessage, StoreUnavailable
+from ..store.base import MessageLog, Pending, RoomEpochs, StoredMessage, StoreUnavailable
 from ..store.memory import MemoryLog
 from .base import HistoryEntry, HistoryPage, Member, RoomSnapshot
 from .resends import PENDING, ResendTable
@@ -125,6 +125,9 @@ class InProcessRoom:
         self._lock = threading.Lock()
         self._sessions: dict[Member, None] = {}
         self._users: dict[str, int] = {}
+        # Redis keeps an epoch per room (read before the seq: it notes the position).
+        self._epoch = (self.log.room_epoch(name) if isinstance(self.log, RoomEpochs)
+                       else self.log.epoch)
         self._seq = self.log.last_seq(name)
         self._resends = ResendTable(window=resend_window, per_client=resends_per_client)
         for sender, client, mid, seq, stored_at in self.log.recent_ids(
@@ -156,7 +159,7 @@ class InProcessRoom:
 
     @property
     def epoch(self) -> str:
-        return self.log.epoch
+        return self._epoch
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -175,7 +178,7 @@ class InProcessRoom:
                 self._broadcast(protocol.encode(protocol.Join(user, self.name)), member)
             self._sessions[member] = None
             snapshot = RoomSnapshot(self.name, tuple(sorted(self._users)), self._seq,
-                                    self.log.epoch)
+                                    self._epoch)
             member.deliver(greet(snapshot))
             return snapshot
 
@@ -239,13 +242,41 @@ class InProcessRoom:
             return None
 
     def on_stored(self, batch: list[Pending]) -> None:
-        """The writer stored ``batch`` (numbered, in seq order): fan it out."""
+        """The writer stored ``batch`` (numbered, in seq order): fan it out. A shared
+        log (Redis) also hands over other nodes' messages (no ``ref``: no local sender)
+        and recognised resends (``duplicate``: only the ack)."""
         with self._lock:
-            self.inflight -= len(batch)
             for item in batch:
+                if item.ref is not None:
+                    self.inflight -= 1
+                if item.duplicate:
+                    self._duplicate(item)
+                    continue
+                if item.epoch and item.epoch != self._epoch:
+                    self._new_epoch(item.epoch)
+                if item.seq <= self._seq and item.epoch:
+                    if item.ref is not None:  # seen already (read at the room's start)
+                        cast(Member, item.ref).deliver_ack(protocol.encode_ack(
+                            item.msg_id, item.seq, self.room_json))
+                    continue
                 self._fan_out(item)
             if self._timed is not None and batch:
                 self._time_ack(batch[-1].seq)
+
+    def _duplicate(self, item: Pending) -> None:
+        if item.client is not None and item.msg_id is not None:
+            self._resends.stored(item.sender, item.client, item.msg_id, item.seq)
+        cast(Member, item.ref).deliver_ack(protocol.encode_ack(
+            item.msg_id, item.seq, self.room_json, duplicate=True))
+
+    def _new_epoch(self, epoch: str) -> None:
+        """The shared log lost this room's data: its numbering starts over."""
+        self._epoch = epoch
+        self._seq = 0
+        self._budget.add(-self._cache_bytes)
+        self._cache.clear()
+        self._cache_bytes = 0
+        self._cache_first = 1
 
     def on_failed(self, batch: list[Pending], error: StoreUnavailable) -> None:
         """The writer could not store ``batch``: nothing of it was numbered or seen;
@@ -278,9 +309,10 @@ class InProcessRoom:
 
     def _fan_out(self, item: Pending) -> None:
         """Deliver a stored message; called with the lock held, in seq order."""
-        sender = cast(Member, item.ref)
+        sender = cast("Member | None", item.ref)
         seq = item.seq
-        frame = protocol.encode_room_message(sender.user_json, item.body, seq, item.ts,
+        user_json = protocol.json_string(item.sender) if sender is None else sender.user_json
+        frame = protocol.encode_room_message(user_json, item.body, seq, item.ts,
                                              self.room_json)
         self._seq = seq
         if item.client is not None and item.msg_id is not None:
@@ -292,7 +324,8 @@ class InProcessRoom:
             if member is not sender:
                 member.deliver(frame)
         # Under the lock, so the sender sees ack N before any message N+1.
-        sender.deliver_ack(protocol.encode_ack(item.msg_id, seq, self.room_json))
+        if sender is not None:
+            sender.deliver_ack(protocol.encode_ack(item.msg_id, seq, self.room_json))
 
     def _remember(self, seq: int, frame: bytes) -> None:
         if not self._cache_max:

@@ -98,8 +98,11 @@ class ServerConfig:
         "deadline from TCP accept to a valid auth frame (includes the handshake)"))
     store: str = field(default="sqlite", metadata=_doc(
         "where room messages are kept: sqlite (a durable log in --data-dir; members who "
-        "come back get what they missed, also after a restart) or memory (lost on "
-        "restart; for tests and benchmarks)"))
+        "come back get what they missed, also after a restart), memory (lost on "
+        "restart; for tests and benchmarks), or redis://[USER[:PASSWORD]@]HOST:PORT/DB "
+        "(rediss:// for TLS): a log shared by several nodes (README: Running several "
+        "nodes). A password not in the URL is read from the file named by "
+        "SECURECHAT_REDIS_PASSWORD_FILE, else from SECURECHAT_REDIS_PASSWORD"))
     data_dir: Path = field(default=Path("data"), metadata=_doc(
         "directory of the message log (created 0700; one server at a time, locked)"))
     durability: str = field(default="commit", metadata=_doc(
@@ -153,8 +156,10 @@ class ServerConfig:
             raise ConfigError(f"--room {self.room!r}: {problem}")
         if self.tls_min not in ("1.2", "1.3"):
             raise ConfigError("--tls-min must be 1.2 or 1.3")
-        if self.store not in ("sqlite", "memory"):
-            raise ConfigError("--store must be sqlite or memory")
+        if self.store not in ("sqlite", "memory") and not self.store.startswith(
+                ("redis://", "rediss://")):
+            raise ConfigError("--store must be sqlite, memory, or a redis:// or "
+                              "rediss:// URL")
         if self.durability not in ("commit", "fsync", "memory"):
             raise ConfigError("--durability must be commit, fsync or memory")
         if self.log_format not in ("text", "json"):

@@ -25,7 +25,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, cast
 
 from ..errors import ServerThreadDied
@@ -34,6 +33,8 @@ from ..io.tls import CertificateWatcher, describe_certificate, server_context
 from ..rooms import InProcessRoom, RoomRegistry
 from ..store.base import Durability, MessageLog
 from ..store.memory import MemoryLog
+from ..store.redis_config import is_redis_url, redact
+from ..store.redis_log import RedisLog
 from ..store.sqlite import SQLiteLog
 from .admission import Admission, Pending, client_key
 from .config import ServerConfig
@@ -42,6 +43,7 @@ from .logs import log_event
 from .ops.config import AdminConfig
 from .ops.health import Readiness
 from .session import Session, State
+from .sockets import drain, format_peer, read_int, tune_socket
 from .tokens import TokenFileWatcher, TokenStore, load_store
 
 __all__ = ["Server", "client_key"]
@@ -56,14 +58,6 @@ _ACCEPT_SKIP = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.E
 _ACCEPT_OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 ACCEPT_PAUSE_MIN = 0.1
 ACCEPT_PAUSE_MAX = 1.0
-
-
-def _format_peer(addr: Any) -> tuple[str, str]:
-    host, port = str(addr[0]), addr[1]
-    if host.startswith("::ffff:"):
-        host = host[7:]
-    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return shown, client_key(host)
 
 
 class Server:
@@ -126,6 +120,8 @@ class Server:
         self._inject_fault: Callable[[str], None] | None = None
         #: /readyz's named checks; a backend adds its own (see ops/health.py).
         self.readiness = Readiness()
+        if isinstance(self._log, RedisLog):  # publish path and subscription (redis_log.py)
+            self.readiness.add("redis", self.store_health)
         self._accept_turn = 0.0
         self._admin = self._make_admin(admin) if admin is not None and admin.listen else None
 
@@ -135,6 +131,12 @@ class Server:
         log: MessageLog
         if config.store == "memory":
             log = MemoryLog(history_max=config.history_max, history_age=config.history_age)
+        elif is_redis_url(config.store):
+            log = RedisLog.open(
+                config.store,
+                history_max=config.history_max, history_age=config.history_age,
+                resend_window=config.resend_window,
+                on_thread_died=lambda exc: self._thread_died("securechat-redis", exc))
         else:
             log = SQLiteLog.open(
                 config.data_dir, durability=cast(Durability, config.durability),
@@ -250,7 +252,7 @@ class Server:
         listener.setblocking(False)
         self._listener = listener
         self._started = True
-        if isinstance(self._log, SQLiteLog):
+        if isinstance(self._log, (SQLiteLog, RedisLog)):
             # The writer thread only runs SQLite (which releases the GIL); the fan-out of
             # each committed batch is Python work and goes to an I/O loop, in order
             # (call_soon is FIFO), so the two threads do not fight over the GIL. The
@@ -269,9 +271,9 @@ class Server:
             self._admin.start()
         host, port = self.address
         log_event(logger, logging.INFO, "listen", host=host, port=port, tls_min=cfg.tls_min,
-                  io_threads=cfg.io_threads, room=self.room.name, store=cfg.store,
+                  io_threads=cfg.io_threads, room=self.room.name, store=redact(cfg.store),
                   epoch=self.room.epoch, seq=self.room.seq, rooms=len(self.rooms))
-        somaxconn = _read_int("/proc/sys/net/core/somaxconn")
+        somaxconn = read_int("/proc/sys/net/core/somaxconn")
         if somaxconn is not None and somaxconn < cfg.backlog:
             log_event(logger, logging.WARNING, "config",
                       f"listen backlog capped by net.core.somaxconn={somaxconn}")
@@ -373,6 +375,13 @@ class Server:
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
+    def store_health(self) -> str | None:
+        """None while the message log can take messages, else why not (a readiness
+        check; only the Redis log can be unhealthy while the server runs)."""
+        if isinstance(self._log, RedisLog):
+            return self._log.health()
+        return None
+
     def threads(self) -> list[threading.Thread]:
         """Every thread this server started (for tests that check they were joined)."""
         found = [loop.thread for loop in self._loops]
@@ -418,7 +427,7 @@ class Server:
                     timeout = min(timeout, self._accept_resume_at - now)
                 for key, _ in sel.select(max(0.0, timeout)):
                     if key.data == "wake":
-                        _drain(self._wake_r)
+                        drain(self._wake_r)
                     elif key.data == "accept" and listening:
                         if self._inject_fault is not None:
                             self._inject_fault("accept")
@@ -481,7 +490,7 @@ class Server:
 
     def _admit(self, raw: socket.socket, addr: Any) -> None:
         now = time.monotonic()
-        peer, ip_key = _format_peer(addr)
+        peer, ip_key = format_peer(addr)
         loop = min(self._loops, key=lambda lp: len(lp.endpoints))
         entry = self._admission.admit(next(self._conn_ids), ip_key, loop, now)
         if isinstance(entry, str):
@@ -493,7 +502,7 @@ class Server:
             return
         try:
             raw.setblocking(False)
-            _tune_socket(raw, self.config)
+            tune_socket(raw, self.config)
         except OSError:
             pass  # the peer may already be gone; the session will find out
         loop.call_soon(lambda: self._adopt(raw, peer, entry))
@@ -566,33 +575,3 @@ class Server:
                 # Spread the comebacks so N clients do not all reconnect at once.
                 retry_after = spread_retry(0.0, spread)
                 endpoint.say_bye(retry_after, linger)
-
-
-def _tune_socket(sock: socket.socket, cfg: ServerConfig) -> None:
-    """Low latency, plus kernel backstops for dead peers (design-notes.md s3):
-    keepalive finds a vanished idle peer, TCP_USER_TIMEOUT one with unacked data."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    idle = max(1, int(cfg.heartbeat))
-    if hasattr(socket, "TCP_KEEPIDLE"):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle // 3))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-    if hasattr(socket, "TCP_USER_TIMEOUT"):
-        # Longer than our own deadlines, so the application-level error comes first.
-        user_timeout = 3 * cfg.heartbeat + cfg.write_timeout + 5
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(user_timeout * 1000))
-
-
-def _drain(sock: socket.socket) -> None:
-    """Read a non-blocking socket empty (the wake-ups are only a nudge)."""
-    with contextlib.suppress(OSError):
-        while sock.recv(4096):
-            pass
-
-
-def _read_int(path: str) -> int | None:
-    try:
-        return int(Path(path).read_text().strip())
-    except (OSError, ValueError):
-        return None

@@ -413,10 +413,7 @@ class Session(FrameDispatch):
         if self.write_blocked:
             self.write_blocked = False
             self._update_events()
-            if self.replay is not None:
-                # Unblocked from a read (on_readable) or a flush, not on_writable, which
-                # pumps itself: without this the catch-up waits for the next frame
-                # queued for this session, a heartbeat away.
+            if self.replay is not None:  # unblocked outside on_writable: pump it again
                 self.loop.call_soon(self._pump_replay)
         if self.state is State.CLOSING:
             self._finish_close(graceful=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from ..errors import ConfigError, SecureChatError
 
@@ -18,6 +18,7 @@ __all__ = [
     "MessageLog",
     "Pending",
     "RecentId",
+    "RoomEpochs",
     "StoreOpenError",
     "StoreUnavailable",
     "StoredMessage",
@@ -51,7 +52,9 @@ class Pending:
     """A message waiting to be stored. ``ref`` is the room's own back-reference (e.g. the
     sender session), never looked at by the log. ``seq``, ``ts`` and ``stored_at`` are
     filled in by the log when it assigns the number, and reset to their defaults if
-    storing fails (the number was not used)."""
+    storing fails (the number was not used). A log with an epoch per room (Redis) also
+    sets ``epoch``, and ``duplicate`` for a resend it recognised (``seq`` is then the
+    original's; nothing was stored)."""
 
     room: str
     sender: str
@@ -62,6 +65,8 @@ class Pending:
     seq: int = 0
     ts: str = ""
     stored_at: float = 0.0
+    epoch: str = ""
+    duplicate: bool = False
 
 
 class StoreUnavailable(SecureChatError):
@@ -128,3 +133,10 @@ class MessageLog(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class RoomEpochs(Protocol):
+    """A log whose epoch is per room (Redis: a room's log there can be lost alone)."""
+
+    def room_epoch(self, room: str) -> str: ...

@@ -1,0 +1,33 @@
+"""/readyz on a Redis node: not ready while Redis is down, ready again once it is back
+(the "redis" check asks the log's health: the publish path and the subscription)."""
+
+from __future__ import annotations
+
+import pytest
+
+from securechat.server.ops.config import AdminConfig
+from tests.ops.admin_support import AdminServer, admin_address, admin_server, request
+from tests.redis_support import RedisServer
+from tests.support import wait_for
+
+__all__ = ["admin_server"]
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def ready(running: object) -> tuple[int, str]:
+    status, _, body = request(admin_address(running), "/readyz")  # type: ignore[arg-type]
+    return status, body.decode()
+
+
+def test_readyz_follows_redis_down_and_back(admin_server: AdminServer,
+                                            redis: RedisServer) -> None:
+    running = admin_server(admin=AdminConfig(listen="127.0.0.1:0"), store=redis.url)
+    wait_for(lambda: ready(running)[0] == 200, what="/readyz to be ready")
+    redis.kill()
+    wait_for(lambda: ready(running)[0] == 503, what="/readyz to see Redis gone")
+    status, body = ready(running)
+    assert status == 503
+    assert "redis" in body and "Redis" in body, body
+    redis.start()
+    wait_for(lambda: ready(running)[0] == 200, what="/readyz to be ready again")

@@ -121,7 +121,7 @@ class Server:
         #: /readyz's named checks; a backend adds its own (see ops/health.py).
         self.readiness = Readiness()
         if isinstance(self._log, RedisLog):  # publish path and subscription (redis_log.py)
-            self.readiness.add("redis", self.store_health)
+            self.readiness.add("redis", self.store_health, probe=self._log.probe)
         self._accept_turn = 0.0
         self._admin = self._make_admin(admin) if admin is not None and admin.listen else None
 

@@ -29,6 +29,7 @@ import itertools
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +55,10 @@ logger = logging.getLogger("securechat.store")
 
 #: Seconds a read on an I/O loop may wait for Redis (connect or answer).
 READ_TIMEOUT = 1.0
+#: The readiness self-test (:meth:`RedisLog.probe`): a message at most this often on
+#: the node's own channel, which must come back through the subscription in time.
+PROBE_EVERY = 1.0
+PROBE_TIMEOUT = 3.0
 
 OnStored = Callable[[list[Pending]], None]
 OnFailed = Callable[[list[Pending], StoreUnavailable], None]
@@ -93,6 +98,12 @@ class RedisLog:
                                      read_range=self._read_range,
                                      room_state=self._peek_state, retry_after=retry_after,
                                      on_thread_died=on_thread_died)
+        self.subscriber.probe_channel = f"securechat:probe:{self.node}"
+        self._probe_token = ""
+        self._probe_sent = 0.0
+        self._probe_count = itertools.count(1)
+        #: Why the last self-test failed; cleared when a token comes back.
+        self._probe_failure: str | None = None
         self._started = False
         self._closed = False
 
@@ -146,10 +157,38 @@ class RedisLog:
         """None while publishing and the subscription work, else why not (for /readyz)."""
         if self._closed:
             return "the Redis log is closed"
-        failure = self.broker.failure or self.subscriber.failure
+        failure = self.broker.failure or self.subscriber.failure or self._probe_failure
         if failure is None and self._started and not self.subscriber.subscribed.is_set():
             failure = "the Redis subscription is not made yet"
         return failure
+
+    def probe(self, now: float) -> None:
+        """The self-test behind /readyz (admin thread, about twice a second): publish a
+        token on this node's probe channel and expect it back on the subscription
+        within PROBE_TIMEOUT. A subscription that is connected but delivers nothing,
+        or a Redis that hangs, fails it, not only one that drops the connection (the
+        Centrifugo bug of a green /health while delivery was broken)."""
+        if not self._started or self._closed:
+            return
+        now = time.monotonic()
+        if self._probe_token and self.subscriber.probe_seen == self._probe_token:
+            self._probe_token = ""
+            self._probe_failure = None
+        if self._probe_token:
+            if now - self._probe_sent < PROBE_TIMEOUT:
+                return
+            self._probe_failure = ("the Redis self-test message did not come back within "
+                                   f"{PROBE_TIMEOUT:g} s")
+        elif now - self._probe_sent < PROBE_EVERY:
+            return
+        token = f"{next(self._probe_count)}"
+        try:
+            self._reader.publish(self.subscriber.probe_channel, token)
+        except (self._errors.RedisError, OSError) as exc:
+            self._probe_failure = f"the Redis self-test publish failed: {exc}"
+            self._probe_token, self._probe_sent = "", now
+            return
+        self._probe_token, self._probe_sent = token, now
 
     @property
     def ready(self) -> bool:

@@ -64,6 +64,10 @@ class Subscriber:
         #: Seconds before the first attempt to subscribe again (doubling up to
         #: ``retry_after``); tests raise it to make a gap.
         self.first_pause = 0.05
+        #: The node's own self-test channel (RedisLog.probe) and the last token read
+        #: back on it: proof that this very subscription still delivers.
+        self.probe_channel = ""
+        self.probe_seen = ""
         self._thread: threading.Thread | None = None
 
     def baseline(self, room: str, epoch: str, seq: int) -> None:
@@ -109,6 +113,8 @@ class Subscriber:
         made = False
         try:
             pubsub.psubscribe(PATTERN)
+            if self.probe_channel:
+                pubsub.subscribe(self.probe_channel)
             while not self._stop.is_set():
                 message = pubsub.get_message(timeout=0.25)
                 if message is None:
@@ -117,6 +123,8 @@ class Subscriber:
                 if kind == "psubscribe":
                     made = True
                     self._subscribed()
+                elif kind == "message" and message["channel"] == self.probe_channel:
+                    self.probe_seen = str(message["data"])
                 elif kind == "pmessage":
                     burst = [message]
                     while len(burst) < BATCH:

@@ -31,3 +31,16 @@ def test_readyz_follows_redis_down_and_back(admin_server: AdminServer,
     assert "redis" in body and "Redis" in body, body
     redis.start()
     wait_for(lambda: ready(running)[0] == 200, what="/readyz to be ready again")
+
+
+def test_readyz_fails_when_the_self_test_message_stops_coming_back(
+        admin_server: AdminServer, redis: RedisServer) -> None:
+    """Redis up and every connection open, but nothing gets through (CLIENT PAUSE): only
+    the self-test can tell, and /readyz says so; once Redis serves again, ready."""
+    running = admin_server(admin=AdminConfig(listen="127.0.0.1:0"), store=redis.url)
+    wait_for(lambda: ready(running)[0] == 200, what="/readyz to be ready")
+    pause_ms = 6000
+    redis.client().client_pause(pause_ms)
+    wait_for(lambda: ready(running)[0] == 503, timeout=5, what="/readyz to fail the self-test")
+    assert "self-test" in ready(running)[1]
+    wait_for(lambda: ready(running)[0] == 200, timeout=15, what="/readyz to be ready again")

@@ -161,8 +161,8 @@ class Cluster:
             for i in range(nodes):
                 admin = free_port()
                 node_dir = directory / f"node{i + 1}"
-                node_dir.mkdir(exist_ok=True)
-                shutil.copy(directory / "tokens.json", node_dir / "tokens.json")
+                node_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copy(directory.parent / "tokens.json", node_dir / "tokens.json")
                 self.nodes.append(ServerProcess(
                     node_dir, cert, key,
                     ["--store", self.redis.url, "--admin-listen", f"127.0.0.1:{admin}",
@@ -269,7 +269,7 @@ def round_trips(before: list[dict[str, float]], after: list[dict[str, float]]
         return total
 
     trips = delta("securechat_redis_round_trips_total")
-    published = delta("securechat_messages_in_total")
+    published = delta("securechat_redis_published_total")
     if trips is None or not published:
         return {"ok": True, "note": "the nodes expose no round-trip counter"}
     return {"ok": True, "round_trips": trips, "published": published,

@@ -165,7 +165,8 @@ class Server:
             ledger=self.room.budget, writer=getattr(self._log, "_writer", None),
             readiness=self.readiness, accept_turn=lambda: self._accept_turn,
             accept_sleep=self.config.tokens_poll, not_listening=not_listening,
-            stopping=self._stopping, started=time.monotonic())
+            stopping=self._stopping, started=time.monotonic(),
+            redis=self._log.counters if isinstance(self._log, RedisLog) else None)
         return AdminService(admin, view, tls=lambda: self._admission.ssl_context,
                             on_crash=self._thread_died)
 

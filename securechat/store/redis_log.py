@@ -162,6 +162,12 @@ class RedisLog:
             failure = "the Redis subscription is not made yet"
         return failure
 
+    def counters(self) -> dict[str, int]:
+        """For /metrics (read at scrape time, plain ints of the two threads)."""
+        return {"round_trips": self.broker.round_trips, "published": self.broker.published,
+                "filled": self.subscriber.filled,
+                "subscriptions": self.subscriber.subscriptions}
+
     def probe(self, now: float) -> None:
         """The self-test behind /readyz (admin thread, about twice a second): publish a
         token on this node's probe channel and expect it back on the subscription

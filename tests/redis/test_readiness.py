@@ -8,7 +8,7 @@ import pytest
 from securechat.server.ops.config import AdminConfig
 from tests.ops.admin_support import AdminServer, admin_address, admin_server, request
 from tests.redis_support import RedisServer
-from tests.support import wait_for
+from tests.support import publish, wait_for
 
 __all__ = ["admin_server"]
 
@@ -44,3 +44,24 @@ def test_readyz_fails_when_the_self_test_message_stops_coming_back(
     wait_for(lambda: ready(running)[0] == 503, timeout=5, what="/readyz to fail the self-test")
     assert "self-test" in ready(running)[1]
     wait_for(lambda: ready(running)[0] == 200, timeout=15, what="/readyz to be ready again")
+
+
+def test_metrics_count_redis_round_trips_and_publishes(admin_server: AdminServer,
+                                                       redis: RedisServer) -> None:
+    """/metrics on a Redis node: publishes Redis answered, and the pipelines that carried
+    them (at most one per publish)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    running = admin_server(admin=AdminConfig(listen="127.0.0.1:0"), store=redis.url)
+    alice, _ = running.login(running.add_user("alice"))
+    publish(alice, [f"m{i}" for i in range(20)])
+
+    def counters() -> dict[str, float]:
+        _, _, body = request(admin_address(running), "/metrics")
+        return {s.name: s.value for f in text_string_to_metric_families(body.decode())
+                for s in f.samples}
+
+    found = counters()
+    assert found["securechat_redis_published_total"] >= 20, found
+    assert 1 <= found["securechat_redis_round_trips_total"] <= 20, found
+    assert found["securechat_redis_subscriptions_total"] == 1

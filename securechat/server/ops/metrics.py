@@ -131,5 +131,15 @@ class ServerCollector(Collector):
         yield _histogram("securechat_store_write_seconds", "Duration of each store write "
                          "transaction (one batch of messages).",
                          Histogram.merged([writer.write_latency] if writer else []))
+        if view.redis is not None:
+            redis = view.redis()
+            yield _counter("securechat_redis_round_trips_total", "Pipelines the broker "
+                           "sent to Redis (many publishes share one).", redis["round_trips"])
+            yield _counter("securechat_redis_published_total", "Publishes Redis answered.",
+                           redis["published"])
+            yield _counter("securechat_redis_gap_filled_total", "Messages read from the "
+                           "streams to fill a gap on the subscription.", redis["filled"])
+            yield _counter("securechat_redis_subscriptions_total", "Times the subscription "
+                           "was made (1 + the times it was lost).", redis["subscriptions"])
         yield GaugeMetricFamily("securechat_ready", "1 if /readyz would answer 200.",
                                 value=0 if view.readiness.problems() else 1)

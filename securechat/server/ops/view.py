@@ -38,3 +38,6 @@ class ServerView:
     stopping: threading.Event
     #: time.monotonic() when the server started.
     started: float
+    #: The Redis log's counters (round trips, publishes, gap fills, subscriptions);
+    #: None for the other stores.
+    redis: Callable[[], dict[str, int]] | None = None

@@ -29,6 +29,7 @@ from securechat.grants import Grants
 from securechat.io.tls import server_context
 from securechat.server import Server
 from securechat.server.config import ServerConfig
+from securechat.server.ops.config import AdminConfig
 from securechat.server.session import Session
 from securechat.server.tokens import (
     TokenStore,
@@ -262,7 +263,9 @@ MakeServer = Callable[..., RunningServer]
 _data_dirs = itertools.count(1)
 
 
-def start_server(tmp: Path, certs: Certs, **overrides: Any) -> RunningServer:
+def start_server(tmp: Path, certs: Certs, *, admin: AdminConfig | None = None,
+                 **overrides: Any) -> RunningServer:
+    """A Server on 127.0.0.1 port 0 (``admin``: with the admin endpoint too)."""
     tokens_path = tmp / "tokens.json"
     if not tokens_path.exists():
         add_token(tokens_path, "nobody")
@@ -276,7 +279,7 @@ def start_server(tmp: Path, certs: Certs, **overrides: Any) -> RunningServer:
     settings.update(overrides)
     config = ServerConfig(**settings)
     ctx = server_context(config.cert, config.key, tls_min=config.tls_min)
-    server = Server(config, ssl_context=ctx)
+    server = Server(config, ssl_context=ctx, admin=admin)
     server.start()
     return RunningServer(server, certs, tokens_path)
 

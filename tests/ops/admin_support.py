@@ -14,12 +14,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from securechat.io.tls import server_context
-from securechat.server import Server
-from securechat.server.config import ServerConfig
 from securechat.server.ops.config import AdminConfig
-from securechat.server.tokens import add_token, revoke_tokens
-from tests.support import Certs, RunningServer, seconds, stop_server
+from tests.support import Certs, RunningServer, seconds, start_server, stop_server
 
 #: ``admin_server(admin=AdminConfig(...), **server_settings)``.
 AdminServer = Callable[..., RunningServer]
@@ -29,20 +25,8 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 def start_admin_server(tmp: Path, certs: Certs, admin: AdminConfig | None = None,
                        **overrides: Any) -> RunningServer:
     """tests.support.start_server, plus the admin endpoint (loopback, port 0)."""
-    tokens_path = tmp / "tokens.json"
-    if not tokens_path.exists():
-        add_token(tokens_path, "nobody")
-        revoke_tokens(tokens_path, "nobody")
-    settings: dict[str, Any] = {
-        "host": "127.0.0.1", "port": 0, "cert": certs.cert_path, "key": certs.key_path,
-        "tokens": tokens_path, "tokens_poll": 0.05, "shutdown_timeout": seconds(3.0),
-        "data_dir": tmp / f"data-{len(list(tmp.glob('data-*'))) + 1}", "msg_rate": 0.0}
-    settings.update(overrides)
-    config = ServerConfig(**settings)
-    server = Server(config, ssl_context=server_context(config.cert, config.key),
-                    admin=admin or AdminConfig(listen="127.0.0.1:0"))
-    server.start()
-    return RunningServer(server, certs, tokens_path)
+    return start_server(tmp, certs, admin=admin or AdminConfig(listen="127.0.0.1:0"),
+                        **{"msg_rate": 0.0, **overrides})
 
 
 @pytest.fixture

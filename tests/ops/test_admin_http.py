@@ -37,6 +37,7 @@ from tests.support import (
     seconds,
     server_argv,
     server_cli_command,
+    wait_for,
 )
 
 TOKEN = "s3cret-admin-token-0123456789"
@@ -57,7 +58,8 @@ def test_three_paths_get_and_head_everything_else_404_or_405(
     assert headers["connection"] == "close" and headers["content-length"] == "3"
     status, headers, body = request(address, "/healthz", method="HEAD")
     assert (status, body) == (200, b"") and headers["content-length"] == "3"
-    assert request(address, "/readyz?verbose=1")[0] == 200  # a query string is ignored
+    # A query string is ignored (ready once the store's first probe write ended).
+    wait_for(lambda: request(address, "/readyz?verbose=1")[0] == 200, what="ready")
     for path in ("/", "/metrics/", "/admin", "/healthz/../metrics", "/favicon.ico"):
         assert request(address, path)[0] == 404, path
     status, headers, _ = request(address, "/metrics", method="POST")
@@ -188,7 +190,8 @@ def test_over_tls_a_wrong_or_missing_token_gets_401(admin_server: AdminServer,
                        headers={"Authorization": wrong})[0] == 401, wrong
     assert request(address, "/nothing", context=ctx)[0] == 401  # nothing without a token
     good = {"Authorization": f"Bearer {TOKEN}"}
-    assert request(address, "/readyz", context=ctx, headers=good)[:1] == (200,)
+    wait_for(lambda: request(address, "/readyz", context=ctx, headers=good)[0] == 200,
+             what="ready (once the store's first probe write ended)")
     assert b"securechat_uptime_seconds" in request(address, "/metrics", context=ctx,
                                                    headers=good)[2]
     with socket.create_connection(address, timeout=seconds(5)) as plain:

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ..metering import Histogram
@@ -44,6 +44,20 @@ RETENTION_CHUNK = 500
 #: cut into slices, so a commit never waits behind a walk over every room.
 RETENTION_SLICE = 0.005
 _UNKNOWN = (-1, 0.0)
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back (if still open) when anything raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
 
 
 def _reason(exc: BaseException) -> str:
@@ -280,34 +294,18 @@ class Writer:
 
     def _write(self, rows: Sequence[tuple[object, ...]],
                room_rows: Sequence[tuple[object, ...]]) -> None:
-        conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(self._connection()) as conn:
             conn.executemany(_INSERT, rows)
             conn.executemany(_UPSERT_ROOM, room_rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
 
     def _probe(self) -> None:
         """The readiness probe: one tiny transaction through the same connection. Its
         success ends a failure episode too, so a server that stopped getting messages
         while the disk was full does not stay unready for want of a message batch."""
         try:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(self._connection()) as conn:
                 conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('probe', ?)",
                              (time.time(),))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
         except _BUGS:
             raise
         except sqlite3.DatabaseError as exc:

@@ -27,7 +27,7 @@ FIELDS = {f.name for f in dataclasses.fields(ServerConfig)}
 #: A new field must go into the table or here: the test below fails until it does.
 SETTINGS = {"host", "port", "cert", "key", "tokens", "room", "tls_min", "io_threads",
             "shutdown_timeout", "retry_spread", "tokens_poll", "log_level", "log_format",
-            "store", "data_dir", "durability"}
+            "store", "data_dir", "durability", "presence_ttl"}
 
 UNITS = {"": 1, "s": 1, "B": 1, "KiB": 1024, "MiB": 1024 * 1024, "/s": 1}
 

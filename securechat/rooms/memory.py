@@ -20,7 +20,15 @@ from typing import Protocol, cast
 
 from .. import protocol
 from ..metering import Histogram
-from ..store.base import MessageLog, Pending, RoomEpochs, StoredMessage, StoreUnavailable
+from ..store.base import (
+    MessageLog,
+    Pending,
+    PresenceEvent,
+    RoomEpochs,
+    SharedPresence,
+    StoredMessage,
+    StoreUnavailable,
+)
 from ..store.memory import MemoryLog
 from .base import HistoryEntry, HistoryPage, Member, RoomSnapshot
 from .resends import PENDING, ResendTable
@@ -108,6 +116,8 @@ class InProcessRoom:
 
     Presence is per user: ``join`` when a user's first session arrives, ``leave``
     when the last one goes, so a second device is not announced as a new person.
+    With a shared log (Redis) that holds across nodes: the users other nodes have in
+    the room (``_remote``) count too, and this node's changes are passed on.
     """
 
     def __init__(self, name: str = "lobby", *, log: MessageLog | None = None,
@@ -128,6 +138,10 @@ class InProcessRoom:
         # Redis keeps an epoch per room (read before the seq: it notes the position).
         self._epoch = (self.log.room_epoch(name) if isinstance(self.log, RoomEpochs)
                        else self.log.epoch)
+        self._shared = self.log if isinstance(self.log, SharedPresence) else None
+        #: user -> the other nodes where that user is in this room (shared log only).
+        self._remote: dict[str, frozenset[str]] = (
+            self._shared.roster(name) if self._shared is not None else {})
         self._seq = self.log.last_seq(name)
         self._resends = ResendTable(window=resend_window, per_client=resends_per_client)
         for sender, client, mid, seq, stored_at in self.log.recent_ids(
@@ -164,7 +178,7 @@ class InProcessRoom:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def _broadcast(self, frame: bytes, skip: Member) -> None:
+    def _broadcast(self, frame: bytes, skip: Member | None) -> None:
         for member in self._sessions:
             if member is not skip:
                 member.deliver(frame)
@@ -175,10 +189,12 @@ class InProcessRoom:
             count = self._users.get(user, 0)
             self._users[user] = count + 1
             if count == 0:
-                self._broadcast(protocol.encode(protocol.Join(user, self.name)), member)
+                if user not in self._remote:
+                    self._broadcast(protocol.encode(protocol.Join(user, self.name)), member)
+                if self._shared is not None:
+                    self._shared.joined(self.name, user)
             self._sessions[member] = None
-            snapshot = RoomSnapshot(self.name, tuple(sorted(self._users)), self._seq,
-                                    self._epoch)
+            snapshot = RoomSnapshot(self.name, self._member_names(), self._seq, self._epoch)
             member.deliver(greet(snapshot))
             return snapshot
 
@@ -193,7 +209,53 @@ class InProcessRoom:
                 self._users[user] = count
                 return
             self._users.pop(user, None)
-            self._broadcast(protocol.encode(protocol.Leave(user, reason, self.name)), member)
+            if self._shared is not None:
+                self._shared.left(self.name, user, reason)
+            if user not in self._remote:
+                self._broadcast(protocol.encode(protocol.Leave(user, reason, self.name)),
+                                member)
+
+    def _member_names(self) -> tuple[str, ...]:
+        if not self._remote:
+            return tuple(sorted(self._users))
+        return tuple(sorted(self._users.keys() | self._remote.keys()))
+
+    # ------------------------------------------------------------------ other nodes
+    def on_presence(self, event: PresenceEvent) -> None:
+        """Another node's user joined or left this room: announced here only if that
+        changes whether the user is in the room at all."""
+        with self._lock:
+            nodes = self._remote.get(event.user, frozenset())
+            if event.joined:
+                if event.node not in nodes:
+                    self._set_remote(event.user, nodes | {event.node}, "")
+            elif event.node in nodes:
+                self._set_remote(event.user, nodes - {event.node}, event.reason)
+
+    def on_roster(self, roster: dict[str, frozenset[str]]) -> None:
+        """The other nodes' users as Redis holds them now: whoever is new joined,
+        whoever is gone (their node stopped refreshing: it died) left."""
+        with self._lock:
+            for user in self._remote.keys() - roster.keys():
+                self._set_remote(user, frozenset(), "disconnected")
+            for user, nodes in roster.items():
+                if self._remote.get(user) != nodes:
+                    self._set_remote(user, nodes, "")
+
+    def _set_remote(self, user: str, nodes: frozenset[str], reason: str) -> None:
+        """Room lock held."""
+        was_in = user in self._remote or user in self._users
+        if nodes:
+            self._remote[user] = nodes
+        else:
+            self._remote.pop(user, None)
+        if user in self._users:
+            return  # here on this node: the room saw them already, and still does
+        if not was_in and nodes:
+            self._broadcast(protocol.encode(protocol.Join(user, self.name)), None)
+        elif was_in and not nodes:
+            self._broadcast(protocol.encode(protocol.Leave(user, reason or "disconnected",
+                                                           self.name)), None)
 
     # ------------------------------------------------------------------ publishing
     def publish(self, sender: Member, body: str, msg_id: str | int | None = None) -> int | None:
@@ -416,7 +478,7 @@ class InProcessRoom:
 
     def members(self) -> tuple[str, ...]:
         with self._lock:
-            return tuple(sorted(self._users))
+            return self._member_names()
 
     def history(self, after_seq: int = 0) -> list[HistoryEntry]:
         """Messages with ``seq`` > ``after_seq`` still held in the room's memory."""

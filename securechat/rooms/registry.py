@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from ..store.base import MessageLog, Pending, StoreUnavailable
+from ..store.base import MessageLog, Pending, PresenceEvent, StoreUnavailable
 from .base import Member, RoomSnapshot
 from .memory import CacheBudget, InProcessRoom
 
@@ -68,6 +68,11 @@ class RoomRegistry:
     def in_memory(self, name: str) -> InProcessRoom | None:
         return self._rooms.get(name)
 
+    def names_in_memory(self) -> list[str]:
+        """The rooms held now (any thread): those whose presence this node follows."""
+        with self._lock:
+            return list(self._rooms)
+
     def join(self, name: str, member: Member,
              greet: Callable[[RoomSnapshot], bytes]) -> InProcessRoom | str:
         """Subscribe ``member`` to room ``name``, making the room if needed; returns the
@@ -112,6 +117,17 @@ class RoomRegistry:
         for room, items in self._by_room(batch):
             room.on_stored(items)
             self._maybe_drop(room)  # its last member may have left meanwhile
+
+    def on_presence(self, events: list[PresenceEvent]) -> None:
+        """Other nodes' joins and leaves; a room not held here has no one to tell (it
+        reads the roster when it is made)."""
+        for event in events:
+            if (room := self._rooms.get(event.room)) is not None:
+                room.on_presence(event)
+
+    def on_roster(self, name: str, roster: dict[str, frozenset[str]]) -> None:
+        if (room := self._rooms.get(name)) is not None:
+            room.on_roster(roster)
 
     def on_failed(self, batch: list[Pending], error: StoreUnavailable) -> None:
         for room, items in self._by_room(batch):

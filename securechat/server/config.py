@@ -115,6 +115,10 @@ class ServerConfig:
     resend_window: float = field(default=300.0, metadata=_doc(
         "seconds a client's message ids are remembered, so that a resend after a lost "
         "ack is acknowledged again and not delivered twice"))
+    presence_ttl: float = field(default=30.0, metadata=_doc(
+        "with a redis:// store: seconds a node's presence entries live unless refreshed "
+        "(every third of it); the members of a node that dies leave the other nodes' "
+        "lists within about 1.33 x this"))
     backlog: int = field(default=4096, metadata=_doc(
         "listen queue length (the kernel caps it at net.core.somaxconn)"))
     shutdown_timeout: float = field(default=5.0, metadata=_doc(
@@ -128,7 +132,7 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         positive = ("heartbeat", "handshake_timeout", "auth_timeout", "write_timeout",
-                    "shutdown_timeout", "tokens_poll")
+                    "shutdown_timeout", "tokens_poll", "presence_ttl")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be greater than 0")

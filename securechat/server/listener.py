@@ -135,7 +135,7 @@ class Server:
             log = RedisLog.open(
                 config.store,
                 history_max=config.history_max, history_age=config.history_age,
-                resend_window=config.resend_window,
+                resend_window=config.resend_window, presence_ttl=config.presence_ttl,
                 on_thread_died=lambda exc: self._thread_died("securechat-redis", exc))
         else:
             log = SQLiteLog.open(
@@ -259,6 +259,13 @@ class Server:
             # (call_soon is FIFO), so the two threads do not fight over the GIL. The
             # registry hands each room its part of the batch.
             fanout, rooms = self._loops[0], self.rooms
+            if isinstance(self._log, RedisLog):  # presence from other nodes, same path
+                self._log.share_presence(
+                    lambda events: fanout.call_soon(functools.partial(rooms.on_presence,
+                                                                      events)),
+                    lambda name, roster: fanout.call_soon(functools.partial(
+                        rooms.on_roster, name, roster)),
+                    rooms.names_in_memory)
             self._log.start(
                 lambda batch: fanout.call_soon(functools.partial(rooms.on_stored, batch)),
                 lambda batch, error: fanout.call_soon(

@@ -17,8 +17,10 @@ __all__ = [
     "Durability",
     "MessageLog",
     "Pending",
+    "PresenceEvent",
     "RecentId",
     "RoomEpochs",
+    "SharedPresence",
     "StoreOpenError",
     "StoreUnavailable",
     "StoredMessage",
@@ -140,3 +142,33 @@ class RoomEpochs(Protocol):
     """A log whose epoch is per room (Redis: a room's log there can be lost alone)."""
 
     def room_epoch(self, room: str) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEvent:
+    """Another node says: ``user``'s first session there joined ``room`` (``joined``),
+    or their last one left it, with ``reason``."""
+
+    room: str
+    user: str
+    node: str
+    joined: bool
+    reason: str = ""
+
+
+@runtime_checkable
+class SharedPresence(Protocol):
+    """A log shared by several nodes (Redis) that also shares who is in each room."""
+
+    def roster(self, room: str) -> dict[str, frozenset[str]]:
+        """The other nodes' users in ``room`` (user -> nodes), read when the room is made
+        on this node; later changes come as PresenceEvents and rosters."""
+        ...
+
+    def joined(self, room: str, user: str) -> None:
+        """``user``'s first session on this node joined ``room``. Must not block."""
+        ...
+
+    def left(self, room: str, user: str, reason: str) -> None:
+        """``user``'s last session on this node left ``room``. Must not block."""
+        ...

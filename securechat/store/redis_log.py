@@ -33,9 +33,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .base import Pending, RecentId, StoredMessage, StoreOpenError, StoreUnavailable
+from .base import (
+    Pending,
+    PresenceEvent,
+    RecentId,
+    StoredMessage,
+    StoreOpenError,
+    StoreUnavailable,
+)
 from .redis_broker import Broker, Job
 from .redis_config import import_redis, redis_target
+from .redis_presence import SCRIPT as PRESENCE_SCRIPT
+from .redis_presence import OnRoster, Presence, Roster, presence_key, roster_of
 from .redis_script import (
     SCRIPT,
     Entry,
@@ -62,6 +71,7 @@ PROBE_TIMEOUT = 3.0
 
 OnStored = Callable[[list[Pending]], None]
 OnFailed = Callable[[list[Pending], StoreUnavailable], None]
+OnPresence = Callable[[list[PresenceEvent]], None]
 
 
 class RedisLog:
@@ -71,7 +81,7 @@ class RedisLog:
 
     def __init__(self, client: Any, reader: Any, errors: Any, shown: str, *,
                  history_max: int, history_age: float, resend_window: float,
-                 max_items: int, retry_after: float,
+                 max_items: int, retry_after: float, presence_ttl: float = 30.0,
                  on_thread_died: Callable[[BaseException], None] | None) -> None:
         self._client = client
         #: For the reads of the I/O loops: short timeouts, and none at all while the
@@ -89,6 +99,8 @@ class RedisLog:
         #: Published by this node, not yet seen back on the channel: origin -> Pending.
         self._waiting: dict[str, Pending] = {}
         self._read_at_start: dict[str, int] = {}
+        self._roster_at_start: dict[str, Roster] = {}
+        self._on_presence: OnPresence | None = None
         self._on_stored: OnStored | None = None
         self._on_failed: OnFailed | None = None
         self.broker = Broker(client, SCRIPT, errors=errors, on_reply=self._on_reply,
@@ -99,6 +111,10 @@ class RedisLog:
                                      room_state=self._peek_state, retry_after=retry_after,
                                      on_thread_died=on_thread_died)
         self.subscriber.probe_channel = f"securechat:probe:{self.node}"
+        self.presence = Presence(client, self.node, errors=errors, ttl=presence_ttl,
+                                 on_thread_died=on_thread_died)
+        self.subscriber.on_presence = self._presence_events
+        self.subscriber.on_subscribed = self.presence.refresh_soon
         self._probe_token = ""
         self._probe_sent = 0.0
         self._probe_count = itertools.count(1)
@@ -112,7 +128,7 @@ class RedisLog:
              history_max: int = 100_000,
              history_age: float = 30 * 86400, resend_window: float = 300.0,
              max_items: int = 10_000, retry_after: float = 1.0,
-             connect_timeout: float = 2.0,
+             connect_timeout: float = 2.0, presence_ttl: float = 30.0,
              on_thread_died: Callable[[BaseException], None] | None = None) -> RedisLog:
         """Connect and check that Redis answers; raises StoreOpenError if not."""
         redis = import_redis()
@@ -146,7 +162,7 @@ class RedisLog:
         return cls(client, reader, redis.exceptions, target.shown, history_max=history_max,
                    history_age=history_age, resend_window=resend_window,
                    max_items=max_items, retry_after=retry_after,
-                   on_thread_died=on_thread_died)
+                   presence_ttl=presence_ttl, on_thread_died=on_thread_died)
 
     @property
     def epoch(self) -> str:
@@ -209,6 +225,33 @@ class RedisLog:
         self._started = True
         self.broker.start()
         self.subscriber.start()
+        self.presence.start()
+
+    def share_presence(self, on_events: OnPresence, on_roster: OnRoster,
+                       rooms: Callable[[], list[str]]) -> None:
+        """Before :meth:`start`: where other nodes' presence goes (events as they come,
+        and every refresh's roster of each room in ``rooms()``, this node's rooms).
+        The callbacks run on the subscriber and presence threads: keep them short."""
+        self._on_presence = on_events
+        self.presence.on_roster = on_roster
+        self.presence.rooms = rooms
+
+    def joined(self, room: str, user: str) -> None:
+        self.presence.joined(room, user)
+
+    def left(self, room: str, user: str, reason: str) -> None:
+        self.presence.left(room, user, reason)
+
+    def roster(self, room: str) -> dict[str, frozenset[str]]:
+        with self._lock:  # read with the room's epoch (room_epoch)
+            return self._roster_at_start.pop(room, {})
+
+    def _presence_events(self, events: list[PresenceEvent]) -> None:
+        """Subscriber thread: other nodes' joins and leaves (this node's own are
+        announced by its rooms already)."""
+        theirs = [event for event in events if event.node != self.node]
+        if theirs and self._on_presence is not None:
+            self._on_presence(theirs)
 
     def submit(self, item: Pending) -> None:
         """Queue ``item`` for the broker; raises StoreUnavailable (nothing queued)."""
@@ -271,6 +314,7 @@ class RedisLog:
             return
         self._closed = True
         if self._started:
+            self.presence.close()  # first: the leaves of the sessions just closed
             self.broker.close()
             self.subscriber.close()
         self._client.close()
@@ -306,13 +350,16 @@ class RedisLog:
             pipe = self._reader.pipeline(transaction=False)
             pipe.hsetnx(meta_key(room), "epoch", candidate)
             pipe.hmget(meta_key(room), "epoch", "seq")
-            _, (epoch, seq) = pipe.execute()
+            key = presence_key(room)
+            pipe.eval(PRESENCE_SCRIPT, 1, key, self.presence.ttl_ms, "refresh", key, "")
+            _, (epoch, seq), members = pipe.execute()
         except (self._errors.RedisError, OSError) as exc:
             logger.warning("room %s: cannot read its epoch from Redis: %s", room, exc)
             return ""
         self.subscriber.baseline(room, epoch, int(seq or 0))
         with self._lock:
             self._read_at_start[room] = int(seq or 0)
+            self._roster_at_start[room] = roster_of(list(members), self.node)
         return str(epoch)
 
     def last_seq(self, room: str) -> int:

@@ -9,6 +9,9 @@ the (epoch, seq) it last handed on:
 - one already handed on (seen again after a fill) is dropped;
 - another epoch means Redis lost the room's data: numbering starts over at 1.
 
+A second pattern, ``securechat:{*}:presence``, brings the other nodes' joins and
+leaves (``redis_presence``), handed on as they come (``on_presence``).
+
 Whenever the subscription is (re)made, after a lost connection (``CLIENT KILL TYPE
 pubsub``, a Redis restart) or at start, each known room is read from its stream past
 what was handed on, so members see no gap and no duplicate.
@@ -21,7 +24,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .base import StoreUnavailable
+from .base import PresenceEvent, StoreUnavailable
+from .redis_presence import PRESENCE_PATTERN, decode_event
 from .redis_script import PATTERN, Entry, decode_live, room_of
 
 __all__ = ["Subscriber"]
@@ -68,6 +72,10 @@ class Subscriber:
         #: back on it: proof that this very subscription still delivers.
         self.probe_channel = ""
         self.probe_seen = ""
+        #: Where presence events go, and who is told that the subscription was made
+        #: (again): events may have been missed meanwhile.
+        self.on_presence: Callable[[list[PresenceEvent]], None] | None = None
+        self.on_subscribed: Callable[[], None] | None = None
         self._thread: threading.Thread | None = None
 
     def baseline(self, room: str, epoch: str, seq: int) -> None:
@@ -112,7 +120,7 @@ class Subscriber:
         pubsub = self._client.pubsub()
         made = False
         try:
-            pubsub.psubscribe(PATTERN)
+            pubsub.psubscribe(PATTERN, PRESENCE_PATTERN)
             if self.probe_channel:
                 pubsub.subscribe(self.probe_channel)
             while not self._stop.is_set():
@@ -121,16 +129,22 @@ class Subscriber:
                     continue
                 kind = message["type"]
                 if kind == "psubscribe":
-                    made = True
-                    self._subscribed()
+                    if message["channel"] == PRESENCE_PATTERN:  # both patterns hold now
+                        made = True
+                        self._subscribed()
                 elif kind == "message" and message["channel"] == self.probe_channel:
                     self.probe_seen = str(message["data"])
+                elif kind == "pmessage" and message["pattern"] == PRESENCE_PATTERN:
+                    self._on_presence(message)
                 elif kind == "pmessage":
                     burst = [message]
                     while len(burst) < BATCH:
                         more = pubsub.get_message(timeout=0.0)
                         if more is None or more["type"] != "pmessage":
                             break
+                        if more["pattern"] == PRESENCE_PATTERN:
+                            self._on_presence(more)
+                            continue
                         burst.append(more)
                     self._on_messages(burst)
         except (errors.RedisError, OSError, StoreUnavailable) as exc:
@@ -174,6 +188,19 @@ class Subscriber:
             logger.info("Redis subscription made again; gaps filled (%d messages)", len(out))
         self.failure = None
         self.subscribed.set()
+        if self.on_subscribed is not None:
+            self.on_subscribed()
+
+    def _on_presence(self, message: dict[str, Any]) -> None:
+        room = room_of(str(message["channel"]))
+        if room is None or self.on_presence is None:
+            return
+        try:
+            event = decode_event(room, str(message["data"]))
+        except (ValueError, KeyError, TypeError):
+            logger.warning("room %s: a presence event that is not ours, ignored", room)
+            return
+        self.on_presence([event])
 
     def _fill(self, room: str, epoch: str, last: int, upto: int) -> list[Entry]:
         found: list[Entry] = []

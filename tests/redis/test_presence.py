@@ -1,0 +1,131 @@
+"""Presence across nodes on one real Redis, clients over real TLS: the member list and
+join/leave are the room's, a node killed without a word has its members leave within
+the presence ttl, and a grant removed in the shared tokens file reaches every node."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.redis.conftest import Nodes
+from tests.redis_support import RedisServer, user_everywhere
+from tests.support import Certs, ServerProcesses, WireClient, seconds, wait_for
+
+pytestmark = pytest.mark.timeout(40)
+
+RW = "rw"
+
+
+def presence(wire: WireClient, timeout: float = 5.0) -> dict[str, Any]:
+    """The next join or leave (pings answered); anything else fails the test."""
+    while True:
+        frame = wire.recv(timeout)
+        if frame.get("type") == "ping":
+            wire.send({"type": "pong"})
+            continue
+        assert frame.get("type") in ("join", "leave"), f"expected presence, got {frame}"
+        break
+    return {k: frame[k] for k in ("type", "user", "reason") if k in frame}
+
+
+def test_members_and_join_leave_are_the_rooms_not_a_nodes(nodes: Nodes) -> None:
+    a, b = nodes(2)
+    ta, tb, tc = (user_everywhere([a, b], name) for name in ("alice", "bob", "carol"))
+    alice, _ = a.login(ta)
+    bob, welcome = b.login(tb)
+    assert welcome["members"] == ["alice", "bob"]  # alice is on the other node
+    assert presence(alice) == {"type": "join", "user": "bob"}
+
+    # alice's second device, on bob's node: she is no new person for anyone.
+    alice2, welcome2 = b.login(ta)
+    assert welcome2["members"] == ["alice", "bob"]
+    carol, welcome3 = a.login(tc)
+    assert welcome3["members"] == ["alice", "bob", "carol"]
+    assert presence(bob) == {"type": "join", "user": "carol"}  # not a join of alice
+    assert presence(alice) == {"type": "join", "user": "carol"}
+
+    alice2.send({"type": "bye"})
+    alice2.expect_closed()
+    bob.send({"type": "bye"})
+    bob.expect_closed()
+    # alice still has a session (on a): only bob's leave reaches carol.
+    assert presence(carol) == {"type": "leave", "user": "bob", "reason": "bye"}
+    assert presence(alice) == {"type": "leave", "user": "bob", "reason": "bye"}
+    wait_for(lambda: b.server.rooms.default_room.members() == ("alice", "carol"),
+             what="node b to see bob gone and alice still in (on node a)")
+    alice.send({"type": "bye"})
+    alice.expect_closed()
+    assert presence(carol) == {"type": "leave", "user": "alice", "reason": "bye"}
+    wait_for(lambda: b.server.rooms.default_room.members() == ("carol",),
+             what="node b to see alice gone")
+
+
+def test_rooms_joined_by_name_share_presence_too(nodes: Nodes) -> None:
+    a, b = nodes(2)
+    grants = {"ops": RW}
+    ta = a.add_user("alice", grants)
+    wait_for(lambda: b.server.tokens.ids() == a.server.tokens.ids(), what="b to load alice")
+    tb = a.add_user("bob", grants)
+    wait_for(lambda: b.server.tokens.ids() == a.server.tokens.ids(), what="b to load bob")
+    alice, _ = a.login(ta, rooms=["ops"])
+    assert alice.expect("joined")["members"] == ["alice"]
+    bob, _ = b.login(tb, rooms=["ops"])
+    assert bob.expect("joined")["members"] == ["alice", "bob"]
+    frame = alice.expect("join")
+    assert (frame["room"], frame["user"]) == ("ops", "bob")
+    bob.send({"type": "leave", "room": "ops"})
+    assert bob.expect("left")["room"] == "ops"
+    frame = alice.expect("leave")
+    assert (frame["room"], frame["user"], frame["reason"]) == ("ops", "bob", "left")
+
+
+@pytest.fixture
+def procs(tmp_path: Path, certs: Certs, redis: RedisServer) -> Iterator[ServerProcesses]:
+    running = ServerProcesses(tmp_path, certs)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def test_a_killed_nodes_members_leave_within_the_presence_ttl(
+        procs: ServerProcesses, redis: RedisServer) -> None:
+    ttl = 1.5
+    one = procs.start("--store", redis.url, "--presence-ttl", str(ttl))
+    two = procs.start("--store", redis.url, "--presence-ttl", str(ttl))
+    alice, _ = procs.login(one, procs.token("alice"))
+    _bob, welcome = procs.login(two, procs.token("bob"))
+    assert welcome["members"] == ["alice", "bob"]
+    assert presence(alice) == {"type": "join", "user": "bob"}
+
+    two.kill()  # SIGKILL: no leave is ever published
+    killed = time.monotonic()
+    assert presence(alice, timeout=ttl * 4) == {"type": "leave", "user": "bob",
+                                                "reason": "disconnected"}
+    took = time.monotonic() - killed
+    assert took <= seconds(ttl * 4 / 3 + 1.0), f"bob left after {took:.2f} s"
+    _carol, welcome = procs.login(one, procs.token("carol"))
+    assert welcome["members"] == ["alice", "carol"]
+
+
+def test_a_grant_removed_in_the_shared_file_reaches_every_node_within_2_s(
+        nodes: Nodes) -> None:
+    a, b = nodes(2)
+    grants = {"lobby": RW, "ops": RW}
+    token = a.add_user("alice", grants)
+    wait_for(lambda: b.server.tokens.ids() == a.server.tokens.ids(), what="b to load it")
+    alice, _ = b.login(token, rooms=["lobby", "ops"])  # on the node that did not write
+    alice.expect("joined"), alice.expect("joined")
+
+    started = time.monotonic()
+    a.set_grants("alice", {"lobby": RW})
+    error = alice.expect("error", timeout=3)
+    assert (error["code"], error["room"]) == ("forbidden", "ops")
+    assert alice.expect("left") == {"type": "left", "room": "ops", "reason": "forbidden"}
+    took = time.monotonic() - started
+    assert took <= seconds(2.0), f"node b applied the change after {took:.2f} s"
+    assert alice.expect("grants") == {"type": "grants", "grants": {"lobby": RW}}

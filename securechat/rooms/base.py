@@ -40,6 +40,11 @@ class Member(Protocol):
         """Queue the answer (ack or refusal) to one of this member's own messages; the
         room calls it exactly once per publish (see ``Room.publish``). Must not block."""
 
+    def reset(self, room: str) -> None:
+        """The room's log was lost and started over (a new epoch): the member's position
+        in it means nothing now, so it must be told to come back and resume (which
+        says ``reset``). Called with the room lock held: must not block."""
+
 
 @dataclass(frozen=True, slots=True)
 class RoomSnapshot:

@@ -332,7 +332,12 @@ class InProcessRoom:
             item.msg_id, item.seq, self.room_json, duplicate=True))
 
     def _new_epoch(self, epoch: str) -> None:
-        """The shared log lost this room's data: its numbering starts over."""
+        """The shared log lost this room's data: its numbering starts over, and every
+        member that was told the old epoch is told to come back (room lock held). A
+        room that never knew its epoch (Redis was down when it was made) told nobody."""
+        if self._epoch:
+            for member in self._sessions:
+                member.reset(self.name)
         self._epoch = epoch
         self._seq = 0
         self._budget.add(-self._cache_bytes)

@@ -55,6 +55,9 @@ class Memberships:
     def deliver_ack(self, frame: bytes) -> None:
         raise NotImplementedError
 
+    def reset(self, room: str) -> None:
+        raise NotImplementedError
+
     def _send(self, frame: bytes) -> None:
         raise NotImplementedError
 

@@ -82,16 +82,27 @@ def test_redis_unreachable_refuses_then_recovers(nodes: Nodes, redis: RedisServe
 def test_a_redis_that_lost_its_data_gives_a_new_epoch(nodes: Nodes,
                                                       redis: RedisServer) -> None:
     """Redis restarted without persistence: the room's epoch is new, seq goes on above
-    the last one the nodes saw (members still connected never see it go back), and a
-    client resuming from the old epoch is told (reset)."""
+    the last one the nodes saw (members still connected never see it go back), members
+    connected then are told to come back (bye store_reset), and a client resuming from
+    the old epoch is told (reset)."""
     a, b = nodes(2)
     ta = user_everywhere([a, b], "alice")
     tb = user_everywhere([a, b], "bob")
+    tc = user_everywhere([a, b], "carol")
     alice, welcome = a.login(ta)
+    carol, _ = b.login(tc)
     acks = publish(alice, ["one", "two", "three"])
+    assert [m["body"] for m in room_frames(carol, 3)] == ["one", "two", "three"]
     redis.restart()
     ack, _ = publish_until_acked(alice, "fresh", list(range(10, 100)))
     assert ack["seq"] == acks[-1]["seq"] + 1
+    # carol, connected all along: the new log's first message, then bye store_reset
+    # (her position in the old epoch means nothing now), then the end of the stream.
+    (fresh,) = room_frames(carol, 1)
+    assert (fresh["body"], fresh["seq"]) == ("fresh", ack["seq"])
+    bye = carol.expect("bye", skip=("ping", "join", "leave"))
+    assert bye["reason"] == "store_reset" and 0 < bye["retry_after"] <= 1.0
+    assert [f["type"] for f in carol.expect_closed()] == []
     for node in (a, b):
         room = node.server.room
         wait_for(lambda: room.epoch not in ("", welcome["epoch"])  # noqa: B023

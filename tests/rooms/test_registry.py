@@ -25,6 +25,9 @@ class Member:
     def deliver_ack(self, frame: bytes) -> None:
         self.deliver(frame)
 
+    def reset(self, room: str) -> None:
+        raise AssertionError(f"no log reset expected ({room})")
+
 
 def greet(snapshot: object) -> bytes:
     return b""

@@ -23,6 +23,9 @@ class FakeMember:
     def deliver_ack(self, frame: bytes) -> None:
         self.frames.append(json.loads(frame))
 
+    def reset(self, room: str) -> None:
+        raise AssertionError(f"no log reset expected ({room})")
+
 
 def _greet(snapshot: RoomSnapshot) -> bytes:
     return json.dumps({"type": "hello", "seq": snapshot.seq}).encode()

@@ -31,6 +31,9 @@ class Member:
     def deliver_ack(self, frame: bytes) -> None:
         self.frames.append(frame)
 
+    def reset(self, room: str) -> None:
+        raise AssertionError(f"no log reset expected ({room})")
+
 
 def room_with(count: int, *, cache: int = 10_000, history_max: int = 0,
               body: str = "b") -> tuple[InProcessRoom, Member]:

@@ -16,11 +16,14 @@ from .. import protocol
 from ..grants import Grants
 from ..rooms.base import RoomSnapshot
 from ..rooms.memory import InProcessRoom
+from .limits import spread_retry
 from .logs import ConnectionLog, log_event
 from .replay import CatchUp, Replay, resume_outcome
+from .state import State
 from .tokens import TokenStore, effective_grants
 
 if TYPE_CHECKING:
+    from ..io.loop import IOLoop
     from .host import SessionHost
 
 __all__ = ["Memberships"]
@@ -38,6 +41,8 @@ class Memberships:
     client_id: str | None
     token_id: str
     log: ConnectionLog
+    loop: IOLoop
+    state: State
     replay: CatchUp | None
 
     #: Rooms the session is in, and those of them it may send to.
@@ -55,8 +60,24 @@ class Memberships:
     def deliver_ack(self, frame: bytes) -> None:
         raise NotImplementedError
 
-    def reset(self, room: str) -> None:
+    def _begin_close(self, reason: str, *, linger: float = ...,
+                     final: bytes | None = None) -> None:
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ a log reset
+    def reset(self, room: str) -> None:
+        """A room's log started over (Redis lost it): see :meth:`_on_reset`. Called by the
+        room from any I/O thread, under its lock."""
+        self.loop.call_soon(functools.partial(self._on_reset, room))
+
+    def _on_reset(self, room: str) -> None:
+        """Say ``bye`` (``store_reset``, a short spread ``retry_after``): the client comes
+        back and resumes, and learns the new epoch with ``reset``. Frames already
+        queued, the new log's first message among them, still go out first."""
+        if self.state is State.ACTIVE or self.state is State.AUTH:
+            log_event(logger, logging.WARNING, "store_reset", room=room, **self.log.fields)
+            self._begin_close("store_reset", final=protocol.encode(
+                protocol.Bye("store_reset", spread_retry(0.1, 1.0))))
 
     def _send(self, frame: bytes) -> None:
         raise NotImplementedError

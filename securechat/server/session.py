@@ -151,21 +151,7 @@ class Session(FrameDispatch):
                 self.flush_scheduled = True
                 self.loop.schedule(self)
 
-    def reset(self, room: str) -> None:
-        """A room's log started over (Redis lost it): see :meth:`_on_reset`. Called by the
-        room from any I/O thread."""
-        self.loop.call_soon(lambda: self._on_reset(room))
-
     # ------------------------------------------------------------------ loop thread
-    def _on_reset(self, room: str) -> None:
-        """Say ``bye`` (``store_reset``, a short spread ``retry_after``): the client comes
-        back and resumes, and learns the new epoch with ``reset``. Frames already
-        queued, the new log's first message among them, still go out first."""
-        if self.state is State.ACTIVE or self.state is State.AUTH:
-            log_event(logger, logging.WARNING, "store_reset", room=room, **self.log.fields)
-            self._begin_close("store_reset", final=protocol.encode(
-                protocol.Bye("store_reset", spread_retry(0.1, 1.0))))
-
     def start(self) -> None:
         self.loop.endpoints.add(self)
         self._set_events(_READ)

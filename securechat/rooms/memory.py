@@ -25,12 +25,14 @@ from ..store.base import (
     Pending,
     PresenceEvent,
     RoomEpochs,
+    Roster,
     SharedPresence,
     StoredMessage,
     StoreUnavailable,
 )
 from ..store.memory import MemoryLog
 from .base import HistoryEntry, HistoryPage, Member, RoomSnapshot
+from .presence import Change, RemotePresence
 from .resends import PENDING, ResendTable
 
 __all__ = ["InProcessRoom"]
@@ -139,9 +141,9 @@ class InProcessRoom:
         self._epoch = (self.log.room_epoch(name) if isinstance(self.log, RoomEpochs)
                        else self.log.epoch)
         self._shared = self.log if isinstance(self.log, SharedPresence) else None
-        #: user -> the other nodes where that user is in this room (shared log only).
-        self._remote: dict[str, frozenset[str]] = (
-            self._shared.roster(name) if self._shared is not None else {})
+        #: The users other nodes have in this room (shared log only).
+        self._remote = RemotePresence(
+            self._shared.roster(name) if self._shared is not None else None)
         self._seq = self.log.last_seq(name)
         self._resends = ResendTable(window=resend_window, per_client=resends_per_client)
         for sender, client, mid, seq, stored_at in self.log.recent_ids(
@@ -218,44 +220,32 @@ class InProcessRoom:
     def _member_names(self) -> tuple[str, ...]:
         if not self._remote:
             return tuple(sorted(self._users))
-        return tuple(sorted(self._users.keys() | self._remote.keys()))
+        return tuple(sorted(self._users.keys() | self._remote.users()))
 
     # ------------------------------------------------------------------ other nodes
     def on_presence(self, event: PresenceEvent) -> None:
         """Another node's user joined or left this room: announced here only if that
         changes whether the user is in the room at all."""
         with self._lock:
-            nodes = self._remote.get(event.user, frozenset())
-            if event.joined:
-                if event.node not in nodes:
-                    self._set_remote(event.user, nodes | {event.node}, "")
-            elif event.node in nodes:
-                self._set_remote(event.user, nodes - {event.node}, event.reason)
+            if (change := self._remote.event(event)) is not None:
+                self._announce(change)
 
-    def on_roster(self, roster: dict[str, frozenset[str]]) -> None:
-        """The other nodes' users as Redis holds them now: whoever is new joined,
-        whoever is gone (their node stopped refreshing: it died) left."""
+    def on_roster(self, roster: Roster) -> None:
+        """The other nodes' users as the shared log holds them now: whoever is new
+        joined, whoever is gone (their node stopped refreshing: it died) left."""
         with self._lock:
-            for user in self._remote.keys() - roster.keys():
-                self._set_remote(user, frozenset(), "disconnected")
-            for user, nodes in roster.items():
-                if self._remote.get(user) != nodes:
-                    self._set_remote(user, nodes, "")
+            for change in self._remote.roster(roster):
+                self._announce(change)
 
-    def _set_remote(self, user: str, nodes: frozenset[str], reason: str) -> None:
-        """Room lock held."""
-        was_in = user in self._remote or user in self._users
-        if nodes:
-            self._remote[user] = nodes
-        else:
-            self._remote.pop(user, None)
+    def _announce(self, change: Change) -> None:
+        """Room lock held. A user with a session on this node is in the room anyway."""
+        user, present, reason = change
         if user in self._users:
-            return  # here on this node: the room saw them already, and still does
-        if not was_in and nodes:
+            return
+        if present:
             self._broadcast(protocol.encode(protocol.Join(user, self.name)), None)
-        elif was_in and not nodes:
-            self._broadcast(protocol.encode(protocol.Leave(user, reason or "disconnected",
-                                                           self.name)), None)
+        else:
+            self._broadcast(protocol.encode(protocol.Leave(user, reason, self.name)), None)
 
     # ------------------------------------------------------------------ publishing
     def publish(self, sender: Member, body: str, msg_id: str | int | None = None) -> int | None:

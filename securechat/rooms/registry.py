@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from ..store.base import MessageLog, Pending, PresenceEvent, StoreUnavailable
+from ..store.base import MessageLog, Pending, PresenceEvent, Roster, StoreUnavailable
 from .base import Member, RoomSnapshot
 from .memory import CacheBudget, InProcessRoom
 
@@ -125,7 +125,7 @@ class RoomRegistry:
             if (room := self._rooms.get(event.room)) is not None:
                 room.on_presence(event)
 
-    def on_roster(self, name: str, roster: dict[str, frozenset[str]]) -> None:
+    def on_roster(self, name: str, roster: Roster) -> None:
         if (room := self._rooms.get(name)) is not None:
             room.on_roster(roster)
 

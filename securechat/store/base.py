@@ -20,6 +20,7 @@ __all__ = [
     "PresenceEvent",
     "RecentId",
     "RoomEpochs",
+    "Roster",
     "SharedPresence",
     "StoreOpenError",
     "StoreUnavailable",
@@ -147,20 +148,31 @@ class RoomEpochs(Protocol):
 @dataclass(frozen=True, slots=True)
 class PresenceEvent:
     """Another node says: ``user``'s first session there joined ``room`` (``joined``),
-    or their last one left it, with ``reason``."""
+    or their last one left it, with ``reason``; ``at`` is when, on the shared log's
+    clock (ms), to put it in order with a :class:`Roster`."""
 
     room: str
     user: str
     node: str
     joined: bool
     reason: str = ""
+    at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Roster:
+    """The other nodes' users in a room as the shared log held them at ``at`` (its
+    clock, ms): ``(user, node)`` pairs."""
+
+    at: int
+    pairs: frozenset[tuple[str, str]]
 
 
 @runtime_checkable
 class SharedPresence(Protocol):
     """A log shared by several nodes (Redis) that also shares who is in each room."""
 
-    def roster(self, room: str) -> dict[str, frozenset[str]]:
+    def roster(self, room: str) -> Roster:
         """The other nodes' users in ``room`` (user -> nodes), read when the room is made
         on this node; later changes come as PresenceEvents and rosters."""
         ...

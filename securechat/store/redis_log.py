@@ -37,6 +37,7 @@ from .base import (
     Pending,
     PresenceEvent,
     RecentId,
+    Roster,
     StoredMessage,
     StoreOpenError,
     StoreUnavailable,
@@ -44,7 +45,7 @@ from .base import (
 from .redis_broker import Broker, Job
 from .redis_config import import_redis, redis_target
 from .redis_presence import SCRIPT as PRESENCE_SCRIPT
-from .redis_presence import OnRoster, Presence, Roster, presence_key, roster_of
+from .redis_presence import OnRoster, Presence, presence_key, roster_of
 from .redis_script import (
     SCRIPT,
     Entry,
@@ -242,9 +243,9 @@ class RedisLog:
     def left(self, room: str, user: str, reason: str) -> None:
         self.presence.left(room, user, reason)
 
-    def roster(self, room: str) -> dict[str, frozenset[str]]:
+    def roster(self, room: str) -> Roster:
         with self._lock:  # read with the room's epoch (room_epoch)
-            return self._roster_at_start.pop(room, {})
+            return self._roster_at_start.pop(room, Roster(0, frozenset()))
 
     def _presence_events(self, events: list[PresenceEvent]) -> None:
         """Subscriber thread: other nodes' joins and leaves (this node's own are

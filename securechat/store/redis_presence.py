@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .base import PresenceEvent
+from .base import PresenceEvent, Roster
 from .redis_script import PREFIX
 
 __all__ = ["PRESENCE_PATTERN", "Presence", "decode_event", "presence_key", "roster_of"]
@@ -40,8 +40,9 @@ PRESENCE_PATTERN = PREFIX + "{*}:presence"
 
 #: KEYS: the room's presence set. ARGV: ttl (ms), op (join, leave or refresh), channel,
 #: event payload, then the members (``NODE USER``) to add (join, refresh) or remove
-#: (leave). join and leave publish the event; refresh also drops expired entries and
-#: returns the live members. The set itself expires 2 x ttl after its last write.
+#: (leave). join and leave publish ``TIME|payload``; refresh also drops expired entries
+#: and returns {TIME, live members}. TIME is Redis's clock in ms, so a roster and an
+#: event can be put in order on any node. The set expires 2 x ttl after its last write.
 SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -58,15 +59,13 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('PEXPIRE', KEYS[1], 2 * ttl)
 end
 if op ~= 'refresh' then
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  redis.call('PUBLISH', ARGV[3], now .. '|' .. ARGV[4])
   return {}
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return redis.call('ZRANGE', KEYS[1], 0, -1)
+return {now, redis.call('ZRANGE', KEYS[1], 0, -1)}
 """
 
-#: room -> {user: the other nodes where that user has a session}
-Roster = dict[str, frozenset[str]]
 OnRoster = Callable[[str, Roster], None]
 
 
@@ -75,23 +74,26 @@ def presence_key(room: str) -> str:
     return f"{PREFIX}{{{room}}}:presence"
 
 
-def roster_of(members: list[Any], own_node: str) -> Roster:
-    """``NODE USER`` members read back, as user -> nodes, this node left out."""
-    found: dict[str, set[str]] = {}
+def roster_of(reply: list[Any], own_node: str) -> Roster:
+    """A refresh's reply ({time, ``NODE USER`` members}) as a Roster, this node's own
+    entries left out."""
+    at, members = int(reply[0]), reply[1]
+    pairs = set()
     for member in members:
         node, _, user = str(member).partition(" ")
         if node != own_node and user:
-            found.setdefault(user, set()).add(node)
-    return {user: frozenset(nodes) for user, nodes in found.items()}
+            pairs.add((user, node))
+    return Roster(at, frozenset(pairs))
 
 
 def decode_event(room: str, payload: str) -> PresenceEvent:
     """A presence event read off the channel; raises ValueError if it is not ours."""
-    data = json.loads(payload)
+    at, _, text = payload.partition("|")
+    data = json.loads(text)
     if not isinstance(data, dict) or data.get("e") not in ("join", "leave"):
         raise ValueError("not a presence event")
     return PresenceEvent(room, str(data["u"]), str(data["n"]), data["e"] == "join",
-                         str(data.get("r", "")))
+                         str(data.get("r", "")), int(at))
 
 
 class Presence:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.redis.conftest import Nodes
+from tests.redis.test_faults import log_of
 from tests.redis_support import RedisServer, user_everywhere
 from tests.support import Certs, ServerProcesses, WireClient, seconds, wait_for
 
@@ -129,3 +130,30 @@ def test_a_grant_removed_in_the_shared_file_reaches_every_node_within_2_s(
     took = time.monotonic() - started
     assert took <= seconds(2.0), f"node b applied the change after {took:.2f} s"
     assert alice.expect("grants") == {"type": "grants", "grants": {"lobby": RW}}
+
+
+def test_a_join_missed_while_the_subscription_was_lost_is_healed_at_once(
+        nodes: Nodes, redis: RedisServer) -> None:
+    """Node a's subscription is killed; bob joins on node b while a has none. As soon as
+    a subscribes again it reads the roster: alice hears of bob then, not a refresh
+    interval (10 s) later."""
+    a, b = nodes(2)
+    ta, tb = user_everywhere([a, b], "alice"), user_everywhere([a, b], "bob")
+    alice, _ = a.login(ta)
+    sub = log_of(a).subscriber
+    sub.first_pause = seconds(1.5)
+    control = redis.client()
+    try:
+        before = sub.subscriptions
+        assert control.client_kill_filter(_type="pubsub") == 2  # both nodes'
+        wait_for(lambda: not sub.subscribed.is_set(), what="node a to see it lost")
+        _bob, welcome = b.login(tb)
+        assert welcome["members"] == ["alice", "bob"]
+        assert not sub.subscribed.is_set(), "node a subscribed again too soon to miss it"
+        wait_for(lambda: sub.subscriptions > before and sub.subscribed.is_set(),
+                 timeout=5, what="node a to subscribe again")
+        made_again = time.monotonic()
+        assert presence(alice, timeout=5) == {"type": "join", "user": "bob"}
+        assert time.monotonic() - made_again < seconds(2.0)
+    finally:
+        control.close()

@@ -16,7 +16,6 @@ every publish is refused for ``retry_after`` seconds; the next batch is the prob
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import Pending, StoreUnavailable
+from .worker import Worker
 
 __all__ = ["Broker", "Job", "OnReply"]
 
@@ -45,12 +45,13 @@ class Job:
 OnReply = Callable[[Job, "list[Any] | StoreUnavailable"], None]
 
 
-class Broker:
+class Broker(Worker):
     """Owns one Redis connection (through ``client``) and the publish queue."""
 
     def __init__(self, client: Any, script: str, *, errors: Any, on_reply: OnReply,
                  max_items: int = 10_000, max_batch: int = 500, retry_after: float = 1.0,
                  on_thread_died: Callable[[BaseException], None] | None = None) -> None:
+        super().__init__("securechat-redis-broker")
         self._client = client
         self._script = script
         self._sha = ""
@@ -60,20 +61,15 @@ class Broker:
         self._max_batch = max_batch
         self._retry_after = retry_after
         self._on_thread_died = on_thread_died
-        self._cond = threading.Condition(threading.Lock())
         self._queue: deque[Job] = deque()
-        self._closing = False
         self._retry_at = 0.0
         #: Why publishing fails now, or None while it works (read by health()).
         self.failure: str | None = None
         self.round_trips = 0
         self.published = 0
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="securechat-redis-broker",
-                                        daemon=True)
-        self._thread.start()
+        self._start_thread()
 
     def submit(self, job: Job) -> None:
         with self._cond:
@@ -93,11 +89,7 @@ class Broker:
 
     def close(self) -> None:
         """Refuse new jobs, send what is queued (or refuse it), join the thread."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+        self._stop_thread()
 
     # -- the broker thread ------------------------------------------------------------
 

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from .base import PresenceEvent, Roster
 from .redis_script import PREFIX
+from .worker import Worker
 
 __all__ = ["PRESENCE_PATTERN", "Presence", "decode_event", "presence_key", "roster_of"]
 
@@ -96,12 +96,13 @@ def decode_event(room: str, payload: str) -> PresenceEvent:
                          str(data.get("r", "")), int(at))
 
 
-class Presence:
+class Presence(Worker):
     """This node's users per room, kept in Redis by one thread."""
 
     def __init__(self, client: Any, node: str, *, errors: Any, ttl: float,
                  rooms: Callable[[], list[str]] | None = None,
                  on_thread_died: Callable[[BaseException], None] | None = None) -> None:
+        super().__init__("securechat-redis-presence")
         self._client = client
         self.node = node
         self._errors = errors
@@ -111,17 +112,14 @@ class Presence:
         self.rooms = rooms
         self.on_roster: OnRoster | None = None
         self._on_thread_died = on_thread_died
-        self._cond = threading.Condition(threading.Lock())
         #: (op, room, user, reason) waiting for the thread.
         self._ops: list[tuple[str, str, str, str]] = []
-        self._closing = False
         self._refresh_now = False
         #: The thread's own view: room -> users with a session on this node.
         self._local: dict[str, set[str]] = {}
         #: Why the last write failed (logged once per outage), or None.
         self.failure: str | None = None
         self.refreshes = 0
-        self._thread: threading.Thread | None = None
 
     @property
     def every(self) -> float:
@@ -129,9 +127,7 @@ class Presence:
         return self.ttl / 3
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="securechat-redis-presence",
-                                        daemon=True)
-        self._thread.start()
+        self._start_thread()
 
     def joined(self, room: str, user: str) -> None:
         """``user``'s first session on this node is in ``room`` (never blocks)."""
@@ -158,11 +154,7 @@ class Presence:
 
     def close(self) -> None:
         """Write what is queued (the leaves of a shutdown), then stop the thread."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+        self._stop_thread()
 
     # -- the presence thread ----------------------------------------------------------
 

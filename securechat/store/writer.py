@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +21,7 @@ from ..metering import Histogram
 from ..protocol import rfc3339_utc
 from .base import Durability, Pending, StoreUnavailable
 from .schema import connect, set_modes
+from .worker import Worker
 
 __all__ = ["OnFailed", "OnStored", "Writer"]
 
@@ -69,7 +69,7 @@ def _reason(exc: BaseException) -> str:
     return f"{name or type(exc).__name__}: {exc}"
 
 
-class Writer:
+class Writer(Worker):
     """Owns the write connection, the queue and the per-room counters.
 
     ``last`` (room -> highest stored seq) is read by other threads without a lock: it
@@ -81,6 +81,7 @@ class Writer:
                  history_age: float, max_items: int, max_bytes: int, max_batch: int,
                  retry_after: float, retention_interval: float,
                  on_thread_died: Callable[[BaseException], None] | None) -> None:
+        super().__init__("securechat-store-writer")
         self._path = path
         self._conn: sqlite3.Connection | None = conn
         self._durability = durability
@@ -97,15 +98,12 @@ class Writer:
         self._on_thread_died = on_thread_died
         self._on_stored: OnStored | None = None
         self._on_failed: OnFailed | None = None
-        self._cond = threading.Condition(threading.Lock())
         self._queue: deque[tuple[Pending, int]] = deque()
         self._bytes = 0
-        self._closing = False
         self._dead: str | None = None
         self._retry_at = 0.0  # monotonic; while in the future, publishes are refused
         self._failure: str | None = None  # the reason, during a failure episode
         self._failed_batches = 0
-        self._thread: threading.Thread | None = None
         self._inflight: list[Pending] | None = None  # taken, not yet answered
         #: Per room, (seq, stored_at) of its oldest stored message as this thread last
         #: saw it, None if it holds none: retention reads SQLite only for rooms over a
@@ -128,9 +126,7 @@ class Writer:
             raise RuntimeError("the message log writer is already started")
         self._on_stored = on_stored
         self._on_failed = on_failed
-        self._thread = threading.Thread(target=self._run, name="securechat-store-writer",
-                                        daemon=True)
-        self._thread.start()
+        self._start_thread()
 
     def submit(self, item: Pending) -> None:
         cost = len(item.body) + len(item.sender) + 64  # approximate: str length, not UTF-8
@@ -174,11 +170,7 @@ class Writer:
 
     def close(self) -> None:
         """Refuse new items, let the thread store what is queued, and join it."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+        self._stop_thread()
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.redis_support import RedisServer
-from tests.support import MakeServer, RunningServer
+from tests.support import Certs, MakeServer, RunningServer, ServerProcesses
 
 Nodes = Callable[..., list[RunningServer]]
 
@@ -34,3 +34,14 @@ def nodes(redis: RedisServer, make_server: MakeServer) -> Nodes:
         return [make_server(store=redis.url, **overrides) for _ in range(count)]
 
     return factory
+
+
+@pytest.fixture
+def procs(tmp_path: Path, certs: Certs, redis: RedisServer) -> Iterator[ServerProcesses]:
+    """Real ``securechat-server`` processes (started by the test, on ``redis``), all
+    killed and reaped at the end, before Redis is stopped."""
+    running = ServerProcesses(tmp_path, certs)
+    try:
+        yield running
+    finally:
+        running.close()

@@ -5,8 +5,6 @@ the presence ttl, and a grant removed in the shared tokens file reaches every no
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +13,7 @@ from securechat.store.redis_presence import presence_key
 from tests.redis.conftest import Nodes
 from tests.redis.test_faults import log_of
 from tests.redis_support import RedisServer, user_everywhere
-from tests.support import Certs, ServerProcesses, WireClient, seconds, wait_for
+from tests.support import ServerProcesses, WireClient, seconds, wait_for
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -98,15 +96,6 @@ def test_rooms_joined_by_name_share_presence_too(nodes: Nodes, redis: RedisServe
     assert bob.expect("left")["room"] == "ops"
     frame = alice.expect("leave")
     assert (frame["room"], frame["user"], frame["reason"]) == ("ops", "bob", "left")
-
-
-@pytest.fixture
-def procs(tmp_path: Path, certs: Certs, redis: RedisServer) -> Iterator[ServerProcesses]:
-    running = ServerProcesses(tmp_path, certs)
-    try:
-        yield running
-    finally:
-        running.close()
 
 
 def test_a_killed_nodes_members_leave_within_the_presence_ttl(

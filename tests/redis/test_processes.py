@@ -3,25 +3,13 @@ member of a node killed with SIGKILL resumes on another with no gap."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from tests.redis.test_nodes import burst, room_frames
 from tests.redis_support import RedisServer
-from tests.support import Certs, ServerProcesses, publish, read_replay
+from tests.support import ServerProcesses, publish, read_replay
 
 pytestmark = pytest.mark.timeout(40)
-
-
-@pytest.fixture
-def procs(tmp_path: Path, certs: Certs, redis: RedisServer) -> Iterator[ServerProcesses]:
-    running = ServerProcesses(tmp_path, certs)
-    try:
-        yield running
-    finally:
-        running.close()
 
 
 def test_three_server_processes_share_rooms(procs: ServerProcesses,

@@ -166,3 +166,21 @@ def test_a_join_missed_while_the_subscription_was_lost_is_healed_at_once(
         assert time.monotonic() - made_again < seconds(2.0)
     finally:
         control.close()
+
+
+def test_a_node_that_shuts_down_says_its_members_left_at_once(nodes: Nodes) -> None:
+    """A graceful stop (SIGTERM's path) writes its sessions' leaves before it closes the
+    log: the other node announces them now, with reason shutdown, not after the ttl."""
+    a, b = nodes(2)
+    ta, tb = user_everywhere([a, b], "alice"), user_everywhere([a, b], "bob")
+    alice, _ = a.login(ta)
+    wait_for(lambda: b.server.rooms.default_room.members() == ("alice",),
+             what="node b to hear that alice joined on node a")
+    bob, _ = b.login(tb)
+    assert presence(alice) == {"type": "join", "user": "bob"}
+    started = time.monotonic()
+    assert b.server.shutdown()
+    bye = bob.expect("bye", skip=("ping", "join", "leave"))
+    assert bye["reason"] == "shutdown"
+    assert presence(alice) == {"type": "leave", "user": "bob", "reason": "shutdown"}
+    assert time.monotonic() - started < seconds(5.0)  # the ttl is 30 s

@@ -183,7 +183,8 @@ class RedisLog:
         """For /metrics (read at scrape time, plain ints of the two threads)."""
         return {"round_trips": self.broker.round_trips, "published": self.broker.published,
                 "filled": self.subscriber.filled,
-                "subscriptions": self.subscriber.subscriptions}
+                "subscriptions": self.subscriber.subscriptions,
+                "presence_refreshes": self.presence.refreshes}
 
     def probe(self, now: float) -> None:
         """The self-test behind /readyz (admin thread, about twice a second): publish a

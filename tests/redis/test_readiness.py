@@ -65,3 +65,6 @@ def test_metrics_count_redis_round_trips_and_publishes(admin_server: AdminServer
     assert found["securechat_redis_published_total"] >= 20, found
     assert 1 <= found["securechat_redis_round_trips_total"] <= 20, found
     assert found["securechat_redis_subscriptions_total"] == 1
+    # The first refresh runs as soon as the subscription is made.
+    wait_for(lambda: counters()["securechat_redis_presence_refreshes_total"] >= 1,
+             what="the first presence refresh")

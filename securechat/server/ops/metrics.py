@@ -141,5 +141,8 @@ class ServerCollector(Collector):
                            "streams to fill a gap on the subscription.", redis["filled"])
             yield _counter("securechat_redis_subscriptions_total", "Times the subscription "
                            "was made (1 + the times it was lost).", redis["subscriptions"])
+            yield _counter("securechat_redis_presence_refreshes_total", "Presence refreshes "
+                           "written and read back (every --presence-ttl/3).",
+                           redis["presence_refreshes"])
         yield GaugeMetricFamily("securechat_ready", "1 if /readyz would answer 200.",
                                 value=0 if view.readiness.problems() else 1)

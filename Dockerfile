@@ -70,7 +70,9 @@ RUN if ! command -v haproxy >/dev/null; then \
     && haproxy -v
 USER haproxy
 EXPOSE 7443
-CMD ["haproxy", "-db", "-f", "/etc/haproxy/haproxy.cfg"]
+# -W (master-worker): as PID 1 the master handles SIGTERM and stops the worker at once;
+# a lone -db process ignored it, and compose waited 10 s to kill it.
+CMD ["haproxy", "-W", "-db", "-f", "/etc/haproxy/haproxy.cfg"]
 
 FROM base
 COPY --from=build /opt/securechat /opt/securechat

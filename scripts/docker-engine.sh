@@ -25,8 +25,11 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 cache=${SECURECHAT_DOCKER_CACHE:-/var/cache/securechat-docker}
 suite=bookworm
-# python3-venv brings ensurepip; passwd brings useradd. Bump the tag to rebuild the cache.
-packages=python3,python3-venv,passwd,ca-certificates
+# python3-venv brings ensurepip; passwd brings useradd; redis-server (with redis-tools:
+# redis-cli) and haproxy serve the compose "cluster" profile's redis and balancer
+# images (Dockerfile stages of the same name). The tarball's name holds a hash of this
+# list, so changing it rebuilds the cache; bump the tag to rebuild it otherwise.
+packages=python3,python3-venv,passwd,ca-certificates,redis-server,redis-tools,haproxy
 rootfs_tar="$cache/$suite-minbase-$(echo "$packages" | md5sum | cut -c1-8)-v1.tar"
 
 say() { echo "docker-engine: $*" >&2; }

@@ -34,6 +34,8 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENGINE = ROOT / "scripts" / "docker-engine.sh"
 REQUIRE = os.environ.get("SECURECHAT_REQUIRE_DOCKER") == "1"
 BOT_MESSAGES = 3
+#: The cluster profile's clients: each bot pinned to one node, carol through HAProxy.
+CLUSTER = ("alice-node1", "bob-node2", "carol-lb")
 #: ``alice_1 | text`` (docker-compose 1.29) or ``alice-1  | text`` (Compose v2).
 LOG_LINE = re.compile(r"^(?P<service>[\w.-]+?)[-_]\d+\s+\| ?(?P<text>.*)$")
 #: ``proj_alice_1 exited with code 0`` (1.29) or ``alice-1 exited with code 0`` (v2).
@@ -68,7 +70,7 @@ def test_compose_file_is_valid() -> None:
         _unavailable("neither docker-compose nor docker compose is installed "
                      "(apt-get install docker-compose)")
     for command in commands:
-        for extra in ([], ["--profile", "interactive"]):
+        for extra in ([], ["--profile", "interactive"], ["--profile", "cluster"]):
             result = subprocess.run(
                 [*command, "-f", str(COMPOSE_FILE), *extra, "config", "-q"],
                 capture_output=True, text=True, timeout=60, check=False,
@@ -78,7 +80,8 @@ def test_compose_file_is_valid() -> None:
 
 
 def test_compose_file_wiring() -> None:
-    """The pieces the README promises, as Compose itself reads them."""
+    """The pieces the README promises, as Compose itself reads them; every service of
+    the profile "cluster" carries it, so a plain ``up`` leaves them all out."""
     commands = _compose_commands()
     if not commands:
         _unavailable("docker-compose is not installed (apt-get install docker-compose)")
@@ -94,6 +97,14 @@ def test_compose_file_wiring() -> None:
     assert not re.search(r"SECURECHAT_TOKEN:", config), "tokens belong in the volume"
     assert "watcher:general,ops:ro" in config  # read-only, made by init
     assert "--all-rooms" in config and "--room" in config
+    services = re.search(r"^services:\n((?:  .*\n)*)", config, re.M)
+    assert services, config
+    blocks = dict(re.findall(r"^  ([\w.-]+):\n((?:    .*\n)*)", services[1], re.M))
+    in_cluster = {name for name, body in blocks.items()
+                  if re.search(r"profiles:\n\s+- cluster\n", body)}
+    assert in_cluster == {*CLUSTER, "redis", "node1", "node2", "balancer"}, blocks.keys()
+    assert re.search(r"- --appendonly\n\s+- \W?yes", blocks["redis"]), blocks["redis"]
+    assert "node1 node2 balancer" in blocks["init"]  # names in the server certificate
 
 
 # ---------------------------------------------------------------------- the real run
@@ -236,16 +247,17 @@ def _operate(engine: Engine, run: Run) -> None:
         time.sleep(0.5)  # polling another process's log, bounded by the deadline
 
 
-def _watch_up(proc: subprocess.Popen[str], run: Run, bots_done: threading.Event) -> None:
-    """Collect compose's output; set ``bots_done`` once alice and bob have both exited."""
+def _watch_up(proc: subprocess.Popen[str], run: Run, bots_done: threading.Event,
+              bots: frozenset[str] = frozenset({"alice", "bob"})) -> None:
+    """Collect compose's output; set ``bots_done`` once every one of ``bots`` exited."""
     assert proc.stdout is not None
     for raw in proc.stdout:
         line = raw.rstrip("\n")
         run.output.append(line)
         m = EXITED.search(line)
-        if m and m["service"].rsplit("_", 1)[-1] in ("alice", "bob"):
-            run.exit_codes[m["service"].rsplit("_", 1)[-1]] = int(m["code"])
-            if {"alice", "bob"} <= run.exit_codes.keys():
+        if m and (service := m["service"].rsplit("_", 1)[-1]) in bots:
+            run.exit_codes[service] = int(m["code"])
+            if bots <= run.exit_codes.keys():
                 bots_done.set()
 
 
@@ -458,3 +470,108 @@ def test_compose_restart_keeps_the_message_log(compose_run: Run) -> None:
     assert second["epoch"] == first["epoch"]
     assert int(first["seq"]) == 0
     assert int(second["seq"]) >= 7  # alice's 3, bob's 3, this machine's 1 at least
+
+
+# ---------------------------------------------------------------------- profile "cluster"
+@pytest.fixture(scope="module")
+def cluster_run(engine: Engine) -> Iterator[Run]:
+    """``docker-compose --profile cluster up`` (attached): wait for the cluster's bots to
+    finish, read Redis's AOF setting, then Ctrl-C, every log, and ``down -v``."""
+    run = Run(project=f"sccluster{os.getpid()}")
+    profile = ("--profile", "cluster")
+    t0 = time.monotonic()
+    wheels = subprocess.run(["bash", str(ROOT / "scripts" / "docker-wheels.sh")],
+                            capture_output=True, text=True, timeout=300, check=False,
+                            env={**engine.env, "PY": sys.executable})
+    assert wheels.returncode == 0, wheels.stderr
+    build = _compose(engine, run.project, *profile, "build", timeout=600)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    run.timings["build"] = time.monotonic() - t0
+    proc = subprocess.Popen(
+        ["docker-compose", "-f", str(COMPOSE_FILE), "-p", run.project, *profile, "up",
+         "--no-color"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=engine.env, start_new_session=True)
+    bots_done = threading.Event()
+    reader = threading.Thread(target=_watch_up, args=(proc, run, bots_done, frozenset(CLUSTER)),
+                              name="compose-cluster-reader")
+    reader.start()
+    t1 = time.monotonic()
+    try:
+        if not bots_done.wait(seconds(180)):
+            pytest.fail(f"{CLUSTER} did not all finish within 180 s:\n{run.tail()}")
+        run.timings["up_to_bots_done"] = time.monotonic() - t1
+        run.extra["aof"] = _compose(engine, run.project, *profile, "exec", "-T", "redis",
+                                    "redis-cli", "config", "get", "appendonly")
+        t2 = time.monotonic()
+        _stop_compose(proc)
+        run.timings["ctrl_c_to_stopped"] = time.monotonic() - t2
+        reader.join(timeout=30)
+        run.extra["logs"] = _compose(engine, run.project, *profile, "logs", "--no-color",
+                                     "node1", "node2", "balancer")
+        yield run
+    finally:
+        _stop_compose(proc)
+        reader.join(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        t3 = time.monotonic()
+        _compose(engine, run.project, *profile, "down", "-v", "--remove-orphans", timeout=120)
+        run.timings["down"] = time.monotonic() - t3
+        run.timings["total"] = time.monotonic() - t0
+        print(f"cluster timings (s): { {k: round(v, 1) for k, v in run.timings.items()} }",
+              file=sys.stderr)
+
+
+def _logged(run: Run, service: str) -> str:
+    """A service's whole log (``docker-compose logs``), without the service prefixes."""
+    return "\n".join(m["text"] for line in run.extra["logs"].stdout.splitlines()
+                     if (m := LOG_LINE.match(line)) and m["service"] == service)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(600)
+def test_cluster_alice_and_bob_talk_across_nodes(cluster_run: Run) -> None:
+    """alice, on node1, and bob, on node2, each got every message of the other (live,
+    or as history when it joined after they were sent): they crossed Redis."""
+    run = cluster_run
+    expected = list(range(1, BOT_MESSAGES + 1))
+    assert _said(run.lines("alice-node1"), "bob") == expected, run.tail()
+    assert _said(run.lines("bob-node2"), "alice") == expected, run.tail()
+    assert {run.exit_codes.get(bot) for bot in CLUSTER} == {0}, run.exit_codes
+    node1, node2 = _logged(run, "node1"), _logged(run, "node2")
+    assert re.search(r"event=auth .*user=alice", node1), node1[-2000:]
+    assert re.search(r"event=auth .*user=bob", node2), node2[-2000:]
+    assert not re.search(r"event=auth .*user=alice", node2)
+    assert not re.search(r"event=auth .*user=bob", node1)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(600)
+def test_cluster_nodes_share_one_redis_with_aof(cluster_run: Run) -> None:
+    """Both nodes started on the Redis store and found #general's one epoch there; Redis
+    runs with appendonly on; both nodes stopped cleanly at Ctrl-C."""
+    listen = re.compile(r"event=listen .*store=(?P<store>\S+) epoch=(?P<epoch>\S+)")
+    starts = {node: [m for line in _logged(cluster_run, node).splitlines()
+                     if (m := listen.search(line))] for node in ("node1", "node2")}
+    assert all(len(found) == 1 for found in starts.values()), starts
+    (first,), (second,) = starts.values()
+    assert first["store"] == second["store"] == "redis://redis:6379/0", starts
+    assert first["epoch"] == second["epoch"]
+    aof = cluster_run.extra["aof"]
+    assert aof.returncode == 0 and aof.stdout.split() == ["appendonly", "yes"], aof
+    for node in ("node1", "node2"):
+        assert "event=stopped clean=True" in _logged(cluster_run, node), node
+    # Ctrl-C stops everything within a few seconds: nothing waits to be killed.
+    assert cluster_run.timings["ctrl_c_to_stopped"] < seconds(8), cluster_run.timings
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(600)
+def test_cluster_balancer_forwards_to_a_node(cluster_run: Run) -> None:
+    """carol, through HAProxy (TLS end to end, the certificate names "balancer"), got
+    her message acknowledged; HAProxy logged the connection going to node1 or node2."""
+    assert cluster_run.exit_codes.get("carol-lb") == 0, cluster_run.lines("carol-lb")
+    balancer = _logged(cluster_run, "balancer")
+    assert re.search(r"chat nodes/node[12] ", balancer), balancer[-2000:]
+    assert any(re.search(r"event=auth .*user=carol", _logged(cluster_run, node))
+               for node in ("node1", "node2"))

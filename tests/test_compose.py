@@ -531,8 +531,8 @@ def _logged(run: Run, service: str) -> str:
 @pytest.mark.docker
 @pytest.mark.timeout(600)
 def test_cluster_alice_and_bob_talk_across_nodes(cluster_run: Run) -> None:
-    """alice, on node1, and bob, on node2, each got every message of the other (live,
-    or as history when it joined after they were sent): they crossed Redis."""
+    """alice, on node1, and bob, on node2, waited for each other (presence across nodes)
+    and each got every message of the other, live: they crossed Redis."""
     run = cluster_run
     expected = list(range(1, BOT_MESSAGES + 1))
     assert _said(run.lines("alice-node1"), "bob") == expected, run.tail()

@@ -180,7 +180,7 @@ class RedisLog:
         return failure
 
     def counters(self) -> dict[str, int]:
-        """For /metrics (read at scrape time, plain ints of the two threads)."""
+        """For /metrics (read at scrape time: plain ints of the log's three threads)."""
         return {"round_trips": self.broker.round_trips, "published": self.broker.published,
                 "filled": self.subscriber.filled,
                 "subscriptions": self.subscriber.subscriptions,

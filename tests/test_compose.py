@@ -272,27 +272,36 @@ def _stop_compose(proc: subprocess.Popen[str]) -> None:
             proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def compose_run(engine: Engine) -> Iterator[Run]:
-    """Build, ``up`` (attached, as the README says), wait for the bots to finish, run
-    the interactive client's service once, then Ctrl-C and ``down -v``."""
-    run = Run(project=f"sctest{os.getpid()}")
+def _build_and_up(engine: Engine, run: Run, profile: tuple[str, ...],
+                  bots: frozenset[str], name: str
+                  ) -> tuple[subprocess.Popen[str], threading.Thread, threading.Event]:
+    """Wheels, ``build``, then ``up`` attached (as the README says), its output read on a
+    thread that sets the event once every one of ``bots`` exited."""
     t0 = time.monotonic()
     wheels = subprocess.run(["bash", str(ROOT / "scripts" / "docker-wheels.sh")],
                             capture_output=True, text=True, timeout=300, check=False,
                             env={**engine.env, "PY": sys.executable})
     assert wheels.returncode == 0, wheels.stderr
-    build = _compose(engine, run.project, "build", timeout=600)
+    build = _compose(engine, run.project, *profile, "build", timeout=600)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     run.timings["build"] = time.monotonic() - t0
     proc = subprocess.Popen(
-        ["docker-compose", "-f", str(COMPOSE_FILE), "-p", run.project, "up", "--no-color"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=engine.env,
-        start_new_session=True)
+        ["docker-compose", "-f", str(COMPOSE_FILE), "-p", run.project, *profile, "up",
+         "--no-color"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=engine.env, start_new_session=True)
     bots_done = threading.Event()
-    reader = threading.Thread(target=_watch_up, args=(proc, run, bots_done),
-                              name="compose-up-reader")
+    reader = threading.Thread(target=_watch_up, args=(proc, run, bots_done, bots), name=name)
     reader.start()
+    return proc, reader, bots_done
+
+
+@pytest.fixture(scope="module")
+def compose_run(engine: Engine) -> Iterator[Run]:
+    """Build, ``up`` (attached, as the README says), wait for the bots to finish, run
+    the interactive client's service once, then Ctrl-C and ``down -v``."""
+    run = Run(project=f"sctest{os.getpid()}")
+    proc, reader, bots_done = _build_and_up(engine, run, (), frozenset({"alice", "bob"}),
+                                            "compose-up-reader")
     t1 = time.monotonic()
     try:
         if not bots_done.wait(seconds(180)):
@@ -480,21 +489,8 @@ def cluster_run(engine: Engine) -> Iterator[Run]:
     run = Run(project=f"sccluster{os.getpid()}")
     profile = ("--profile", "cluster")
     t0 = time.monotonic()
-    wheels = subprocess.run(["bash", str(ROOT / "scripts" / "docker-wheels.sh")],
-                            capture_output=True, text=True, timeout=300, check=False,
-                            env={**engine.env, "PY": sys.executable})
-    assert wheels.returncode == 0, wheels.stderr
-    build = _compose(engine, run.project, *profile, "build", timeout=600)
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    run.timings["build"] = time.monotonic() - t0
-    proc = subprocess.Popen(
-        ["docker-compose", "-f", str(COMPOSE_FILE), "-p", run.project, *profile, "up",
-         "--no-color"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=engine.env, start_new_session=True)
-    bots_done = threading.Event()
-    reader = threading.Thread(target=_watch_up, args=(proc, run, bots_done, frozenset(CLUSTER)),
-                              name="compose-cluster-reader")
-    reader.start()
+    proc, reader, bots_done = _build_and_up(engine, run, profile, frozenset(CLUSTER),
+                                            "compose-cluster-reader")
     t1 = time.monotonic()
     try:
         if not bots_done.wait(seconds(180)):
